@@ -1,0 +1,243 @@
+#include "client/format.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace sslbench::client {
+namespace {
+
+// Left-aligned text columns, right-aligned numeric ones, two spaces apart.
+std::string Table(const std::vector<std::string>& header,
+                  const std::vector<bool>& right_aligned,
+                  const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size());
+  for (size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
+  for (const auto& row : rows) {
+    for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
+      width[c] = std::max(width[c], row[c].size());
+    }
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string out;
+    for (size_t c = 0; c < width.size(); ++c) {
+      const std::string& cell = c < cells.size() ? cells[c] : "";
+      const std::string pad(width[c] - std::min(width[c], cell.size()), ' ');
+      if (c > 0) out += "  ";
+      out += right_aligned[c] ? pad + cell : cell + (c + 1 < width.size() ? pad : "");
+    }
+    return out + "\n";
+  };
+  std::string out = line(header);
+  for (const auto& row : rows) out += line(row);
+  return out;
+}
+
+std::string Percent(double fraction) { return absl::StrFormat("%.2f", 100.0 * fraction); }
+
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string WithThousands(int64_t n) {
+  std::string digits = absl::StrCat(n < 0 ? -n : n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+int64_t Finished(const v1::TaskProgress& p) {
+  return p.succeeded() + p.failed() + p.cancelled();
+}
+
+std::string Counts(const v1::TaskProgress& p) {
+  std::string out = absl::StrCat(p.succeeded(), "/", p.total(), " done");
+  if (p.leased() > 0) absl::StrAppend(&out, ", ", p.leased(), " running");
+  if (p.pending() > 0) absl::StrAppend(&out, ", ", p.pending(), " pending");
+  if (p.failed() > 0) absl::StrAppend(&out, ", ", p.failed(), " failed");
+  if (p.cancelled() > 0) absl::StrAppend(&out, ", ", p.cancelled(), " cancelled");
+  if (p.reused() > 0) absl::StrAppend(&out, ", ", p.reused(), " reused");
+  return out;
+}
+
+}  // namespace
+
+std::string StudyStateName(v1::StudyState state) {
+  switch (state) {
+    case v1::STUDY_STATE_RUNNING:
+      return "RUNNING";
+    case v1::STUDY_STATE_SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::STUDY_STATE_FAILED:
+      return "FAILED";
+    case v1::STUDY_STATE_CANCELLED:
+      return "CANCELLED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+std::string TaskKindName(v1::TaskKind kind) {
+  switch (kind) {
+    case v1::TASK_KIND_EXTRACT:
+      return "extract";
+    case v1::TASK_KIND_KNN:
+      return "knn";
+    default:
+      return absl::StrCat("kind", static_cast<int>(kind));
+  }
+}
+
+std::string FormatDuration(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "--";
+  const int64_t s = static_cast<int64_t>(std::llround(seconds));
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrFormat("%d:%02d", s / 60, s % 60);
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
+}
+
+std::string FormatResultsTable(const v1::ListResultsResponse& results) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : results.results()) {
+    rows.push_back({r.model(), r.dataset(), r.protocol(), r.variant(), Percent(r.top1()),
+                    Percent(r.top5()), Percent(r.mean_per_class())});
+  }
+  return Table({"model", "dataset", "protocol", "variant", "top1 %", "top5 %",
+                "mean-per-class %"},
+               {false, false, false, false, true, true, true}, rows);
+}
+
+std::string FormatResultsCsv(const v1::ListResultsResponse& results) {
+  std::string out =
+      "study_id,task_id,model,dataset,protocol,variant,top1,top5,mean_per_class,"
+      "per_class,config_json\n";
+  for (const auto& r : results.results()) {
+    const std::string per_class = absl::StrJoin(
+        r.per_class(), ";",
+        [](std::string* o, double v) { absl::StrAppend(o, absl::StrFormat("%.6g", v)); });
+    absl::StrAppend(&out, r.study_id(), ",", r.task_id(), ",", CsvField(r.model()), ",",
+                    CsvField(r.dataset()), ",", CsvField(r.protocol()), ",",
+                    CsvField(r.variant()), ",", absl::StrFormat("%.6g", r.top1()), ",",
+                    absl::StrFormat("%.6g", r.top5()), ",",
+                    absl::StrFormat("%.6g", r.mean_per_class()), ",",
+                    CsvField(per_class), ",", CsvField(r.config_json()), "\n");
+  }
+  return out;
+}
+
+std::string FormatResultsJson(const v1::ListResultsResponse& results) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(results, &out, options).ok()) {
+    return "{}\n";
+  }
+  if (out.empty() || out.back() != '\n') out += "\n";
+  return out;
+}
+
+absl::StatusOr<std::string> FormatResults(const v1::ListResultsResponse& results,
+                                          const std::string& format) {
+  if (format == "table") return FormatResultsTable(results);
+  if (format == "csv") return FormatResultsCsv(results);
+  if (format == "json") return FormatResultsJson(results);
+  return absl::InvalidArgumentError(
+      absl::StrCat("--format=", format, " is not one of table, csv, json"));
+}
+
+std::string FormatWorkersTable(const v1::ListWorkersResponse& workers, double now_unix) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& w : workers.workers()) {
+    rows.push_back({absl::StrCat(w.worker_id()), w.name(), w.hostname(), w.device(),
+                    w.alive() ? "yes" : "no",
+                    w.last_seen_unix() > 0
+                        ? FormatDuration(std::max(0.0, now_unix - w.last_seen_unix())) +
+                              " ago"
+                        : "never",
+                    w.current_task_id() > 0 ? absl::StrCat(w.current_task_id()) : "-"});
+  }
+  if (rows.empty()) return "no workers registered\n";
+  return Table({"id", "name", "host", "device", "alive", "last seen", "task"},
+               {true, false, false, false, false, false, true}, rows);
+}
+
+std::string FormatStudyStatus(const v1::StudyStatus& status) {
+  std::string out = absl::StrCat("study ", status.study_id(), " \"", status.name(),
+                                 "\": ", StudyStateName(status.state()), " after ",
+                                 FormatDuration(status.elapsed_seconds()), "\n");
+  for (const auto& p : status.progress()) {
+    absl::StrAppend(&out, "  ", absl::StrFormat("%-8s", TaskKindName(p.kind())),
+                    Counts(p));
+    if (p.work_total() > 0) {
+      absl::StrAppend(&out, " (running work ", WithThousands(p.work_done()), "/",
+                      WithThousands(p.work_total()), ")");
+    }
+    out += "\n";
+  }
+  if (!status.error().empty()) absl::StrAppend(&out, "  error: ", status.error(), "\n");
+  return out;
+}
+
+double ProgressBars::Fraction(const v1::TaskProgress& p) {
+  if (p.total() <= 0) return 1.0;
+  double done = static_cast<double>(Finished(p));
+  if (p.work_total() > 0 && p.leased() > 0) {
+    done += p.leased() * std::min(1.0, static_cast<double>(p.work_done()) /
+                                           static_cast<double>(p.work_total()));
+  }
+  return std::clamp(done / static_cast<double>(p.total()), 0.0, 1.0);
+}
+
+std::vector<std::string> ProgressBars::Lines(const v1::StudyStatus& status,
+                                             absl::Time now) {
+  std::vector<std::string> lines;
+  for (const auto& p : status.progress()) {
+    const double f = Fraction(p);
+    const int filled = static_cast<int>(std::floor(f * bar_width_));
+    std::string bar = absl::StrCat("[", std::string(filled, '#'),
+                                   std::string(bar_width_ - filled, '.'), "]");
+    std::string eta;
+    const bool active = p.leased() > 0 || Finished(p) > 0;
+    auto origin = origins_.find(p.kind());
+    if (Finished(p) >= p.total()) {
+      eta = "";
+    } else if (!active) {
+      eta = "  waiting";
+    } else if (origin == origins_.end()) {
+      origins_[p.kind()] = Origin{now, f};
+      eta = "  ETA --";
+    } else {
+      const double seconds = absl::ToDoubleSeconds(now - origin->second.time);
+      const double gained = f - origin->second.fraction;
+      eta = gained > 0 && seconds >= 1
+                ? absl::StrCat("  ETA ", FormatDuration(seconds * (1 - f) / gained))
+                : "  ETA --";
+    }
+    std::string work;
+    if (p.leased() > 0 && p.work_total() > 0) {
+      work = absl::StrCat("  work ", WithThousands(p.work_done()), "/",
+                          WithThousands(p.work_total()));
+    }
+    lines.push_back(absl::StrCat(absl::StrFormat("%-8s", TaskKindName(p.kind())), bar,
+                                 absl::StrFormat(" %3d%%  ", static_cast<int>(100 * f)),
+                                 Counts(p), work, eta));
+  }
+  return lines;
+}
+
+}  // namespace sslbench::client

@@ -1,0 +1,60 @@
+#pragma once
+// Text the CLI prints: tables, CSV, JSON, study status and progress bars.
+// Pure functions of the protos (no I/O), so they are tested directly.
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "sslbench/v1/client_api.pb.h"
+#include "sslbench/v1/types.pb.h"
+
+namespace sslbench::client {
+
+// "RUNNING", "SUCCEEDED", ...; "extract", "knn".
+std::string StudyStateName(v1::StudyState state);
+std::string TaskKindName(v1::TaskKind kind);
+// "42s", "3:05", "1:02:03".
+std::string FormatDuration(double seconds);
+
+// Columns model, dataset, protocol, variant, top1 %, top5 %, mean-per-class %.
+std::string FormatResultsTable(const v1::ListResultsResponse& results);
+// Header line, then one row per result; per_class is ';'-separated in one
+// field (fractions); config_json is a quoted field.
+std::string FormatResultsCsv(const v1::ListResultsResponse& results);
+// {"results": [...]} with the proto field names.
+std::string FormatResultsJson(const v1::ListResultsResponse& results);
+// `format` is "table", "csv" or "json"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::string> FormatResults(const v1::ListResultsResponse& results,
+                                          const std::string& format);
+
+std::string FormatWorkersTable(const v1::ListWorkersResponse& workers,
+                               double now_unix);
+
+// Several lines: id, name, state, elapsed, one line per task kind, error.
+std::string FormatStudyStatus(const v1::StudyStatus& status);
+
+// Progress bars of a watched study, one line per task kind, with an ETA
+// estimated from the progress seen since the kind became active. Not
+// thread-safe.
+class ProgressBars {
+ public:
+  explicit ProgressBars(int bar_width = 24) : bar_width_(bar_width) {}
+  std::vector<std::string> Lines(const v1::StudyStatus& status, absl::Time now);
+
+  // Fraction of a kind's work that is done, counting the running tasks'
+  // work units.
+  static double Fraction(const v1::TaskProgress& progress);
+
+ private:
+  struct Origin {
+    absl::Time time;
+    double fraction;
+  };
+  int bar_width_;
+  std::map<int, Origin> origins_;  // by TaskKind
+};
+
+}  // namespace sslbench::client

@@ -1,0 +1,84 @@
+#pragma once
+// The local stack of `sslbench up` and `sslbench demo`: a private PostgreSQL,
+// one coordinator and N workers as child processes, all under one state
+// folder (pg/, logs/, coordinator.addr).
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/local_postgres.h"
+#include "common/subprocess.h"
+
+namespace sslbench::client {
+
+struct LocalStackOptions {
+  std::string state_dir = ".sslbench";
+  int workers = 1;
+  int worker_threads = 1;
+  int port = 0;          // the coordinator's; 0: any free loopback port
+  std::string bin_dir;   // holds sslbench-coordinator/-worker; "": ExecutableDir()
+  absl::Duration start_timeout = absl::Seconds(120);
+  // Polled while waiting for the coordinator; true aborts the start
+  // (CANCELLED), e.g. on a pending SIGINT.
+  std::function<bool()> interrupted;
+};
+
+// Folder of the running executable (from /proc/self/exe).
+absl::StatusOr<std::string> ExecutableDir();
+// `bin_dir`/`name` if it is an executable file; FAILED_PRECONDITION naming it
+// and how to build it otherwise.
+absl::StatusOr<std::string> FindSibling(const std::string& bin_dir,
+                                        const std::string& name);
+// The last `lines` lines of a text file ("" if unreadable).
+std::string LogTail(const std::string& path, int lines = 20);
+
+// Not thread-safe; one thread drives it.
+class LocalStack {
+ public:
+  // Starts PostgreSQL in STATE/pg (durable), creates database "sslbench",
+  // starts the coordinator and waits until it listens (its port file), then
+  // starts the workers, and writes STATE/coordinator.addr. Progress goes to
+  // stderr. On error, whatever was started is stopped again.
+  static absl::StatusOr<std::unique_ptr<LocalStack>> Start(LocalStackOptions options);
+  // Shutdown().
+  ~LocalStack();
+
+  const std::string& address() const { return address_; }     // 127.0.0.1:PORT
+  std::string conninfo() const;
+  const std::string& state_dir() const { return state_dir_; }  // absolute
+  std::string log_dir() const { return state_dir_ + "/logs"; }
+
+  // OK while every child runs; INTERNAL naming the first child that exited,
+  // its exit status and the tail of its log otherwise.
+  absl::Status CheckChildren();
+  // Stops the workers, the coordinator, then PostgreSQL; removes
+  // coordinator.addr. Idempotent.
+  absl::Status Shutdown();
+
+ private:
+  struct Child {
+    std::string name;
+    std::string log_path;
+    std::unique_ptr<Subprocess> process;
+  };
+
+  explicit LocalStack(LocalStackOptions options) : options_(std::move(options)) {}
+  absl::Status StartAll();
+  absl::StatusOr<Child> StartChild(const std::string& name,
+                                   const std::vector<std::string>& argv);
+  absl::StatusOr<int> WaitForPortFile(const std::string& path, Child& coordinator);
+
+  LocalStackOptions options_;
+  std::string state_dir_;
+  std::string address_;
+  std::unique_ptr<LocalPostgres> postgres_;
+  std::vector<Child> coordinator_;  // zero or one
+  std::vector<Child> workers_;
+  bool shut_down_ = false;
+};
+
+}  // namespace sslbench::client

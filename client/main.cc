@@ -1,0 +1,515 @@
+// sslbench: the command-line client of the evaluation service.
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "client/coordinator_client.h"
+#include "client/format.h"
+#include "client/local_stack.h"
+#include "client/study_file.h"
+#include "common/subprocess.h"
+
+ABSL_FLAG(std::string, coordinator, "",
+          "coordinator address HOST:PORT (default: $SSLBENCH_COORDINATOR, else "
+          "./.sslbench/coordinator.addr, else localhost:7070)");
+ABSL_FLAG(std::string, request_id, "",
+          "submit: idempotency key; the same key returns the same study");
+ABSL_FLAG(std::string, format, "table", "results: table, csv or json");
+ABSL_FLAG(std::string, state_dir, "",
+          "up/demo: state folder (default: .sslbench for up, a fresh temporary "
+          "folder for demo)");
+ABSL_FLAG(int32_t, workers, 1, "up/demo: number of worker processes");
+ABSL_FLAG(int32_t, worker_threads, 1, "up/demo: compute threads per worker");
+ABSL_FLAG(int32_t, port, 0, "up/demo: coordinator port on 127.0.0.1 (0: any free one)");
+ABSL_FLAG(int64_t, train_limit, 0, "demo: use only the first N training images (0: all)");
+ABSL_FLAG(int64_t, test_limit, 0, "demo: use only the first N test images (0: all)");
+
+namespace sslbench::client {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitWatchError = 3;  // watch: could not follow the study
+constexpr int kExitUsage = 64;
+constexpr int kExitInterrupted = 130;
+
+constexpr char kUsage[] = R"(sslbench: evaluate self-supervised vision models.
+
+usage: sslbench COMMAND [ARGS] [--flags]
+
+  submit STUDY.yaml [--request_id=ID]   submit a study; prints its id
+  watch ID                              progress bars until the study ends
+                                        (exit 0 succeeded, 1 failed, 2 cancelled)
+  status ID                             the study's state, once
+  results ID [--format=table|csv|json]  the study's results
+  cancel ID                             cancel a study's unfinished tasks
+  workers                               the registered workers
+  up [--state_dir=.sslbench] [--workers=1] [--worker_threads=1] [--port=0]
+                                        run a local stack (PostgreSQL, coordinator,
+                                        workers) until Ctrl-C
+  demo [--state_dir=DIR] [--workers=1] [--train_limit=N] [--test_limit=N]
+                                        local stack + a kNN study of two models on
+                                        Fashion-MNIST, end to end
+
+Every command but up and demo talks to --coordinator=HOST:PORT (default:
+$SSLBENCH_COORDINATOR, else ./.sslbench/coordinator.addr, else localhost:7070).
+)";
+
+constexpr char kDemoDataset[] = "/usr/share/datasets/fashion-mnist";
+
+std::string CoordinatorAddress() {
+  return ResolveCoordinatorAddress(absl::GetFlag(FLAGS_coordinator),
+                                   std::getenv("SSLBENCH_COORDINATOR"),
+                                   ".sslbench/coordinator.addr");
+}
+
+int Fail(const absl::Status& status, const std::string& address) {
+  std::fprintf(stderr, "%s\n", FormatError(status, address).c_str());
+  return kExitError;
+}
+
+int Usage(const std::string& problem) {
+  std::fprintf(stderr, "sslbench: %s\n\n%s", problem.c_str(), kUsage);
+  return kExitUsage;
+}
+
+// Parses the single study-id argument of watch/status/results/cancel.
+bool StudyIdArg(const std::vector<std::string>& args, int64_t* id, int* exit_code) {
+  if (args.size() != 1) {
+    *exit_code = Usage(absl::StrCat(args.size() < 1 ? "missing" : "too many",
+                                    " arguments: expected one study id"));
+    return false;
+  }
+  if (!absl::SimpleAtoi(args[0], id) || *id <= 0) {
+    *exit_code = Usage(absl::StrCat("\"", args[0], "\" is not a study id"));
+    return false;
+  }
+  return true;
+}
+
+int CmdSubmit(const std::vector<std::string>& args) {
+  if (args.size() != 1) return Usage("submit takes one study file");
+  const std::string address = CoordinatorAddress();
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
+  if (!spec.ok()) return Fail(spec.status(), address);
+  CoordinatorClient client(address, absl::Seconds(60));
+  absl::StatusOr<v1::SubmitStudyResponse> response =
+      client.SubmitStudy(*spec, absl::GetFlag(FLAGS_request_id));
+  if (!response.ok()) return Fail(response.status(), address);
+  std::printf("%lld\n", static_cast<long long>(response->study_id()));
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "sslbench: %s study %lld \"%s\": %lld tasks, %lld feature extractions "
+               "reused; follow it with: sslbench watch %lld\n",
+               response->existing() ? "already submitted:" : "submitted",
+               static_cast<long long>(response->study_id()), spec->name().c_str(),
+               static_cast<long long>(response->tasks()),
+               static_cast<long long>(response->reused_features()),
+               static_cast<long long>(response->study_id()));
+  return kExitOk;
+}
+
+// Reports the end of a watched study; returns the watch exit code.
+int ReportEnd(const v1::StudyStatus& status) {
+  std::fprintf(stderr, "sslbench: study %lld %s after %s\n",
+               static_cast<long long>(status.study_id()),
+               StudyStateName(status.state()).c_str(),
+               FormatDuration(status.elapsed_seconds()).c_str());
+  if (status.state() == v1::STUDY_STATE_FAILED && !status.error().empty()) {
+    std::fprintf(stderr, "sslbench: error: %s\n", status.error().c_str());
+  }
+  return ExitCodeForState(status.state());
+}
+
+int CmdWatch(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  StudyWatcher watcher(&client, id, stdout, isatty(STDOUT_FILENO) == 1);
+  absl::StatusOr<v1::StudyStatus> status = watcher.Run();
+  if (!status.ok()) {
+    Fail(status.status(), address);
+    return kExitWatchError;
+  }
+  return ReportEnd(*status);
+}
+
+int CmdStatus(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  absl::StatusOr<v1::StudyStatus> status = client.GetStudy(id);
+  if (!status.ok()) return Fail(status.status(), address);
+  std::fputs(FormatStudyStatus(*status).c_str(), stdout);
+  return kExitOk;
+}
+
+int CmdResults(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string format = absl::GetFlag(FLAGS_format);
+  if (format != "table" && format != "csv" && format != "json") {
+    return Usage(absl::StrCat("--format=", format, " is not one of table, csv, json"));
+  }
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
+  if (!results.ok()) return Fail(results.status(), address);
+  absl::StatusOr<std::string> text = FormatResults(*results, format);
+  if (!text.ok()) return Fail(text.status(), address);
+  std::fputs(text->c_str(), stdout);
+  if (format == "table" && results->results().empty()) {
+    std::fprintf(stderr, "sslbench: study %lld has no results yet\n",
+                 static_cast<long long>(id));
+  }
+  return kExitOk;
+}
+
+int CmdCancel(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  absl::StatusOr<v1::StudyStatus> status = client.CancelStudy(id);
+  if (!status.ok()) return Fail(status.status(), address);
+  std::fputs(FormatStudyStatus(*status).c_str(), stdout);
+  return kExitOk;
+}
+
+int CmdWorkers(const std::vector<std::string>& args) {
+  if (!args.empty()) return Usage("workers takes no arguments");
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  absl::StatusOr<v1::ListWorkersResponse> workers = client.ListWorkers();
+  if (!workers.ok()) return Fail(workers.status(), address);
+  std::fputs(FormatWorkersTable(*workers, absl::ToDoubleSeconds(
+                                              absl::Now() - absl::UnixEpoch()))
+                 .c_str(),
+             stdout);
+  return kExitOk;
+}
+
+// --- local stack --------------------------------------------------------------
+
+// The signals that end `up` and `demo`. Blocked in every thread (before any
+// is started) and taken with sigtimedwait; SIGCHLD wakes the loop when a
+// child exits.
+sigset_t StopSignals(bool with_child) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  if (with_child) sigaddset(&set, SIGCHLD);
+  return set;
+}
+
+bool StopSignalPending() {
+  sigset_t pending;
+  sigpending(&pending);
+  return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1 ||
+         sigismember(&pending, SIGHUP) == 1;
+}
+
+// Waits up to `timeout` for a signal of `set`; returns it, or 0.
+int WaitSignal(const sigset_t& set, absl::Duration timeout) {
+  const timespec ts = absl::ToTimespec(timeout);
+  const int sig = sigtimedwait(&set, nullptr, &ts);
+  return sig < 0 ? 0 : sig;
+}
+
+LocalStackOptions StackOptions(const std::string& state_dir) {
+  LocalStackOptions options;
+  options.state_dir = state_dir;
+  options.workers = absl::GetFlag(FLAGS_workers);
+  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.interrupted = StopSignalPending;
+  return options;
+}
+
+int CmdUp(const std::vector<std::string>& args) {
+  if (!args.empty()) return Usage("up takes no arguments");
+  const sigset_t signals = StopSignals(/*with_child=*/true);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::string state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (state_dir.empty()) state_dir = ".sslbench";
+
+  absl::StatusOr<std::unique_ptr<LocalStack>> stack = LocalStack::Start(StackOptions(state_dir));
+  if (!stack.ok()) {
+    if (stack.status().code() == absl::StatusCode::kCancelled) return kExitInterrupted;
+    std::fprintf(stderr, "sslbench: up: %s\n", std::string(stack.status().message()).c_str());
+    return kExitError;
+  }
+  const std::string addr_file = (*stack)->state_dir() + "/coordinator.addr";
+  std::error_code ec;
+  const bool found_from_here =
+      (*stack)->state_dir() ==
+      std::filesystem::absolute(".sslbench", ec).lexically_normal().string();
+  const std::string where =
+      found_from_here
+          ? absl::StrCat("  address in   ", addr_file, " (found from this folder)\n")
+          : absl::StrCat("  address in   ", addr_file, "; elsewhere use\n",
+                         "               export SSLBENCH_COORDINATOR=",
+                         (*stack)->address(), "\n");
+  std::printf(
+      "sslbench: local stack is up\n"
+      "  coordinator  %s\n"
+      "  database     %s\n"
+      "  workers      %d x %d thread(s)\n"
+      "  logs         %s/\n"
+      "%s"
+      "Try:  sslbench submit STUDY.yaml   then   sslbench watch ID\n"
+      "Ctrl-C stops the stack.\n",
+      (*stack)->address().c_str(), (*stack)->conninfo().c_str(),
+      absl::GetFlag(FLAGS_workers), absl::GetFlag(FLAGS_worker_threads),
+      (*stack)->log_dir().c_str(), where.c_str());
+  std::fflush(stdout);
+
+  int exit_code = kExitOk;
+  while (true) {
+    const int sig = WaitSignal(signals, absl::Seconds(1));
+    if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+      std::fprintf(stderr, "\nsslbench: %s received, shutting down\n", strsignal(sig));
+      break;
+    }
+    absl::Status children = (*stack)->CheckChildren();
+    if (!children.ok()) {
+      // A Ctrl-C reaches the children too; their exit is then expected.
+      if (StopSignalPending()) {
+        std::fprintf(stderr, "\nsslbench: interrupted, shutting down\n");
+        break;
+      }
+      std::fprintf(stderr, "sslbench: up: %s\n",
+                   std::string(children.message()).c_str());
+      exit_code = kExitError;
+      break;
+    }
+  }
+  absl::Status stopped = (*stack)->Shutdown();
+  if (!stopped.ok()) {
+    std::fprintf(stderr, "sslbench: %s\n", std::string(stopped.message()).c_str());
+    exit_code = kExitError;
+  }
+  std::fprintf(stderr, "sslbench: stopped\n");
+  return exit_code;
+}
+
+absl::StatusOr<std::string> MakeDemoFolder() {
+  std::string dir = absl::GetFlag(FLAGS_state_dir);
+  if (!dir.empty()) return dir;
+  char pattern[] = "/tmp/sslbench-demo-XXXXXX";
+  if (mkdtemp(pattern) == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot create a folder in /tmp: ",
+                                            std::strerror(errno)));
+  }
+  // The database server may run as another user and must enter it.
+  chmod(pattern, 0755);
+  return std::string(pattern);
+}
+
+std::string DemoStudyYaml(int64_t train_limit, int64_t test_limit) {
+  return absl::StrFormat(R"(# Written by `sslbench demo`: raw pixels against a random small CNN,
+# kNN with the default parameters, on Fashion-MNIST.
+name: demo-fmnist-knn
+models:
+  - name: identity
+    path: models/identity.pt
+    channels: 1
+  - name: cnn
+    path: models/cnn.pt
+    channels: 1
+datasets:
+  - name: fashion-mnist
+    format: idx
+    root: %s
+    role: in-domain
+    train_limit: %d
+    test_limit: %d
+protocols:
+  - name: knn
+)",
+                         kDemoDataset, train_limit, test_limit);
+}
+
+// Runs the demo study on a started stack; returns the exit code.
+int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
+  const std::string state = stack.state_dir();
+  absl::StatusOr<std::string> bin_dir = ExecutableDir();
+  if (!bin_dir.ok()) return Fail(bin_dir.status(), stack.address());
+  absl::StatusOr<std::string> make_models = FindSibling(*bin_dir, "sslbench-make-models");
+  if (!make_models.ok()) return Fail(make_models.status(), stack.address());
+  std::fprintf(stderr, "sslbench: writing the demo models to %s/models\n", state.c_str());
+  absl::StatusOr<CommandResult> made = RunCommand({*make_models, state + "/models"});
+  if (!made.ok()) return Fail(made.status(), stack.address());
+  if (made->exit_code != 0) {
+    std::fprintf(stderr, "sslbench: demo: sslbench-make-models failed (exit %d):\n%s\n",
+                 made->exit_code, made->output.c_str());
+    return kExitError;
+  }
+
+  const std::string study_path = state + "/demo-study.yaml";
+  {
+    std::ofstream out(study_path, std::ios::trunc);
+    out << DemoStudyYaml(absl::GetFlag(FLAGS_train_limit), absl::GetFlag(FLAGS_test_limit));
+    if (!out) {
+      std::fprintf(stderr, "sslbench: demo: cannot write %s\n", study_path.c_str());
+      return kExitError;
+    }
+  }
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(study_path);
+  if (!spec.ok()) return Fail(spec.status(), stack.address());
+
+  CoordinatorClient client(stack.address(), absl::Seconds(60));
+  absl::StatusOr<v1::SubmitStudyResponse> submitted = client.SubmitStudy(*spec, "");
+  if (!submitted.ok()) return Fail(submitted.status(), stack.address());
+  const int64_t id = submitted->study_id();
+  std::fprintf(stderr, "sslbench: submitted study %lld (%s): %lld tasks\n",
+               static_cast<long long>(id), study_path.c_str(),
+               static_cast<long long>(submitted->tasks()));
+
+  // The watch runs here; a second thread takes the stop signals and watches
+  // the children, and ends the watch on either.
+  StudyWatcher watcher(&client, id, stdout, isatty(STDOUT_FILENO) == 1);
+  std::atomic<bool> done{false};
+  std::atomic<int> stop_signal{0};
+  absl::Status child_error;
+  std::thread monitor([&] {
+    while (!done.load()) {
+      const int sig = WaitSignal(signals, absl::Milliseconds(500));
+      if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+        stop_signal = sig;
+        watcher.Cancel();
+        return;
+      }
+      absl::Status children = stack.CheckChildren();
+      if (!children.ok()) {
+        if (StopSignalPending()) continue;  // taken on the next round
+        child_error = children;
+        watcher.Cancel();
+        return;
+      }
+    }
+  });
+  absl::StatusOr<v1::StudyStatus> final_status = watcher.Run();
+  done = true;
+  monitor.join();
+
+  if (stop_signal.load() != 0) {
+    std::fprintf(stderr, "\nsslbench: %s received, shutting down\n",
+                 strsignal(stop_signal.load()));
+    return kExitInterrupted;
+  }
+  if (!child_error.ok()) {
+    std::fprintf(stderr, "sslbench: demo: %s\n", std::string(child_error.message()).c_str());
+    return kExitError;
+  }
+  if (!final_status.ok()) return Fail(final_status.status(), stack.address());
+  const int watch_code = ReportEnd(*final_status);
+
+  absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
+  if (!results.ok()) return Fail(results.status(), stack.address());
+  if (!results->results().empty()) {
+    std::printf("\n%s", FormatResultsTable(*results).c_str());
+    std::fflush(stdout);
+  }
+  if (watch_code == kExitOk && results->results().empty()) {
+    std::fprintf(stderr, "sslbench: demo: the study succeeded but has no results\n");
+    return kExitError;
+  }
+  return watch_code == kExitOk ? kExitOk : kExitError;
+}
+
+int CmdDemo(const std::vector<std::string>& args) {
+  if (!args.empty()) return Usage("demo takes no arguments");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(kDemoDataset, ec)) {
+    std::fprintf(stderr,
+                 "sslbench: demo: the demo needs Fashion-MNIST (IDX files) in %s\n",
+                 kDemoDataset);
+    return kExitError;
+  }
+  const sigset_t signals = StopSignals(/*with_child=*/false);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::StatusOr<std::string> state_dir = MakeDemoFolder();
+  if (!state_dir.ok()) return Fail(state_dir.status(), "");
+
+  absl::StatusOr<std::unique_ptr<LocalStack>> stack =
+      LocalStack::Start(StackOptions(*state_dir));
+  if (!stack.ok()) {
+    if (stack.status().code() == absl::StatusCode::kCancelled) return kExitInterrupted;
+    std::fprintf(stderr, "sslbench: demo: %s\n", std::string(stack.status().message()).c_str());
+    return kExitError;
+  }
+  int exit_code = RunDemoStudy(**stack, signals);
+  absl::Status stopped = (*stack)->Shutdown();
+  if (!stopped.ok()) {
+    std::fprintf(stderr, "sslbench: %s\n", std::string(stopped.message()).c_str());
+    if (exit_code == kExitOk) exit_code = kExitError;
+  }
+  std::fprintf(stderr, "sslbench: demo %s; state and logs in %s\n",
+               exit_code == kExitOk ? "finished" : "failed", (*stack)->state_dir().c_str());
+  return exit_code;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "client/main.cc");
+  };
+  config.contains_helpshort_flags = config.contains_help_flags;
+  absl::SetFlagsUsageConfig(config);
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args(positional.begin() + 1, positional.end());
+  if (args.empty()) return Usage("missing command");
+  const std::string command = args.front();
+  args.erase(args.begin());
+  if (command == "help") {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
+  }
+  if (command == "submit") return CmdSubmit(args);
+  if (command == "watch") return CmdWatch(args);
+  if (command == "status") return CmdStatus(args);
+  if (command == "results") return CmdResults(args);
+  if (command == "cancel") return CmdCancel(args);
+  if (command == "workers") return CmdWorkers(args);
+  if (command == "up") return CmdUp(args);
+  if (command == "demo") return CmdDemo(args);
+  return Usage(absl::StrCat("unknown command \"", command, "\""));
+}
+
+}  // namespace
+}  // namespace sslbench::client
+
+int main(int argc, char** argv) { return sslbench::client::Main(argc, argv); }

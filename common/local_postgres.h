@@ -1,0 +1,52 @@
+#pragma once
+// A private PostgreSQL cluster in a folder: used by `sslbench up`/`demo` and
+// by the tests. PostgreSQL refuses to run as root, so when running as root
+// the cluster is created and run as the `postgres` system user, in a folder
+// that user owns.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace sslbench {
+
+struct LocalPostgresOptions {
+  std::string dir;          // created if absent; holds data/, the socket, log
+  int port = 0;             // 0: choose a free loopback port
+  bool durable = true;      // false: fsync off (tests)
+};
+
+class LocalPostgres {
+ public:
+  // Initialises the cluster on first use (initdb) and starts it, waiting until
+  // it accepts connections. Reuses an existing cluster in `dir`. FAILED_PRECONDITION
+  // with a fix when the PostgreSQL server binaries are not installed;
+  // INTERNAL with the server log's tail when start fails.
+  static absl::StatusOr<std::unique_ptr<LocalPostgres>> Start(
+      const LocalPostgresOptions& options);
+  // Stops the server (fast shutdown) unless Release() was called.
+  ~LocalPostgres();
+
+  // libpq connection string for database `dbname` as the cluster's superuser.
+  std::string ConnInfo(const std::string& dbname = "postgres") const;
+  int port() const { return port_; }
+  // Creates database `name` if absent.
+  absl::Status CreateDatabase(const std::string& name);
+  // Stops / starts the server on the same port (tests of database restarts).
+  absl::Status Stop();
+  absl::Status Restart();
+
+ private:
+  LocalPostgres() = default;
+  absl::Status StartServer();
+
+  LocalPostgresOptions options_;
+  std::string bin_dir_;
+  std::string data_dir_;
+  std::string run_as_;  // "" or "postgres"
+  int port_ = 0;
+  bool running_ = false;
+};
+
+}  // namespace sslbench

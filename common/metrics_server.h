@@ -1,0 +1,41 @@
+#pragma once
+// Serves the Prometheus text exposition of a registry at GET /metrics.
+//
+// prometheus-cpp's own exposer (civetweb) starts its threads with a fixed
+// 100 KiB stack, which fails in processes that also load LibTorch/OpenBLAS
+// (their thread-local storage leaves too little). This server runs on one
+// ordinary std::thread instead and is used by every sslbench process.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "prometheus/registry.h"
+
+namespace sslbench {
+
+class MetricsServer {
+ public:
+  // Listens on `address` ("127.0.0.1:0", "0.0.0.0:9464"; port 0 picks a free
+  // port). INVALID_ARGUMENT for a malformed address, UNAVAILABLE when the port
+  // cannot be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& address, std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsServer();  // stops serving
+
+  int port() const { return port_; }
+
+ private:
+  MetricsServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry);
+  void Serve();
+
+  int fd_;
+  int port_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+}  // namespace sslbench

@@ -1,0 +1,31 @@
+#pragma once
+// Validation, defaults and content keys of study specifications, shared by the
+// CLI (before submitting) and the coordinator (before planning).
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "sslbench/v1/types.pb.h"
+
+namespace sslbench {
+
+// Version of the feature extractor; part of every cache key, so a change in
+// preprocessing or extraction code invalidates old caches by construction.
+inline constexpr char kExtractorVersion[] = "1";
+
+// Fills unset optional fields with the protocol defaults of DESIGN.md.
+void ApplyStudyDefaults(v1::StudySpec& spec);
+
+// Checks a (defaulted) spec. INVALID_ARGUMENT naming the offending field,
+// e.g. `models[1].mean: 2 values for 1 channel`. Does not touch the file
+// system (the coordinator may not see the workers' paths).
+absl::Status ValidateStudySpec(const v1::StudySpec& spec);
+
+// Content address of the features of (model, dataset, split): hashes the
+// model's bytes (sha256), the dataset's digest and split limits, the
+// preprocessing, the output layer, the dtype and the extractor version.
+std::string FeatureCacheKey(const v1::ModelSpec& model,
+                            const v1::DatasetSpec& dataset,
+                            const std::string& split);
+
+}  // namespace sslbench

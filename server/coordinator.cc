@@ -1,0 +1,184 @@
+#include "server/coordinator.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "server/planner.h"
+
+namespace sslbench::server {
+
+bool IsTerminal(v1::StudyState state) {
+  return state == v1::STUDY_STATE_SUCCEEDED || state == v1::STUDY_STATE_FAILED ||
+         state == v1::STUDY_STATE_CANCELLED;
+}
+
+Coordinator::Coordinator(Store& store, const Clock& clock, LeasePolicy policy,
+                         CoordinatorMetrics* metrics)
+    : store_(store), clock_(clock), policy_(std::move(policy)), metrics_(metrics) {}
+
+absl::StatusOr<v1::SubmitStudyResponse> Coordinator::SubmitStudy(
+    const v1::SubmitStudyRequest& request) {
+  ASSIGN_OR_RETURN(StudyPlan plan, PlanStudy(request.spec(), request.request_id()));
+  ASSIGN_OR_RETURN(CreatedStudy created, store_.CreateStudy(plan, clock_.Now()));
+  v1::SubmitStudyResponse response;
+  response.set_study_id(created.study_id);
+  response.set_existing(created.existing);
+  response.set_tasks(created.tasks);
+  response.set_reused_features(created.reused_features);
+  if (!created.existing) {
+    if (metrics_) metrics_->StudySubmitted();
+    LogInfo("coordinator", "study ", created.study_id, " \"", plan.spec.name(),
+            "\": ", created.tasks, " tasks, ", created.reused_features,
+            " feature sets reused from the cache, ", created.shared_features,
+            " shared with running studies");
+  }
+  return response;
+}
+
+absl::StatusOr<v1::StudyStatus> Coordinator::GetStudy(int64_t study_id) {
+  return store_.GetStudyStatus(study_id, clock_.Now());
+}
+
+absl::StatusOr<v1::StudyStatus> Coordinator::CancelStudy(int64_t study_id) {
+  return store_.CancelStudy(study_id, clock_.Now());
+}
+
+absl::StatusOr<v1::ListResultsResponse> Coordinator::ListResults(int64_t study_id) {
+  ASSIGN_OR_RETURN(auto results, store_.ListResults(study_id));
+  v1::ListResultsResponse response;
+  for (auto& r : results) *response.add_results() = std::move(r);
+  return response;
+}
+
+absl::StatusOr<v1::ListWorkersResponse> Coordinator::ListWorkers() {
+  ASSIGN_OR_RETURN(auto workers,
+                   store_.ListWorkers(clock_.Now() - policy_.worker_alive_window));
+  v1::ListWorkersResponse response;
+  for (auto& w : workers) *response.add_workers() = std::move(w);
+  return response;
+}
+
+absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
+    const v1::RegisterWorkerRequest& request) {
+  if (request.name().empty()) {
+    return absl::InvalidArgumentError("name: a worker needs a name");
+  }
+  ASSIGN_OR_RETURN(int64_t id, store_.RegisterWorker(request.name(), request.hostname(),
+                                                     request.device(), clock_.Now()));
+  LogInfo("coordinator", "worker ", id, " \"", request.name(), "\" registered from ",
+          request.hostname(), " (", request.device(), ")");
+  v1::RegisterWorkerResponse response;
+  response.set_worker_id(id);
+  response.set_heartbeat_interval_ms(absl::ToInt64Milliseconds(policy_.heartbeat_interval));
+  response.set_lease_duration_ms(absl::ToInt64Milliseconds(policy_.lease_duration));
+  return response;
+}
+
+absl::StatusOr<v1::LeaseTaskResponse> Coordinator::LeaseTask(
+    const v1::LeaseTaskRequest& request) {
+  const absl::Time now = clock_.Now();
+  ASSIGN_OR_RETURN(std::optional<Lease> lease,
+                   store_.LeaseTask(request.worker_id(), now, now + policy_.lease_duration));
+  v1::LeaseTaskResponse response;
+  if (!lease) return response;
+  if (metrics_) metrics_->LeaseGranted();
+  response.set_task_id(lease->task_id);
+  response.set_lease_token(lease->token);
+  response.set_attempt(lease->attempt);
+  response.set_lease_deadline_unix_ms(absl::ToUnixMillis(lease->deadline));
+  *response.mutable_spec() = std::move(lease->spec);
+  return response;
+}
+
+absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(
+    const v1::HeartbeatRequest& request) {
+  const absl::Time now = clock_.Now();
+  const absl::Time deadline = now + policy_.lease_duration;
+  ASSIGN_OR_RETURN(HeartbeatOutcome outcome,
+                   store_.Heartbeat(request.worker_id(), request.task_id(),
+                                    request.lease_token(), request.work_done(),
+                                    request.work_total(), now, deadline));
+  v1::HeartbeatResponse response;
+  response.set_cancelled(outcome.cancelled);
+  response.set_lease_deadline_unix_ms(absl::ToUnixMillis(deadline));
+  return response;
+}
+
+absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& request) {
+  std::vector<v1::ProbeResult> results(request.results().begin(), request.results().end());
+  ExtractCompletion extract{request.feature_rows(), request.feature_dim(),
+                            request.feature_chunks()};
+  return store_.CompleteTask(request.task_id(), request.lease_token(), results,
+                             extract, clock_.Now());
+}
+
+absl::StatusOr<v1::FailTaskResponse> Coordinator::FailTask(
+    const v1::FailTaskRequest& request) {
+  ASSIGN_OR_RETURN(LeasedTask leased,
+                   store_.GetLeasedTask(request.task_id(), request.lease_token()));
+  const absl::Time now = clock_.Now();
+  const std::string error =
+      request.error().empty() ? std::string("worker reported a failure") : request.error();
+  const Release release = DecideRelease(policy_, leased.attempts, leased.max_attempts,
+                                        request.retryable(), error, now);
+  RETURN_IF_ERROR(store_.ReleaseTask(request.task_id(), request.lease_token(), release, now));
+  LogWarning("coordinator", "task ", request.task_id(), " attempt ", leased.attempts,
+             " failed", release.fail ? " for good" : ", will retry", ": ", error);
+  v1::FailTaskResponse response;
+  response.set_state(release.fail ? v1::TASK_STATE_FAILED : v1::TASK_STATE_PENDING);
+  return response;
+}
+
+absl::Status Coordinator::PutFeatureChunk(const v1::PutFeatureChunkRequest& request) {
+  return store_.PutFeatureChunk(request.task_id(), request.lease_token(), request.chunk());
+}
+
+absl::StatusOr<v1::FeatureChunk> Coordinator::GetFeatureChunk(
+    const v1::GetFeatureChunkRequest& request) {
+  return store_.GetFeatureChunk(request.cache_key(), request.chunk_index());
+}
+
+absl::StatusOr<v1::FeatureCacheInfo> Coordinator::GetFeatureCache(
+    const v1::GetFeatureCacheRequest& request) {
+  return store_.GetFeatureCache(request.cache_key());
+}
+
+absl::StatusOr<int> Coordinator::ReapExpiredLeases() {
+  const absl::Time now = clock_.Now();
+  ASSIGN_OR_RETURN(auto expired, store_.FindExpiredLeases(now, 100));
+  int released = 0;
+  for (const LeasedTask& lease : expired) {
+    const Release release = DecideRelease(
+        policy_, lease.attempts, lease.max_attempts, /*retryable=*/true,
+        absl::StrCat("lease expired: worker ", lease.worker_id,
+                     " stopped sending heartbeats"),
+        now);
+    const absl::Status status = store_.ReleaseTask(lease.task_id, lease.token, release, now);
+    if (absl::IsFailedPrecondition(status)) continue;  // another replica got there
+    RETURN_IF_ERROR(status);
+    ++released;
+    if (metrics_) metrics_->LeaseExpired();
+    LogWarning("coordinator", "task ", lease.task_id, ": ", release.error,
+               release.fail ? "; task failed" : "; requeued");
+  }
+  return released;
+}
+
+absl::Status Coordinator::RefreshGauges() {
+  if (!metrics_) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto counts, store_.CountTasksByState());
+  for (const char* state : {"PENDING", "LEASED", "SUCCEEDED", "FAILED", "CANCELLED"}) {
+    auto it = counts.find(state);
+    metrics_->SetTasks(state, it == counts.end() ? 0 : static_cast<double>(it->second));
+  }
+  ASSIGN_OR_RETURN(auto workers,
+                   store_.ListWorkers(clock_.Now() - policy_.worker_alive_window));
+  int alive = 0;
+  for (const auto& w : workers) alive += w.alive() ? 1 : 0;
+  metrics_->SetWorkersAlive(alive);
+  return absl::OkStatus();
+}
+
+}  // namespace sslbench::server

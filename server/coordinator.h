@@ -1,0 +1,66 @@
+#pragma once
+// The coordinator's domain: what every RPC does, minus the RPC. Stateless
+// apart from the store, so any number of replicas can run side by side.
+// Thread-safe. Never includes grpcpp; the adapters in *_service.cc call it.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "server/lease_policy.h"
+#include "server/metrics.h"
+#include "server/store/store.h"
+#include "sslbench/v1/client_api.pb.h"
+#include "sslbench/v1/worker_api.pb.h"
+
+namespace sslbench::server {
+
+class Coordinator {
+ public:
+  // `metrics` may be null. All references must outlive the coordinator.
+  Coordinator(Store& store, const Clock& clock, LeasePolicy policy,
+              CoordinatorMetrics* metrics);
+
+  const LeasePolicy& policy() const { return policy_; }
+
+  // Client API.
+  absl::StatusOr<v1::SubmitStudyResponse> SubmitStudy(
+      const v1::SubmitStudyRequest& request);
+  absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id);
+  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
+  absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
+  absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
+
+  // Worker API.
+  absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(
+      const v1::RegisterWorkerRequest& request);
+  absl::StatusOr<v1::LeaseTaskResponse> LeaseTask(const v1::LeaseTaskRequest& request);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  absl::Status CompleteTask(const v1::CompleteTaskRequest& request);
+  absl::StatusOr<v1::FailTaskResponse> FailTask(const v1::FailTaskRequest& request);
+  absl::Status PutFeatureChunk(const v1::PutFeatureChunkRequest& request);
+  absl::StatusOr<v1::FeatureChunk> GetFeatureChunk(
+      const v1::GetFeatureChunkRequest& request);
+  absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
+      const v1::GetFeatureCacheRequest& request);
+
+  // Returns expired leases to the queue (or fails them after max attempts).
+  // Returns how many were released. Called periodically by the process.
+  absl::StatusOr<int> ReapExpiredLeases();
+  // Refreshes the task and worker gauges from the store.
+  absl::Status RefreshGauges();
+
+ private:
+  Store& store_;
+  const Clock& clock_;
+  const LeasePolicy policy_;
+  CoordinatorMetrics* metrics_;
+};
+
+// True for the states a study does not leave.
+bool IsTerminal(v1::StudyState state);
+
+}  // namespace sslbench::server

@@ -1,0 +1,87 @@
+#include "server/coordinator_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace sslbench::server {
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    CoordinatorServerOptions options) {
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
+  s->options_ = std::move(options);
+  const Clock& clock = s->options_.clock ? *s->options_.clock : s->real_clock_;
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->metrics_registry_ = std::make_unique<CoordinatorMetrics>(s->registry_);
+  CoordinatorMetrics* metrics = s->metrics_registry_.get();
+
+  PgStoreOptions store_options;
+  store_options.conninfo = s->options_.database;
+  store_options.max_connections = s->options_.db_connections;
+  store_options.observer = [metrics](absl::string_view op, double seconds, bool ok) {
+    metrics->ObserveDb(op, seconds, ok);
+  };
+  ASSIGN_OR_RETURN(s->store_, PgStore::Create(std::move(store_options)));
+  s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock,
+                                                  s->options_.policy, metrics);
+  s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);
+  s->study_service_ =
+      std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics);
+  s->worker_service_ =
+      std::make_unique<WorkerServiceImpl>(*s->coordinator_, *s->pool_, metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(s->options_.listen, grpc::InsecureServerCredentials(),
+                           &s->port_);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  builder.RegisterService(s->study_service_.get());
+  builder.RegisterService(s->worker_service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", s->options_.listen));
+  }
+  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  if (!s->options_.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(s->metrics_,
+                     MetricsServer::Start(s->options_.metrics_listen, s->registry_));
+  }
+  s->reaper_ = std::thread([raw = s.get()] { raw->ReapLoop(); });
+  LogInfo("coordinator", "serving on port ", s->port_,
+          s->metrics_ ? absl::StrCat(", metrics on port ", s->metrics_->port()) : "");
+  return s;
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+void CoordinatorServer::ReapLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.reap_interval)) {
+    auto reaped = coordinator_->ReapExpiredLeases();
+    if (!reaped.ok()) LogWarning("coordinator", "lease reaper: ", reaped.status().ToString());
+    const absl::Status gauges = coordinator_->RefreshGauges();
+    if (!gauges.ok()) LogWarning("coordinator", "metrics refresh: ", gauges.ToString());
+  }
+}
+
+void CoordinatorServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
+  }
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (reaper_.joinable()) reaper_.join();
+  pool_.reset();  // runs what is queued, then joins
+  metrics_.reset();
+}
+
+void CoordinatorServer::Wait() { stop_.WaitForNotification(); }
+
+}  // namespace sslbench::server

@@ -1,0 +1,83 @@
+// sslbench-coordinator: accepts studies, plans task graphs, leases tasks to
+// workers and keeps every state in PostgreSQL.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/log.h"
+#include "server/coordinator_server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC address; port 0 picks a free port");
+ABSL_FLAG(std::string, database, "",
+          "libpq connection string (default: $SSLBENCH_DATABASE_URL)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
+          "Prometheus /metrics address; empty disables it");
+ABSL_FLAG(std::string, port_file, "",
+          "write the bound gRPC port here once serving (for port 0)");
+ABSL_FLAG(int, lease_seconds, 30, "lease duration; workers heartbeat well within it");
+ABSL_FLAG(int, heartbeat_ms, 5000, "heartbeat interval asked of workers");
+ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
+ABSL_FLAG(int, db_connections, 8, "pooled database connections");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "sslbench-coordinator --database=CONNINFO [--listen=HOST:PORT]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the termination signals before any thread starts, so only the
+  // sigwait below receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  sslbench::server::CoordinatorServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.database = absl::GetFlag(FLAGS_database);
+  if (options.database.empty()) {
+    const char* env = std::getenv("SSLBENCH_DATABASE_URL");
+    if (env) options.database = env;
+  }
+  if (options.database.empty()) {
+    std::fprintf(stderr,
+                 "sslbench-coordinator: no database: pass --database=CONNINFO or "
+                 "set SSLBENCH_DATABASE_URL\n");
+    return 2;
+  }
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.policy.lease_duration = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
+  options.policy.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
+  options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
+  options.db_connections = absl::GetFlag(FLAGS_db_connections);
+
+  auto server = sslbench::server::CoordinatorServer::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "sslbench-coordinator: %s\n",
+                 server.status().ToString().c_str());
+    return 1;
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    const std::string tmp = port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << (*server)->port() << "\n";
+    }
+    std::rename(tmp.c_str(), port_file.c_str());
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  sslbench::LogInfo("coordinator", "signal ", sig, ": shutting down");
+  (*server)->Shutdown();
+  sslbench::LogInfo("coordinator", "stopped");
+  return 0;
+}

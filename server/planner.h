@@ -1,0 +1,33 @@
+#pragma once
+// Expands a study (models x datasets x protocols) into a task graph:
+// extract(model, dataset, split) tasks feed probe tasks. Pure: no database,
+// no RPC; the store decides which extractions the feature cache already has.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sslbench/v1/types.pb.h"
+
+namespace sslbench::server {
+
+struct PlannedExtract {
+  std::string cache_key;
+  v1::TaskSpec spec;
+};
+
+struct PlannedProbe {
+  v1::TaskSpec spec;  // carries train_cache_key / test_cache_key
+};
+
+struct StudyPlan {
+  v1::StudySpec spec;        // defaulted and validated
+  std::string request_id;    // may be empty
+  std::vector<PlannedExtract> extracts;  // unique by cache_key
+  std::vector<PlannedProbe> probes;
+};
+
+// Applies defaults, validates (INVALID_ARGUMENT naming the field) and expands.
+absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id);
+
+}  // namespace sslbench::server

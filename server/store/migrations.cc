@@ -1,0 +1,104 @@
+#include "server/store/migrations.h"
+
+namespace sslbench::server {
+
+const std::vector<Migration>& Migrations() {
+  // Times are microseconds since the Unix epoch, taken from the coordinator's
+  // injected clock (not the database's now()), so leases are testable.
+  static const std::vector<Migration> kMigrations = {
+      {1, "studies, tasks, leases, feature cache, results, workers", R"sql(
+CREATE TABLE studies (
+  id               BIGSERIAL PRIMARY KEY,
+  request_id       TEXT UNIQUE,
+  name             TEXT NOT NULL,
+  spec             BYTEA NOT NULL,
+  state            TEXT NOT NULL,
+  error            TEXT NOT NULL DEFAULT '',
+  reused_features  INT NOT NULL DEFAULT 0,
+  created_us       BIGINT NOT NULL,
+  finished_us      BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE tasks (
+  id                BIGSERIAL PRIMARY KEY,
+  study_id          BIGINT NOT NULL REFERENCES studies(id),
+  kind              TEXT NOT NULL,
+  state             TEXT NOT NULL,
+  spec              BYTEA NOT NULL,
+  cache_key         TEXT NOT NULL DEFAULT '',
+  attempts          INT NOT NULL DEFAULT 0,
+  max_attempts      INT NOT NULL,
+  not_before_us     BIGINT NOT NULL DEFAULT 0,
+  lease_token       BIGINT NOT NULL DEFAULT 0,
+  lease_worker      BIGINT NOT NULL DEFAULT 0,
+  lease_deadline_us BIGINT NOT NULL DEFAULT 0,
+  work_done         BIGINT NOT NULL DEFAULT 0,
+  work_total        BIGINT NOT NULL DEFAULT 0,
+  last_error        TEXT NOT NULL DEFAULT '',
+  created_us        BIGINT NOT NULL,
+  finished_us       BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_pending ON tasks (id) WHERE state = 'PENDING';
+CREATE INDEX tasks_leased ON tasks (lease_deadline_us) WHERE state = 'LEASED';
+CREATE INDEX tasks_study ON tasks (study_id);
+CREATE TABLE task_deps (
+  task_id    BIGINT NOT NULL REFERENCES tasks(id),
+  depends_on BIGINT NOT NULL REFERENCES tasks(id),
+  PRIMARY KEY (task_id, depends_on)
+);
+CREATE INDEX task_deps_reverse ON task_deps (depends_on);
+CREATE SEQUENCE lease_tokens;
+CREATE TABLE feature_caches (
+  cache_key     TEXT PRIMARY KEY,
+  model         TEXT NOT NULL,
+  dataset       TEXT NOT NULL,
+  split         TEXT NOT NULL,
+  complete      BOOLEAN NOT NULL DEFAULT false,
+  producer_task BIGINT NOT NULL DEFAULT 0,
+  num_rows      BIGINT NOT NULL DEFAULT 0,
+  dim           INT NOT NULL DEFAULT 0,
+  num_chunks    INT NOT NULL DEFAULT 0,
+  created_us    BIGINT NOT NULL,
+  completed_us  BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE feature_chunks (
+  cache_key   TEXT NOT NULL REFERENCES feature_caches(cache_key),
+  chunk_index INT NOT NULL,
+  row_start   BIGINT NOT NULL,
+  num_rows    INT NOT NULL,
+  dim         INT NOT NULL,
+  features    BYTEA NOT NULL,
+  labels      BYTEA NOT NULL,
+  PRIMARY KEY (cache_key, chunk_index)
+);
+-- Float features do not compress; skip TOAST compression (pglz only wastes CPU).
+ALTER TABLE feature_chunks ALTER COLUMN features SET STORAGE EXTERNAL;
+CREATE TABLE results (
+  id             BIGSERIAL PRIMARY KEY,
+  study_id       BIGINT NOT NULL REFERENCES studies(id),
+  task_id        BIGINT NOT NULL REFERENCES tasks(id),
+  model          TEXT NOT NULL,
+  dataset        TEXT NOT NULL,
+  protocol       TEXT NOT NULL,
+  variant        TEXT NOT NULL,
+  top1           DOUBLE PRECISION NOT NULL,
+  top5           DOUBLE PRECISION NOT NULL,
+  mean_per_class DOUBLE PRECISION NOT NULL,
+  result         BYTEA NOT NULL,
+  UNIQUE (task_id, variant)
+);
+CREATE INDEX results_study ON results (study_id);
+CREATE TABLE workers (
+  id            BIGSERIAL PRIMARY KEY,
+  name          TEXT NOT NULL,
+  hostname      TEXT NOT NULL,
+  device        TEXT NOT NULL,
+  registered_us BIGINT NOT NULL,
+  last_seen_us  BIGINT NOT NULL,
+  current_task  BIGINT NOT NULL DEFAULT 0
+);
+)sql"},
+  };
+  return kMigrations;
+}
+
+}  // namespace sslbench::server

@@ -1,0 +1,841 @@
+#include "server/store/pg_store.h"
+
+#include <pqxx/pqxx>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "server/store/migrations.h"
+
+namespace sslbench::server {
+
+struct PgStore::Conn {
+  explicit Conn(const std::string& conninfo) : c(conninfo) {}
+  pqxx::connection c;
+};
+
+// A transaction as handed to the bodies of PgStore's methods.
+class PgStore::Txn {
+ public:
+  explicit Txn(pqxx::connection& conn) : work(conn) {}
+  pqxx::work work;
+};
+
+namespace {
+
+// Serialises the coordinators' migration steps (an arbitrary constant).
+constexpr int64_t kMigrationLockId = 0x55b3e7c4;
+
+int64_t Us(absl::Time t) { return absl::ToUnixMicros(t); }
+absl::Time FromUs(int64_t us) { return absl::FromUnixMicros(us); }
+
+std::string KindName(v1::TaskKind kind) {
+  switch (kind) {
+    case v1::TASK_KIND_EXTRACT: return "EXTRACT";
+    case v1::TASK_KIND_KNN: return "KNN";
+    default: return "UNSPECIFIED";
+  }
+}
+v1::TaskKind KindFromName(const std::string& name) {
+  if (name == "EXTRACT") return v1::TASK_KIND_EXTRACT;
+  if (name == "KNN") return v1::TASK_KIND_KNN;
+  return v1::TASK_KIND_UNSPECIFIED;
+}
+v1::StudyState StudyStateFromName(const std::string& name) {
+  if (name == "RUNNING") return v1::STUDY_STATE_RUNNING;
+  if (name == "SUCCEEDED") return v1::STUDY_STATE_SUCCEEDED;
+  if (name == "FAILED") return v1::STUDY_STATE_FAILED;
+  if (name == "CANCELLED") return v1::STUDY_STATE_CANCELLED;
+  return v1::STUDY_STATE_UNSPECIFIED;
+}
+
+pqxx::binarystring Bytes(const std::string& s) {
+  return pqxx::binarystring(s.data(), s.size());
+}
+std::string FromBytes(const pqxx::field& f) { return pqxx::binarystring(f).str(); }
+
+absl::Status StaleToken(int64_t task_id, int64_t token, int64_t current,
+                        const std::string& state) {
+  if (token != current) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease lost: task ", task_id, " has fencing token ", current,
+        ", the request carries stale token ", token));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "lease lost: task ", task_id, " is ", state, ", not LEASED"));
+}
+
+// Fails, transitively, the pending tasks that depend on `failed_task`.
+// Returns the studies touched.
+std::set<int64_t> FailDependents(pqxx::work& w, int64_t failed_task,
+                                 const std::string& reason, int64_t now_us) {
+  std::set<int64_t> studies;
+  std::vector<int64_t> frontier = {failed_task};
+  while (!frontier.empty()) {
+    const int64_t id = frontier.back();
+    frontier.pop_back();
+    const auto r = w.exec_params(
+        "UPDATE tasks SET state = 'FAILED', finished_us = $2, "
+        "last_error = $3 WHERE state = 'PENDING' AND id IN "
+        "(SELECT task_id FROM task_deps WHERE depends_on = $1) "
+        "RETURNING id, study_id",
+        id, now_us,
+        absl::StrCat("dependency task ", failed_task, " failed: ", reason));
+    for (const auto& row : r) {
+      frontier.push_back(row[0].as<int64_t>());
+      studies.insert(row[1].as<int64_t>());
+    }
+  }
+  return studies;
+}
+
+// Recomputes a running study's state from its own tasks.
+void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
+  const auto s = w.exec_params(
+      "SELECT state FROM studies WHERE id = $1 FOR UPDATE", study_id);
+  if (s.empty() || s[0][0].as<std::string>() != "RUNNING") return;
+  const auto r = w.exec_params(
+      "SELECT count(*) FILTER (WHERE state IN ('PENDING', 'LEASED')), "
+      "count(*) FILTER (WHERE state = 'FAILED') FROM tasks WHERE study_id = $1",
+      study_id);
+  if (r[0][0].as<int64_t>() > 0) return;
+  if (r[0][1].as<int64_t>() > 0) {
+    const auto e = w.exec_params(
+        "SELECT id, last_error FROM tasks WHERE study_id = $1 AND "
+        "state = 'FAILED' ORDER BY id LIMIT 1",
+        study_id);
+    w.exec_params(
+        "UPDATE studies SET state = 'FAILED', finished_us = $2, error = $3 "
+        "WHERE id = $1",
+        study_id, now_us,
+        absl::StrCat("task ", e[0][0].as<int64_t>(), ": ",
+                     e[0][1].as<std::string>()));
+  } else {
+    w.exec_params(
+        "UPDATE studies SET state = 'SUCCEEDED', finished_us = $2 WHERE id = $1",
+        study_id, now_us);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PgStore>> PgStore::Create(PgStoreOptions options) {
+  std::unique_ptr<PgStore> store(new PgStore(std::move(options)));
+  RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+PgStore::PgStore(PgStoreOptions options) : options_(std::move(options)) {}
+PgStore::~PgStore() = default;
+
+std::unique_ptr<PgStore::Conn> PgStore::Acquire() {
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](PgStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+          return !s->idle_.empty() || s->open_ < s->options_.max_connections;
+        },
+        this));
+    if (!idle_.empty()) {
+      auto conn = std::move(idle_.back());
+      idle_.pop_back();
+      return conn;
+    }
+    ++open_;
+  }
+  return nullptr;  // the caller opens a new connection in the slot it holds
+}
+
+void PgStore::Return(std::unique_ptr<Conn> conn) {
+  absl::MutexLock lock(&mu_);
+  if (conn && conn->c.is_open()) {
+    idle_.push_back(std::move(conn));
+  } else {
+    --open_;
+  }
+}
+
+absl::Status PgStore::Transact(absl::string_view op,
+                               const std::function<absl::Status(Txn&)>& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status result;
+  bool reconnected = false;
+  for (int attempt = 0;; ++attempt) {
+    std::unique_ptr<Conn> conn = Acquire();
+    bool retry = false;
+    try {
+      if (!conn) conn = std::make_unique<Conn>(options_.conninfo);
+      Txn txn(conn->c);
+      result = fn(txn);
+      if (result.ok()) {
+        txn.work.commit();
+      } else {
+        txn.work.abort();
+      }
+    } catch (const pqxx::in_doubt_error& e) {
+      conn.reset();
+      result = absl::UnavailableError(absl::StrCat(
+          op, ": connection lost during commit; outcome unknown: ", e.what()));
+    } catch (const pqxx::broken_connection& e) {
+      conn.reset();
+      // A restarted database drops every pooled connection: retry once on a
+      // fresh one before reporting the database unreachable.
+      if (!reconnected) {
+        reconnected = true;
+        retry = true;
+      }
+      result = absl::UnavailableError(
+          absl::StrCat(op, ": database unavailable: ", e.what()));
+    } catch (const pqxx::transaction_rollback& e) {
+      // Serialization failure or deadlock: the whole transaction may retry.
+      retry = attempt < 5;
+      result = absl::AbortedError(
+          absl::StrCat(op, ": transaction conflict, retry: ", e.what()));
+    } catch (const pqxx::unique_violation& e) {
+      result = absl::AlreadyExistsError(absl::StrCat(op, ": ", e.what()));
+    } catch (const pqxx::sql_error& e) {
+      result = absl::InternalError(
+          absl::StrCat(op, ": database error: ", e.what(), " (query: ",
+                       e.query().substr(0, 200), ")"));
+    } catch (const std::exception& e) {
+      result = absl::InternalError(absl::StrCat(op, ": ", e.what()));
+    }
+    Return(std::move(conn));
+    if (!retry) break;
+  }
+  if (options_.observer) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    options_.observer(op, seconds, result.ok());
+  }
+  return result;
+}
+
+absl::Status PgStore::Migrate() {
+  return Transact("migrate", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    w.exec_params("SELECT pg_advisory_xact_lock($1)", kMigrationLockId);
+    w.exec0(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INT PRIMARY KEY, description TEXT NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())");
+    const int current =
+        w.exec1("SELECT COALESCE(max(version), 0) FROM schema_migrations")[0]
+            .as<int>();
+    const auto& migrations = Migrations();
+    if (!migrations.empty() && current > migrations.back().version) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "database schema version ", current,
+          " is newer than this coordinator knows (",
+          migrations.back().version, "): upgrade the coordinator"));
+    }
+    for (const auto& m : migrations) {
+      if (m.version <= current) continue;
+      w.exec0(m.sql);
+      w.exec_params(
+          "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+          m.version, std::string(m.description));
+      LogInfo("store", "applied schema migration ", m.version, ": ", m.description);
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<int> PgStore::SchemaVersion() {
+  int version = 0;
+  RETURN_IF_ERROR(Transact("schema_version", [&](Txn& t) -> absl::Status {
+    version = t.work.exec1("SELECT COALESCE(max(version), 0) FROM schema_migrations")[0]
+                  .as<int>();
+    return absl::OkStatus();
+  }));
+  return version;
+}
+
+absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
+                                                  absl::Time now) {
+  CreatedStudy created;
+  const int64_t now_us = Us(now);
+  RETURN_IF_ERROR(Transact("create_study", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    created = CreatedStudy{};
+    if (!plan.request_id.empty()) {
+      // Serialise submissions that share a request id.
+      w.exec_params("SELECT pg_advisory_xact_lock(hashtext($1))", plan.request_id);
+      const auto r = w.exec_params(
+          "SELECT id, spec FROM studies WHERE request_id = $1", plan.request_id);
+      if (!r.empty()) {
+        v1::StudySpec stored;
+        stored.ParseFromString(FromBytes(r[0][1]));
+        if (stored.SerializeAsString() != plan.spec.SerializeAsString()) {
+          return absl::AlreadyExistsError(absl::StrCat(
+              "request_id \"", plan.request_id, "\" was used for study ",
+              r[0][0].as<int64_t>(), " with a different spec"));
+        }
+        created.study_id = r[0][0].as<int64_t>();
+        created.existing = true;
+        return absl::OkStatus();
+      }
+    }
+    const std::string spec_bytes = plan.spec.SerializeAsString();
+    const auto inserted = w.exec_params(
+        "INSERT INTO studies (request_id, name, spec, state, created_us) "
+        "VALUES (NULLIF($1, ''), $2, $3, 'RUNNING', $4) RETURNING id",
+        plan.request_id, plan.spec.name(), Bytes(spec_bytes), now_us);
+    const int64_t study_id = inserted[0][0].as<int64_t>();
+    created.study_id = study_id;
+
+    auto insert_task = [&](const v1::TaskSpec& spec) -> int64_t {
+      const auto r = w.exec_params(
+          "INSERT INTO tasks (study_id, kind, state, spec, cache_key, "
+          "max_attempts, created_us) VALUES ($1, $2, 'PENDING', $3, $4, $5, $6) "
+          "RETURNING id",
+          study_id, KindName(spec.kind()), Bytes(spec.SerializeAsString()),
+          spec.cache_key(), plan.spec.max_attempts(), now_us);
+      ++created.tasks;
+      return r[0][0].as<int64_t>();
+    };
+
+    // cache key -> producing task (0 when the cache is complete).
+    std::map<std::string, int64_t> producers;
+    for (const auto& extract : plan.extracts) {
+      w.exec_params(
+          "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us) "
+          "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cache_key) DO NOTHING",
+          extract.cache_key, extract.spec.model().name(),
+          extract.spec.dataset().name(), extract.spec.split(), now_us);
+      const auto cache = w.exec_params(
+          "SELECT c.complete, c.producer_task, COALESCE(t.state, '') "
+          "FROM feature_caches c LEFT JOIN tasks t ON t.id = c.producer_task "
+          "WHERE c.cache_key = $1 FOR UPDATE OF c",
+          extract.cache_key);
+      const bool complete = cache[0][0].as<bool>();
+      const int64_t producer = cache[0][1].as<int64_t>();
+      const std::string producer_state = cache[0][2].as<std::string>();
+      if (complete) {
+        producers[extract.cache_key] = 0;
+        ++created.reused_features;
+      } else if (producer != 0 &&
+                 (producer_state == "PENDING" || producer_state == "LEASED" ||
+                  producer_state == "SUCCEEDED")) {
+        producers[extract.cache_key] = producer;
+        ++created.shared_features;
+      } else {
+        const int64_t id = insert_task(extract.spec);
+        w.exec_params(
+            "UPDATE feature_caches SET producer_task = $2 WHERE cache_key = $1",
+            extract.cache_key, id);
+        producers[extract.cache_key] = id;
+      }
+    }
+    for (const auto& probe : plan.probes) {
+      const int64_t id = insert_task(probe.spec);
+      for (const std::string* key :
+           {&probe.spec.train_cache_key(), &probe.spec.test_cache_key()}) {
+        const int64_t producer = producers.at(*key);
+        if (producer == 0) continue;
+        w.exec_params(
+            "INSERT INTO task_deps (task_id, depends_on) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING",
+            id, producer);
+      }
+    }
+    w.exec_params("UPDATE studies SET reused_features = $2 WHERE id = $1",
+                  study_id, created.reused_features);
+    return absl::OkStatus();
+  }));
+  return created;
+}
+
+absl::StatusOr<v1::StudyStatus> PgStore::GetStudyStatus(int64_t study_id,
+                                                        absl::Time now) {
+  v1::StudyStatus status;
+  RETURN_IF_ERROR(Transact("get_study", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    status.Clear();
+    const auto s = w.exec_params(
+        "SELECT name, state, error, created_us, finished_us, reused_features "
+        "FROM studies WHERE id = $1",
+        study_id);
+    if (s.empty()) {
+      return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
+    }
+    status.set_study_id(study_id);
+    status.set_name(s[0][0].as<std::string>());
+    status.set_state(StudyStateFromName(s[0][1].as<std::string>()));
+    status.set_error(s[0][2].as<std::string>());
+    const int64_t created_us = s[0][3].as<int64_t>();
+    const int64_t finished_us = s[0][4].as<int64_t>();
+    status.set_created_unix(static_cast<double>(created_us) / 1e6);
+    status.set_elapsed_seconds(
+        static_cast<double>((finished_us > 0 ? finished_us : Us(now)) - created_us) / 1e6);
+    // The study's own tasks plus the extractions it borrows from other studies.
+    const auto r = w.exec_params(
+        "SELECT kind, state, count(*), COALESCE(sum(work_done), 0), "
+        "COALESCE(sum(work_total), 0) FROM tasks WHERE study_id = $1 OR id IN "
+        "(SELECT d.depends_on FROM task_deps d JOIN tasks p ON p.id = d.task_id "
+        " WHERE p.study_id = $1) GROUP BY kind, state ORDER BY kind",
+        study_id);
+    std::map<v1::TaskKind, v1::TaskProgress> by_kind;
+    by_kind[v1::TASK_KIND_EXTRACT].set_kind(v1::TASK_KIND_EXTRACT);
+    by_kind[v1::TASK_KIND_EXTRACT].set_reused(s[0][5].as<int64_t>());
+    for (const auto& row : r) {
+      const v1::TaskKind kind = KindFromName(row[0].as<std::string>());
+      auto& p = by_kind[kind];
+      p.set_kind(kind);
+      const std::string state = row[1].as<std::string>();
+      const int64_t n = row[2].as<int64_t>();
+      p.set_total(p.total() + n);
+      if (state == "PENDING") p.set_pending(p.pending() + n);
+      if (state == "LEASED") {
+        p.set_leased(p.leased() + n);
+        p.set_work_done(p.work_done() + row[3].as<int64_t>());
+        p.set_work_total(p.work_total() + row[4].as<int64_t>());
+      }
+      if (state == "SUCCEEDED") p.set_succeeded(p.succeeded() + n);
+      if (state == "FAILED") p.set_failed(p.failed() + n);
+      if (state == "CANCELLED") p.set_cancelled(p.cancelled() + n);
+    }
+    for (auto& [kind, p] : by_kind) *status.add_progress() = p;
+    return absl::OkStatus();
+  }));
+  return status;
+}
+
+absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id,
+                                                     absl::Time now) {
+  const int64_t now_us = Us(now);
+  RETURN_IF_ERROR(Transact("cancel_study", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    const auto s = w.exec_params(
+        "SELECT state FROM studies WHERE id = $1 FOR UPDATE", study_id);
+    if (s.empty()) {
+      return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
+    }
+    if (s[0][0].as<std::string>() != "RUNNING") return absl::OkStatus();
+    // Keep extractions that a task of another running study waits for.
+    w.exec_params(
+        "UPDATE tasks t SET state = 'CANCELLED', finished_us = $2, "
+        "last_error = 'study cancelled' WHERE t.study_id = $1 AND "
+        "t.state IN ('PENDING', 'LEASED') AND NOT EXISTS ("
+        " SELECT 1 FROM task_deps d JOIN tasks o ON o.id = d.task_id "
+        " WHERE d.depends_on = t.id AND o.study_id <> $1 "
+        " AND o.state IN ('PENDING', 'LEASED'))",
+        study_id, now_us);
+    w.exec_params(
+        "UPDATE studies SET state = 'CANCELLED', finished_us = $2 WHERE id = $1",
+        study_id, now_us);
+    return absl::OkStatus();
+  }));
+  return GetStudyStatus(study_id, now);
+}
+
+absl::StatusOr<std::vector<v1::ProbeResult>> PgStore::ListResults(int64_t study_id) {
+  std::vector<v1::ProbeResult> results;
+  RETURN_IF_ERROR(Transact("list_results", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    results.clear();
+    if (w.exec_params("SELECT 1 FROM studies WHERE id = $1", study_id).empty()) {
+      return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
+    }
+    const auto r = w.exec_params(
+        "SELECT result FROM results WHERE study_id = $1 ORDER BY id", study_id);
+    for (const auto& row : r) {
+      v1::ProbeResult result;
+      if (!result.ParseFromString(FromBytes(row[0]))) {
+        return absl::DataLossError("a stored result does not parse");
+      }
+      results.push_back(std::move(result));
+    }
+    return absl::OkStatus();
+  }));
+  return results;
+}
+
+absl::StatusOr<int64_t> PgStore::RegisterWorker(const std::string& name,
+                                                const std::string& hostname,
+                                                const std::string& device,
+                                                absl::Time now) {
+  int64_t id = 0;
+  RETURN_IF_ERROR(Transact("register_worker", [&](Txn& t) -> absl::Status {
+    id = t.work
+             .exec_params(
+                 "INSERT INTO workers (name, hostname, device, registered_us, "
+                 "last_seen_us) VALUES ($1, $2, $3, $4, $4) RETURNING id",
+                 name, hostname, device, Us(now))[0][0]
+             .as<int64_t>();
+    return absl::OkStatus();
+  }));
+  return id;
+}
+
+absl::StatusOr<std::vector<v1::WorkerInfo>> PgStore::ListWorkers(
+    absl::Time alive_since) {
+  std::vector<v1::WorkerInfo> workers;
+  RETURN_IF_ERROR(Transact("list_workers", [&](Txn& t) -> absl::Status {
+    workers.clear();
+    const auto r = t.work.exec(
+        "SELECT id, name, hostname, device, last_seen_us, current_task "
+        "FROM workers ORDER BY id");
+    for (const auto& row : r) {
+      v1::WorkerInfo info;
+      info.set_worker_id(row[0].as<int64_t>());
+      info.set_name(row[1].as<std::string>());
+      info.set_hostname(row[2].as<std::string>());
+      info.set_device(row[3].as<std::string>());
+      const int64_t seen = row[4].as<int64_t>();
+      info.set_last_seen_unix(static_cast<double>(seen) / 1e6);
+      info.set_alive(seen >= Us(alive_since));
+      info.set_current_task_id(row[5].as<int64_t>());
+      workers.push_back(std::move(info));
+    }
+    return absl::OkStatus();
+  }));
+  return workers;
+}
+
+absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(int64_t worker_id,
+                                                        absl::Time now,
+                                                        absl::Time deadline) {
+  std::optional<Lease> lease;
+  RETURN_IF_ERROR(Transact("lease_task", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    lease.reset();
+    const auto seen = w.exec_params(
+        "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 "
+        "RETURNING id",
+        worker_id, Us(now));
+    if (seen.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "worker ", worker_id, " is not registered; register again"));
+    }
+    // SKIP LOCKED: concurrent leasers each take a different row, none waits.
+    const auto r = w.exec_params(
+        "UPDATE tasks SET state = 'LEASED', lease_token = nextval('lease_tokens'), "
+        "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
+        "work_done = 0, work_total = 0 "
+        "WHERE id = (SELECT t.id FROM tasks t WHERE t.state = 'PENDING' "
+        " AND t.not_before_us <= $2 AND NOT EXISTS ("
+        "  SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
+        "  WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') "
+        " ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
+        "RETURNING id, lease_token, attempts, spec",
+        worker_id, Us(now), Us(deadline));
+    if (r.empty()) return absl::OkStatus();
+    Lease l;
+    l.task_id = r[0][0].as<int64_t>();
+    l.token = r[0][1].as<int64_t>();
+    l.attempt = r[0][2].as<int32_t>();
+    l.deadline = deadline;
+    if (!l.spec.ParseFromString(FromBytes(r[0][3]))) {
+      return absl::DataLossError(absl::StrCat("task ", l.task_id, ": spec does not parse"));
+    }
+    w.exec_params("UPDATE workers SET current_task = $2 WHERE id = $1",
+                  worker_id, l.task_id);
+    lease = std::move(l);
+    return absl::OkStatus();
+  }));
+  return lease;
+}
+
+absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
+    int64_t worker_id, int64_t task_id, int64_t token, int64_t work_done,
+    int64_t work_total, absl::Time now, absl::Time new_deadline) {
+  HeartbeatOutcome outcome;
+  RETURN_IF_ERROR(Transact("heartbeat", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    outcome = HeartbeatOutcome{};
+    const auto r = w.exec_params(
+        "SELECT state, lease_token FROM tasks WHERE id = $1 FOR UPDATE", task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    }
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    w.exec_params("UPDATE workers SET last_seen_us = $2 WHERE id = $1",
+                  worker_id, Us(now));
+    if (current == token && state == "CANCELLED") {
+      outcome.cancelled = true;
+      return absl::OkStatus();
+    }
+    if (current != token || state != "LEASED") {
+      return StaleToken(task_id, token, current, state);
+    }
+    w.exec_params(
+        "UPDATE tasks SET lease_deadline_us = $2, work_done = $3, work_total = $4 "
+        "WHERE id = $1",
+        task_id, Us(new_deadline), work_done, work_total);
+    return absl::OkStatus();
+  }));
+  return outcome;
+}
+
+absl::StatusOr<LeasedTask> PgStore::GetLeasedTask(int64_t task_id, int64_t token) {
+  LeasedTask leased;
+  RETURN_IF_ERROR(Transact("get_leased_task", [&](Txn& t) -> absl::Status {
+    const auto r = t.work.exec_params(
+        "SELECT state, lease_token, attempts, max_attempts, lease_worker "
+        "FROM tasks WHERE id = $1",
+        task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    }
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    if (current != token || state != "LEASED") {
+      return StaleToken(task_id, token, current, state);
+    }
+    leased = LeasedTask{task_id, token, r[0][2].as<int32_t>(),
+                        r[0][3].as<int32_t>(), r[0][4].as<int64_t>()};
+    return absl::OkStatus();
+  }));
+  return leased;
+}
+
+absl::StatusOr<std::vector<LeasedTask>> PgStore::FindExpiredLeases(absl::Time now,
+                                                                   int limit) {
+  std::vector<LeasedTask> expired;
+  RETURN_IF_ERROR(Transact("find_expired_leases", [&](Txn& t) -> absl::Status {
+    expired.clear();
+    const auto r = t.work.exec_params(
+        "SELECT id, lease_token, attempts, max_attempts, lease_worker FROM tasks "
+        "WHERE state = 'LEASED' AND lease_deadline_us < $1 "
+        "ORDER BY lease_deadline_us LIMIT $2",
+        Us(now), limit);
+    for (const auto& row : r) {
+      expired.push_back(LeasedTask{row[0].as<int64_t>(), row[1].as<int64_t>(),
+                                   row[2].as<int32_t>(), row[3].as<int32_t>(),
+                                   row[4].as<int64_t>()});
+    }
+    return absl::OkStatus();
+  }));
+  return expired;
+}
+
+absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
+                                  const Release& release, absl::Time now) {
+  const int64_t now_us = Us(now);
+  return Transact("release_task", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    const auto r = w.exec_params(
+        "SELECT state, lease_token, study_id, lease_worker FROM tasks "
+        "WHERE id = $1 FOR UPDATE",
+        task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    }
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    if (current != token || state != "LEASED") {
+      return StaleToken(task_id, token, current, state);
+    }
+    const int64_t study_id = r[0][2].as<int64_t>();
+    w.exec_params(
+        "UPDATE workers SET current_task = 0 WHERE id = $1 AND current_task = $2",
+        r[0][3].as<int64_t>(), task_id);
+    if (!release.fail) {
+      w.exec_params(
+          "UPDATE tasks SET state = 'PENDING', lease_worker = 0, "
+          "not_before_us = $2, last_error = $3 WHERE id = $1",
+          task_id, Us(release.not_before), release.error);
+      return absl::OkStatus();
+    }
+    w.exec_params(
+        "UPDATE tasks SET state = 'FAILED', lease_worker = 0, finished_us = $2, "
+        "last_error = $3 WHERE id = $1",
+        task_id, now_us, release.error);
+    std::set<int64_t> studies = FailDependents(w, task_id, release.error, now_us);
+    studies.insert(study_id);
+    for (int64_t s : studies) RefreshStudy(w, s, now_us);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
+                                   const std::vector<v1::ProbeResult>& results,
+                                   const ExtractCompletion& extract,
+                                   absl::Time now) {
+  const int64_t now_us = Us(now);
+  return Transact("complete_task", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    const auto r = w.exec_params(
+        "SELECT state, lease_token, study_id, kind, cache_key, lease_worker "
+        "FROM tasks WHERE id = $1 FOR UPDATE",
+        task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    }
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    if (current == token && state == "SUCCEEDED") return absl::OkStatus();
+    if (current != token || state != "LEASED") {
+      return StaleToken(task_id, token, current, state);
+    }
+    const int64_t study_id = r[0][2].as<int64_t>();
+    const std::string kind = r[0][3].as<std::string>();
+    const std::string cache_key = r[0][4].as<std::string>();
+    if (kind == "EXTRACT") {
+      const auto c = w.exec_params(
+          "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "
+          "COALESCE(max(dim), 0), COALESCE(max(chunk_index), -1) "
+          "FROM feature_chunks WHERE cache_key = $1",
+          cache_key);
+      const int64_t chunks = c[0][0].as<int64_t>();
+      const int64_t rows = c[0][1].as<int64_t>();
+      const int min_dim = c[0][2].as<int>();
+      const int max_dim = c[0][3].as<int>();
+      const int64_t max_index = c[0][4].as<int64_t>();
+      if (chunks != extract.chunks || rows != extract.rows ||
+          max_index != chunks - 1 || min_dim != max_dim ||
+          min_dim != extract.dim || chunks == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task ", task_id, ": the feature cache holds ", chunks,
+            " chunks with ", rows, " rows of width ", min_dim, "..", max_dim,
+            "; the worker reported ", extract.chunks, " chunks, ", extract.rows,
+            " rows of width ", extract.dim));
+      }
+      w.exec_params(
+          "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
+          "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
+          cache_key, rows, extract.dim, extract.chunks, now_us);
+    }
+    for (const auto& result : results) {
+      v1::ProbeResult stored = result;
+      stored.set_task_id(task_id);
+      stored.set_study_id(study_id);
+      w.exec_params(
+          "INSERT INTO results (study_id, task_id, model, dataset, protocol, "
+          "variant, top1, top5, mean_per_class, result) VALUES "
+          "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+          "ON CONFLICT (task_id, variant) DO NOTHING",
+          study_id, task_id, stored.model(), stored.dataset(), stored.protocol(),
+          stored.variant(), stored.top1(), stored.top5(), stored.mean_per_class(),
+          Bytes(stored.SerializeAsString()));
+    }
+    w.exec_params(
+        "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
+        "work_done = work_total WHERE id = $1",
+        task_id, now_us);
+    w.exec_params(
+        "UPDATE workers SET current_task = 0, last_seen_us = $3 "
+        "WHERE id = $1 AND current_task = $2",
+        r[0][5].as<int64_t>(), task_id, now_us);
+    RefreshStudy(w, study_id, now_us);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
+                                      const v1::FeatureChunk& chunk) {
+  if (chunk.num_rows() <= 0 || chunk.dim() <= 0 || chunk.chunk_index() < 0 ||
+      chunk.row_start() < 0) {
+    return absl::InvalidArgumentError(
+        "chunk: num_rows and dim must be positive, chunk_index and row_start >= 0");
+  }
+  const int64_t want_features = int64_t{chunk.num_rows()} * chunk.dim() * 4;
+  if (static_cast<int64_t>(chunk.features().size()) != want_features ||
+      static_cast<int64_t>(chunk.labels().size()) != int64_t{chunk.num_rows()} * 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk ", chunk.chunk_index(), ": ", chunk.features().size(),
+        " feature bytes and ", chunk.labels().size(), " label bytes for ",
+        chunk.num_rows(), " rows of width ", chunk.dim()));
+  }
+  return Transact("put_feature_chunk", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    const auto r = w.exec_params(
+        "SELECT state, lease_token, cache_key FROM tasks WHERE id = $1 FOR SHARE",
+        task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    }
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    if (current != token || state != "LEASED") {
+      return StaleToken(task_id, token, current, state);
+    }
+    if (r[0][2].as<std::string>() != chunk.cache_key()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task ", task_id, " fills cache ", r[0][2].as<std::string>(),
+          ", not ", chunk.cache_key()));
+    }
+    w.exec_params(
+        "INSERT INTO feature_chunks (cache_key, chunk_index, row_start, num_rows, "
+        "dim, features, labels) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (cache_key, chunk_index) DO UPDATE SET row_start = $3, "
+        "num_rows = $4, dim = $5, features = $6, labels = $7",
+        chunk.cache_key(), chunk.chunk_index(), chunk.row_start(),
+        chunk.num_rows(), chunk.dim(), Bytes(chunk.features()),
+        Bytes(chunk.labels()));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(
+    const std::string& cache_key, int32_t chunk_index) {
+  v1::FeatureChunk chunk;
+  RETURN_IF_ERROR(Transact("get_feature_chunk", [&](Txn& t) -> absl::Status {
+    const auto r = t.work.exec_params(
+        "SELECT row_start, num_rows, dim, features, labels FROM feature_chunks "
+        "WHERE cache_key = $1 AND chunk_index = $2",
+        cache_key, chunk_index);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "feature cache ", cache_key, " has no chunk ", chunk_index));
+    }
+    chunk.set_cache_key(cache_key);
+    chunk.set_chunk_index(chunk_index);
+    chunk.set_row_start(r[0][0].as<int64_t>());
+    chunk.set_num_rows(r[0][1].as<int32_t>());
+    chunk.set_dim(r[0][2].as<int32_t>());
+    chunk.set_features(FromBytes(r[0][3]));
+    chunk.set_labels(FromBytes(r[0][4]));
+    return absl::OkStatus();
+  }));
+  return chunk;
+}
+
+absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
+    const std::string& cache_key) {
+  v1::FeatureCacheInfo info;
+  RETURN_IF_ERROR(Transact("get_feature_cache", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    info.Clear();
+    const auto r = w.exec_params(
+        "SELECT complete, num_rows, dim, num_chunks FROM feature_caches "
+        "WHERE cache_key = $1",
+        cache_key);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("feature cache ", cache_key, " not found"));
+    }
+    info.set_cache_key(cache_key);
+    info.set_complete(r[0][0].as<bool>());
+    info.set_num_rows(r[0][1].as<int64_t>());
+    info.set_dim(r[0][2].as<int32_t>());
+    info.set_num_chunks(r[0][3].as<int32_t>());
+    const auto c = w.exec_params(
+        "SELECT chunk_index FROM feature_chunks WHERE cache_key = $1 "
+        "ORDER BY chunk_index",
+        cache_key);
+    for (const auto& row : c) info.add_present_chunks(row[0].as<int32_t>());
+    return absl::OkStatus();
+  }));
+  return info;
+}
+
+absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> PgStore::CountTasksByState() {
+  absl::flat_hash_map<std::string, int64_t> counts;
+  RETURN_IF_ERROR(Transact("count_tasks", [&](Txn& t) -> absl::Status {
+    counts.clear();
+    const auto r = t.work.exec("SELECT state, count(*) FROM tasks GROUP BY state");
+    for (const auto& row : r) counts[row[0].as<std::string>()] = row[1].as<int64_t>();
+    return absl::OkStatus();
+  }));
+  return counts;
+}
+
+}  // namespace sslbench::server

@@ -1,0 +1,95 @@
+#pragma once
+// Store on PostgreSQL through libpqxx. Schema migrations are applied by
+// Create() under an advisory lock, so coordinators starting together are safe.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "server/store/store.h"
+
+namespace sslbench::server {
+
+struct PgStoreOptions {
+  std::string conninfo;   // libpq connection string
+  int max_connections = 8;
+  // Called after every transaction with its name, duration and success.
+  std::function<void(absl::string_view op, double seconds, bool ok)> observer;
+};
+
+class PgStore final : public Store {
+ public:
+  // Connects and migrates. UNAVAILABLE when the database is unreachable.
+  static absl::StatusOr<std::unique_ptr<PgStore>> Create(PgStoreOptions options);
+  ~PgStore() override;
+
+  // Applies missing schema migrations; safe to call again and concurrently.
+  absl::Status Migrate();
+  // The schema version after Migrate().
+  absl::StatusOr<int> SchemaVersion();
+
+  absl::StatusOr<CreatedStudy> CreateStudy(const StudyPlan& plan,
+                                           absl::Time now) override;
+  absl::StatusOr<v1::StudyStatus> GetStudyStatus(int64_t study_id,
+                                                 absl::Time now) override;
+  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id,
+                                              absl::Time now) override;
+  absl::StatusOr<std::vector<v1::ProbeResult>> ListResults(
+      int64_t study_id) override;
+  absl::StatusOr<int64_t> RegisterWorker(const std::string& name,
+                                         const std::string& hostname,
+                                         const std::string& device,
+                                         absl::Time now) override;
+  absl::StatusOr<std::vector<v1::WorkerInfo>> ListWorkers(
+      absl::Time alive_since) override;
+  absl::StatusOr<std::optional<Lease>> LeaseTask(int64_t worker_id,
+                                                 absl::Time now,
+                                                 absl::Time deadline) override;
+  absl::StatusOr<HeartbeatOutcome> Heartbeat(int64_t worker_id, int64_t task_id,
+                                             int64_t token, int64_t work_done,
+                                             int64_t work_total, absl::Time now,
+                                             absl::Time new_deadline) override;
+  absl::StatusOr<LeasedTask> GetLeasedTask(int64_t task_id,
+                                           int64_t token) override;
+  absl::StatusOr<std::vector<LeasedTask>> FindExpiredLeases(absl::Time now,
+                                                            int limit) override;
+  absl::Status ReleaseTask(int64_t task_id, int64_t token,
+                           const Release& release, absl::Time now) override;
+  absl::Status CompleteTask(int64_t task_id, int64_t token,
+                            const std::vector<v1::ProbeResult>& results,
+                            const ExtractCompletion& extract,
+                            absl::Time now) override;
+  absl::Status PutFeatureChunk(int64_t task_id, int64_t token,
+                               const v1::FeatureChunk& chunk) override;
+  absl::StatusOr<v1::FeatureChunk> GetFeatureChunk(const std::string& cache_key,
+                                                   int32_t chunk_index) override;
+  absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
+      const std::string& cache_key) override;
+  absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState()
+      override;
+
+  class Txn;
+
+ private:
+  struct Conn;  // a libpqxx connection; kept out of this header
+  // Runs `fn` in one transaction on a pooled connection, mapping libpqxx
+  // exceptions to statuses; retries serialization failures and deadlocks, and
+  // reconnects once after a lost connection. `fn` may run more than once: it
+  // must reset whatever it fills.
+  absl::Status Transact(absl::string_view op,
+                        const std::function<absl::Status(Txn&)>& fn);
+  explicit PgStore(PgStoreOptions options);
+  std::unique_ptr<Conn> Acquire();
+  void Return(std::unique_ptr<Conn> conn);
+
+  const PgStoreOptions options_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
+  int open_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace sslbench::server

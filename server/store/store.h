@@ -1,0 +1,130 @@
+#pragma once
+// The coordinator's storage: studies, the task graph, leases, results,
+// workers and the feature cache. PostgreSQL (PgStore) is the implementation;
+// every method is one transaction, safe to call from many threads and from
+// several coordinator replicas at once.
+//
+// Error codes: UNAVAILABLE when the database cannot be reached (retry),
+// ABORTED when a transaction kept conflicting, NOT_FOUND for unknown ids,
+// FAILED_PRECONDITION for a stale fencing token or a task not in the state the
+// call needs, INVALID_ARGUMENT for malformed input.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/planner.h"
+#include "sslbench/v1/types.pb.h"
+#include "sslbench/v1/worker_api.pb.h"
+
+namespace sslbench::server {
+
+struct CreatedStudy {
+  int64_t study_id = 0;
+  bool existing = false;      // request_id seen before
+  int64_t tasks = 0;          // tasks created
+  int64_t reused_features = 0;  // extractions served by complete caches
+  int64_t shared_features = 0;  // extractions already in progress elsewhere
+};
+
+struct Lease {
+  int64_t task_id = 0;
+  int64_t token = 0;
+  int32_t attempt = 0;
+  absl::Time deadline;
+  v1::TaskSpec spec;
+};
+
+struct LeasedTask {
+  int64_t task_id = 0;
+  int64_t token = 0;
+  int32_t attempts = 0;
+  int32_t max_attempts = 0;
+  int64_t worker_id = 0;
+};
+
+struct HeartbeatOutcome {
+  bool cancelled = false;
+};
+
+// Where a released task goes: back to the queue after `not_before`, or FAILED.
+struct Release {
+  bool fail = false;
+  absl::Time not_before;
+  std::string error;
+};
+
+struct ExtractCompletion {
+  int64_t rows = 0;
+  int32_t dim = 0;
+  int32_t chunks = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Creates the study and its task graph, reusing complete feature caches and
+  // extractions already queued by other studies. Idempotent on request_id.
+  virtual absl::StatusOr<CreatedStudy> CreateStudy(const StudyPlan& plan,
+                                                   absl::Time now) = 0;
+  virtual absl::StatusOr<v1::StudyStatus> GetStudyStatus(int64_t study_id,
+                                                         absl::Time now) = 0;
+  // Cancels unfinished tasks of the study, except extractions another running
+  // study still needs.
+  virtual absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id,
+                                                      absl::Time now) = 0;
+  virtual absl::StatusOr<std::vector<v1::ProbeResult>> ListResults(
+      int64_t study_id) = 0;
+
+  virtual absl::StatusOr<int64_t> RegisterWorker(const std::string& name,
+                                                 const std::string& hostname,
+                                                 const std::string& device,
+                                                 absl::Time now) = 0;
+  virtual absl::StatusOr<std::vector<v1::WorkerInfo>> ListWorkers(
+      absl::Time alive_since) = 0;
+
+  // Leases the oldest runnable task (PENDING, backoff elapsed, dependencies
+  // SUCCEEDED) with a fresh fencing token; nullopt when none.
+  virtual absl::StatusOr<std::optional<Lease>> LeaseTask(int64_t worker_id,
+                                                         absl::Time now,
+                                                         absl::Time deadline) = 0;
+  virtual absl::StatusOr<HeartbeatOutcome> Heartbeat(
+      int64_t worker_id, int64_t task_id, int64_t token, int64_t work_done,
+      int64_t work_total, absl::Time now, absl::Time new_deadline) = 0;
+  // The lease (attempt counts) behind (task_id, token); FAILED_PRECONDITION
+  // when the token is stale or the task is no longer leased.
+  virtual absl::StatusOr<LeasedTask> GetLeasedTask(int64_t task_id,
+                                                   int64_t token) = 0;
+  virtual absl::StatusOr<std::vector<LeasedTask>> FindExpiredLeases(
+      absl::Time now, int limit) = 0;
+  // Ends the lease (task_id, token) as `release` says. FAILED_PRECONDITION
+  // when the token is stale. A FAILED task fails the tasks that depend on it.
+  virtual absl::Status ReleaseTask(int64_t task_id, int64_t token,
+                                   const Release& release, absl::Time now) = 0;
+  // Marks the task SUCCEEDED. Probes: stores `results`. Extractions: checks
+  // that chunks 0..chunks-1 hold `rows` rows of width `dim`, then marks the
+  // cache complete. Completing twice with the same token is OK.
+  virtual absl::Status CompleteTask(int64_t task_id, int64_t token,
+                                    const std::vector<v1::ProbeResult>& results,
+                                    const ExtractCompletion& extract,
+                                    absl::Time now) = 0;
+
+  virtual absl::Status PutFeatureChunk(int64_t task_id, int64_t token,
+                                       const v1::FeatureChunk& chunk) = 0;
+  virtual absl::StatusOr<v1::FeatureChunk> GetFeatureChunk(
+      const std::string& cache_key, int32_t chunk_index) = 0;
+  virtual absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
+      const std::string& cache_key) = 0;
+
+  // For metrics: tasks by state name ("PENDING", ...).
+  virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
+  CountTasksByState() = 0;
+};
+
+}  // namespace sslbench::server

@@ -1,0 +1,119 @@
+#include "server/study_service.h"
+
+#include <grpcpp/alarm.h>
+
+#include <atomic>
+
+#include "server/service_util.h"
+
+namespace sslbench::server {
+namespace {
+
+// Streams a study's status: poll on the executor, write, wait on an alarm,
+// repeat until the study ends or the client goes away.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
+ public:
+  WatchReactor(Coordinator& coordinator, ThreadPool& pool, int64_t study_id,
+               absl::Duration interval)
+      : coordinator_(coordinator), pool_(pool), study_id_(study_id), interval_(interval) {
+    pool_.Schedule([this] { Poll(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishOnce(grpc::Status(grpc::CANCELLED, "client went away"));
+    } else if (terminal_) {
+      FinishOnce(grpc::Status::OK);
+    } else {
+      alarm_.Set(std::chrono::system_clock::now() +
+                     absl::ToChronoMilliseconds(interval_),
+                 [this](bool fired) {
+                   if (fired && !cancelled_) {
+                     pool_.Schedule([this] { Poll(); });
+                   } else {
+                     FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
+                   }
+                 });
+    }
+  }
+  void OnCancel() override {
+    cancelled_ = true;
+    alarm_.Cancel();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Poll() {
+    if (cancelled_) {
+      FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
+      return;
+    }
+    auto status = coordinator_.GetStudy(study_id_);
+    if (!status.ok()) {
+      FinishOnce(ToGrpcStatus(status.status()));
+      return;
+    }
+    status_ = *std::move(status);
+    terminal_ = IsTerminal(status_.state());
+    StartWrite(&status_);
+  }
+  void FinishOnce(const grpc::Status& status) {
+    if (!finished_.exchange(true)) Finish(status);
+  }
+
+  Coordinator& coordinator_;
+  ThreadPool& pool_;
+  const int64_t study_id_;
+  const absl::Duration interval_;
+  grpc::Alarm alarm_;
+  v1::StudyStatus status_;
+  bool terminal_ = false;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> finished_{false};
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* StudyServiceImpl::SubmitStudy(
+    grpc::CallbackServerContext* context, const v1::SubmitStudyRequest* request,
+    v1::SubmitStudyResponse* response) {
+  return RunUnary(context, "SubmitStudy", pool_, metrics_, response,
+                  [this, request] { return coordinator_.SubmitStudy(*request); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::GetStudy(
+    grpc::CallbackServerContext* context, const v1::GetStudyRequest* request,
+    v1::StudyStatus* response) {
+  return RunUnary(context, "GetStudy", pool_, metrics_, response,
+                  [this, request] { return coordinator_.GetStudy(request->study_id()); });
+}
+
+grpc::ServerWriteReactor<v1::StudyStatus>* StudyServiceImpl::WatchStudy(
+    grpc::CallbackServerContext* /*context*/, const v1::WatchStudyRequest* request) {
+  const int interval_ms = request->interval_ms() > 0 ? request->interval_ms() : 500;
+  return new WatchReactor(coordinator_, pool_, request->study_id(),
+                          absl::Milliseconds(std::max(interval_ms, 50)));
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::CancelStudy(
+    grpc::CallbackServerContext* context, const v1::CancelStudyRequest* request,
+    v1::StudyStatus* response) {
+  return RunUnary(context, "CancelStudy", pool_, metrics_, response,
+                  [this, request] { return coordinator_.CancelStudy(request->study_id()); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::ListResults(
+    grpc::CallbackServerContext* context, const v1::ListResultsRequest* request,
+    v1::ListResultsResponse* response) {
+  return RunUnary(context, "ListResults", pool_, metrics_, response,
+                  [this, request] { return coordinator_.ListResults(request->study_id()); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::ListWorkers(
+    grpc::CallbackServerContext* context, const v1::ListWorkersRequest* /*request*/,
+    v1::ListWorkersResponse* response) {
+  return RunUnary(context, "ListWorkers", pool_, metrics_, response,
+                  [this] { return coordinator_.ListWorkers(); });
+}
+
+}  // namespace sslbench::server

@@ -1,0 +1,42 @@
+#pragma once
+// gRPC adapter of the client API (sslbench.v1.StudyService), callback API.
+
+#include "common/thread_pool.h"
+#include "server/coordinator.h"
+#include "sslbench/v1/client_api.grpc.pb.h"
+
+namespace sslbench::server {
+
+class StudyServiceImpl final : public v1::StudyService::CallbackService {
+ public:
+  // All arguments must outlive the service; `metrics` may be null.
+  StudyServiceImpl(Coordinator& coordinator, ThreadPool& pool,
+                   CoordinatorMetrics* metrics)
+      : coordinator_(coordinator), pool_(pool), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* SubmitStudy(grpc::CallbackServerContext* context,
+                                        const v1::SubmitStudyRequest* request,
+                                        v1::SubmitStudyResponse* response) override;
+  grpc::ServerUnaryReactor* GetStudy(grpc::CallbackServerContext* context,
+                                     const v1::GetStudyRequest* request,
+                                     v1::StudyStatus* response) override;
+  grpc::ServerWriteReactor<v1::StudyStatus>* WatchStudy(
+      grpc::CallbackServerContext* context,
+      const v1::WatchStudyRequest* request) override;
+  grpc::ServerUnaryReactor* CancelStudy(grpc::CallbackServerContext* context,
+                                        const v1::CancelStudyRequest* request,
+                                        v1::StudyStatus* response) override;
+  grpc::ServerUnaryReactor* ListResults(grpc::CallbackServerContext* context,
+                                        const v1::ListResultsRequest* request,
+                                        v1::ListResultsResponse* response) override;
+  grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* context,
+                                        const v1::ListWorkersRequest* request,
+                                        v1::ListWorkersResponse* response) override;
+
+ private:
+  Coordinator& coordinator_;
+  ThreadPool& pool_;
+  CoordinatorMetrics* metrics_;
+};
+
+}  // namespace sslbench::server

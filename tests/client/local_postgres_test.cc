@@ -1,0 +1,122 @@
+#include "common/local_postgres.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/subprocess.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/client/client_test_util.h"
+
+namespace sslbench {
+namespace {
+
+using ::sslbench::client::testing::MakeTempDir;
+using ::sslbench::client::testing::ReadFile;
+using ::sslbench::client::testing::StatusIs;
+
+std::string Psql() {
+  return std::filesystem::exists("/usr/lib/postgresql/15/bin/psql")
+             ? "/usr/lib/postgresql/15/bin/psql"
+             : "/usr/bin/psql";
+}
+
+// Runs one statement through psql over TCP; returns its trimmed output.
+absl::StatusOr<std::string> Query(const LocalPostgres& pg, const std::string& db,
+                                  const std::string& sql) {
+  absl::StatusOr<CommandResult> r =
+      RunCommand({Psql(), "-X", "-h", "127.0.0.1", "-p", absl::StrCat(pg.port()), "-U",
+                  "sslbench", "-d", db, "-tAc", sql});
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return absl::UnavailableError(r->output);
+  return std::string(absl::StripAsciiWhitespace(r->output));
+}
+
+class LocalPostgresTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists("/usr/lib/postgresql")) {
+      GTEST_SKIP() << "PostgreSQL server not installed";
+    }
+    dir_ = MakeTempDir("pg");
+  }
+  void TearDown() override {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::string dir_;
+};
+
+TEST_F(LocalPostgresTest, StartCreateConnectRestartStop) {
+  LocalPostgresOptions options;
+  options.dir = dir_ + "/cluster";
+  options.durable = false;
+  absl::StatusOr<std::unique_ptr<LocalPostgres>> pg = LocalPostgres::Start(options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  const int port = (*pg)->port();
+  EXPECT_GT(port, 0);
+  EXPECT_EQ((*pg)->ConnInfo("x"),
+            absl::StrCat("host=127.0.0.1 port=", port, " user=sslbench dbname=x"));
+  EXPECT_EQ(ReadFile(options.dir + "/port"), absl::StrCat(port, "\n"));
+
+  ASSERT_TRUE((*pg)->CreateDatabase("sslbench").ok());
+  ASSERT_TRUE((*pg)->CreateDatabase("sslbench").ok());  // idempotent
+  EXPECT_THAT((*pg)->CreateDatabase("bad'name"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "bad'name"));
+
+  absl::StatusOr<std::string> value = Query(**pg, "sslbench", "SELECT 40 + 2");
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(*value, "42");
+  ASSERT_TRUE(Query(**pg, "sslbench", "CREATE TABLE t (v int); INSERT INTO t VALUES (7)")
+                  .ok());
+  // Not durable, as asked.
+  EXPECT_EQ(*Query(**pg, "sslbench", "SHOW fsync"), "off");
+
+  ASSERT_TRUE((*pg)->Stop().ok());
+  EXPECT_THAT(Query(**pg, "sslbench", "SELECT 1").status(),
+              StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_TRUE((*pg)->Stop().ok());  // stopping a stopped server is fine
+
+  ASSERT_TRUE((*pg)->Restart().ok());
+  EXPECT_EQ((*pg)->port(), port);
+  EXPECT_EQ(*Query(**pg, "sslbench", "SELECT v FROM t"), "7");
+  ASSERT_TRUE((*pg)->Restart().ok());  // restart of a running server
+  EXPECT_EQ(*Query(**pg, "sslbench", "SELECT v FROM t"), "7");
+
+  // The destructor stops the server; a new Start reuses the cluster, its
+  // data and its port.
+  pg->reset();
+  pg = LocalPostgres::Start(options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  EXPECT_EQ((*pg)->port(), port);
+  EXPECT_EQ(*Query(**pg, "sslbench", "SELECT v FROM t"), "7");
+  ASSERT_TRUE((*pg)->Stop().ok());
+}
+
+TEST_F(LocalPostgresTest, DurableByDefault) {
+  LocalPostgresOptions options;
+  options.dir = dir_ + "/durable";
+  absl::StatusOr<std::unique_ptr<LocalPostgres>> pg = LocalPostgres::Start(options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  EXPECT_EQ(*Query(**pg, "postgres", "SHOW fsync"), "on");
+  // Only loopback TCP.
+  EXPECT_EQ(*Query(**pg, "postgres", "SHOW listen_addresses"), "127.0.0.1");
+}
+
+TEST_F(LocalPostgresTest, FolderTheServerUserCannotEnter) {
+  if (geteuid() != 0) GTEST_SKIP() << "only root runs the server as another user";
+  const std::string closed = dir_ + "/closed";
+  std::filesystem::create_directories(closed);
+  chmod(closed.c_str(), 0700);
+  LocalPostgresOptions options;
+  options.dir = closed + "/pg";
+  EXPECT_THAT(LocalPostgres::Start(options).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, closed + "/pg"));
+}
+
+}  // namespace
+}  // namespace sslbench

@@ -1,0 +1,192 @@
+#include "common/subprocess.h"
+
+#include <fcntl.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/client/client_test_util.h"
+
+namespace sslbench {
+namespace {
+
+using ::sslbench::client::testing::MakeTempDir;
+using ::sslbench::client::testing::ReadFile;
+using ::sslbench::client::testing::StatusIs;
+using ::testing::HasSubstr;
+
+// Waits (with a deadline) until `condition` holds.
+template <typename Fn>
+bool WaitFor(Fn condition, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return condition();
+}
+
+int OpenFdCount() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+TEST(RunCommandTest, CapturesStdoutAndStderrAndExitCode) {
+  absl::StatusOr<CommandResult> r =
+      RunCommand({"sh", "-c", "echo out; echo err >&2; exit 3"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 3);
+  EXPECT_THAT(r->output, HasSubstr("out\n"));
+  EXPECT_THAT(r->output, HasSubstr("err\n"));
+}
+
+TEST(RunCommandTest, LargeOutputDoesNotDeadlock) {
+  absl::StatusOr<CommandResult> r =
+      RunCommand({"sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 0);
+  EXPECT_EQ(r->output.size(), 1000000u);
+}
+
+TEST(RunCommandTest, SignalDeathIsMinusOne) {
+  absl::StatusOr<CommandResult> r = RunCommand({"sh", "-c", "kill -9 $$"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, -1);
+}
+
+TEST(RunCommandTest, MissingProgramIsInternal) {
+  EXPECT_THAT(RunCommand({"/nonexistent/program", "x"}).status(),
+              StatusIs(absl::StatusCode::kInternal, "/nonexistent/program"));
+  EXPECT_THAT(RunCommand({"no-such-program-in-path"}).status(),
+              StatusIs(absl::StatusCode::kInternal, "no-such-program-in-path"));
+}
+
+TEST(RunCommandTest, StdinIsEmptyAndNoDescriptorLeaks) {
+  const int before = OpenFdCount();
+  for (int i = 0; i < 20; ++i) {
+    absl::StatusOr<CommandResult> r = RunCommand({"cat"});  // reads /dev/null
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 0);
+    EXPECT_EQ(r->output, "");
+  }
+  EXPECT_THAT(RunCommand({"/nonexistent"}).status(),
+              StatusIs(absl::StatusCode::kInternal));
+  EXPECT_EQ(OpenFdCount(), before);
+}
+
+TEST(RunCommandTest, ChildInheritsNoDescriptorsOfOurs) {
+  // Descriptors this process holds without close-on-exec (e.g. from the test
+  // runner) are inherited legitimately; the pipes RunCommand makes must not be.
+  int inheritable = 0;
+  for (int fd = 3; fd < 1024; ++fd) {
+    const int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC) == 0) ++inheritable;
+  }
+  absl::StatusOr<CommandResult> r =
+      RunCommand({"sh", "-c", "ls /proc/self/fd | wc -l"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  // 0, 1, 2, the inherited ones and the descriptor ls reads the folder with.
+  EXPECT_EQ(std::stoi(r->output), 3 + inheritable + 1) << r->output;
+}
+
+class SubprocessTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = MakeTempDir("subprocess"); }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(SubprocessTest, WritesToTheLogAndReportsTheExitCode) {
+  const std::string log = dir_ + "/child.log";
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({"sh", "-c", "echo hello; echo oops >&2; exit 7"}, log);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_GT((*p)->pid(), 0);
+  ASSERT_TRUE(WaitFor([&] { return !(*p)->Running(); }));
+  EXPECT_EQ((*p)->Stop(), 7);
+  EXPECT_EQ((*p)->Stop(), 7);  // idempotent
+  EXPECT_EQ(ReadFile(log), "hello\noops\n");
+
+  // A second run appends.
+  p = Subprocess::Start({"sh", "-c", "echo again"}, log);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(WaitFor([&] { return !(*p)->Running(); }));
+  EXPECT_EQ((*p)->Stop(), 0);
+  EXPECT_EQ(ReadFile(log), "hello\noops\nagain\n");
+}
+
+TEST_F(SubprocessTest, StopTerminatesPromptly) {
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({"sleep", "60"}, dir_ + "/sleep.log");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->Running());
+  const absl::Time start = absl::Now();
+  EXPECT_EQ((*p)->Stop(absl::Seconds(30)), -1);  // killed by SIGTERM
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_FALSE((*p)->Running());
+}
+
+TEST_F(SubprocessTest, StopEscalatesToSigkill) {
+  const std::string log = dir_ + "/stubborn.log";
+  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
+      {"sh", "-c", "trap '' TERM; echo ready; exec sleep 60"}, log);
+  ASSERT_TRUE(p.ok()) << p.status();
+  // SIGTERM is ignored only once the trap ran.
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log) == "ready\n"; }));
+  const absl::Time start = absl::Now();
+  EXPECT_EQ((*p)->Stop(absl::Milliseconds(300)), -1);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, absl::Seconds(10));
+  EXPECT_FALSE((*p)->Running());
+}
+
+TEST_F(SubprocessTest, ChildDoesNotInheritBlockedSignals) {
+  // `sslbench up` blocks SIGINT/SIGTERM to sigwait for them; its children
+  // must still die on SIGTERM.
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  absl::StatusOr<std::unique_ptr<Subprocess>> p =
+      Subprocess::Start({"sleep", "60"}, dir_ + "/blocked.log");
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const absl::Time start = absl::Now();
+  EXPECT_EQ((*p)->Stop(absl::Seconds(30)), -1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(SubprocessTest, KillSimulatesACrash) {
+  absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start({"sleep", "60"}, "");
+  ASSERT_TRUE(p.ok()) << p.status();
+  (*p)->Kill();
+  EXPECT_FALSE((*p)->Running());
+  EXPECT_EQ((*p)->Stop(), -1);
+}
+
+TEST_F(SubprocessTest, DestructorStopsTheChild) {
+  pid_t pid;
+  {
+    absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start({"sleep", "60"}, "");
+    ASSERT_TRUE(p.ok()) << p.status();
+    pid = (*p)->pid();
+  }
+  // Reaped: the pid no longer exists (not even as a zombie).
+  EXPECT_EQ(kill(pid, 0), -1);
+}
+
+TEST_F(SubprocessTest, StartErrors) {
+  EXPECT_THAT(Subprocess::Start({"/nonexistent/binary"}, dir_ + "/x.log").status(),
+              StatusIs(absl::StatusCode::kInternal, "/nonexistent/binary"));
+  EXPECT_THAT(Subprocess::Start({"sleep", "1"}, dir_ + "/no/such/folder/x.log").status(),
+              StatusIs(absl::StatusCode::kInternal, "cannot open log file"));
+}
+
+}  // namespace
+}  // namespace sslbench

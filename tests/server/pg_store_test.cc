@@ -1,0 +1,456 @@
+// Store conformance against a real PostgreSQL server, driven through the
+// domain (Coordinator) with an injected clock, so lease expiry needs no sleep.
+
+#include "server/store/pg_store.h"
+
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/coordinator.h"
+#include "tests/testing/fake_clock.h"
+#include "tests/testing/study_fixtures.h"
+#include "tests/testing/test_postgres.h"
+
+namespace sslbench::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class PgStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto db = testing::FreshDatabase();
+    ASSERT_TRUE(db.ok()) << db.status();
+    conninfo_ = *db;
+    PgStoreOptions options;
+    options.conninfo = conninfo_;
+    options.max_connections = 16;
+    auto store = PgStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    policy_.lease_duration = absl::Seconds(30);
+    policy_.backoff_base = absl::Seconds(1);
+    coordinator_ = std::make_unique<Coordinator>(*store_, clock_, policy_, nullptr);
+  }
+
+  int64_t Submit(const v1::StudySpec& spec, const std::string& request_id = "") {
+    v1::SubmitStudyRequest request;
+    *request.mutable_spec() = spec;
+    request.set_request_id(request_id);
+    auto response = coordinator_->SubmitStudy(request);
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? response->study_id() : 0;
+  }
+
+  int64_t Register(const std::string& name = "w") {
+    v1::RegisterWorkerRequest request;
+    request.set_name(name);
+    auto response = coordinator_->RegisterWorker(request);
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response->worker_id();
+  }
+
+  v1::LeaseTaskResponse Lease(int64_t worker) {
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(worker);
+    auto response = coordinator_->LeaseTask(request);
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? *response : v1::LeaseTaskResponse();
+  }
+
+  // Stores one chunk covering `rows` rows and completes the extraction.
+  absl::Status CompleteExtract(const v1::LeaseTaskResponse& lease, int rows = 4, int dim = 2) {
+    v1::PutFeatureChunkRequest put;
+    put.set_task_id(lease.task_id());
+    put.set_lease_token(lease.lease_token());
+    auto* chunk = put.mutable_chunk();
+    chunk->set_cache_key(lease.spec().cache_key());
+    chunk->set_chunk_index(0);
+    chunk->set_num_rows(rows);
+    chunk->set_dim(dim);
+    chunk->set_features(std::string(rows * dim * 4, '\0'));
+    chunk->set_labels(std::string(rows * 4, '\0'));
+    if (auto s = coordinator_->PutFeatureChunk(put); !s.ok()) return s;
+    v1::CompleteTaskRequest complete;
+    complete.set_task_id(lease.task_id());
+    complete.set_lease_token(lease.lease_token());
+    complete.set_feature_rows(rows);
+    complete.set_feature_dim(dim);
+    complete.set_feature_chunks(1);
+    return coordinator_->CompleteTask(complete);
+  }
+
+  absl::Status CompleteProbe(const v1::LeaseTaskResponse& lease, double top1 = 0.5) {
+    v1::CompleteTaskRequest complete;
+    complete.set_task_id(lease.task_id());
+    complete.set_lease_token(lease.lease_token());
+    auto* result = complete.add_results();
+    result->set_model(lease.spec().model().name());
+    result->set_dataset(lease.spec().dataset().name());
+    result->set_protocol("knn");
+    result->set_variant("cosine k=20 T=0.07");
+    result->set_top1(top1);
+    return coordinator_->CompleteTask(complete);
+  }
+
+  // Leases and completes everything runnable; returns how many extractions ran.
+  int Drain(int64_t worker) {
+    int extracts = 0;
+    for (;;) {
+      auto lease = Lease(worker);
+      if (lease.task_id() == 0) return extracts;
+      if (lease.spec().kind() == v1::TASK_KIND_EXTRACT) {
+        ++extracts;
+        EXPECT_TRUE(CompleteExtract(lease).ok());
+      } else {
+        EXPECT_TRUE(CompleteProbe(lease).ok());
+      }
+    }
+  }
+
+  v1::StudyStatus Status(int64_t study) {
+    auto status = coordinator_->GetStudy(study);
+    EXPECT_TRUE(status.ok()) << status.status();
+    return status.ok() ? *status : v1::StudyStatus();
+  }
+
+  std::string conninfo_;
+  testing::FakeClock clock_;
+  LeasePolicy policy_;
+  std::unique_ptr<PgStore> store_;
+  std::unique_ptr<Coordinator> coordinator_;
+};
+
+TEST_F(PgStoreTest, MigrationsAreIdempotentAndConcurrent) {
+  EXPECT_TRUE(store_->Migrate().ok());
+  EXPECT_TRUE(store_->Migrate().ok());
+  // Two more coordinators starting at once against the same database.
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> results(4);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      PgStoreOptions options;
+      options.conninfo = conninfo_;
+      auto store = PgStore::Create(options);
+      results[i] = store.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& s : results) EXPECT_TRUE(s.ok()) << s;
+  auto version = store_->SchemaVersion();
+  ASSERT_TRUE(version.ok());
+  EXPECT_EQ(*version, 1);
+}
+
+TEST_F(PgStoreTest, UnreachableDatabaseIsUnavailable) {
+  PgStoreOptions options;
+  options.conninfo = "host=127.0.0.1 port=1 dbname=none connect_timeout=2";
+  auto store = PgStore::Create(options);
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(PgStoreTest, ProbesWaitForTheirExtractions) {
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto first = Lease(worker);
+  auto second = Lease(worker);
+  EXPECT_EQ(first.spec().kind(), v1::TASK_KIND_EXTRACT);
+  EXPECT_EQ(second.spec().kind(), v1::TASK_KIND_EXTRACT);
+  // The probe is blocked until both splits are extracted.
+  EXPECT_EQ(Lease(worker).task_id(), 0);
+  ASSERT_TRUE(CompleteExtract(first).ok());
+  EXPECT_EQ(Lease(worker).task_id(), 0);
+  ASSERT_TRUE(CompleteExtract(second).ok());
+  auto probe = Lease(worker);
+  ASSERT_EQ(probe.spec().kind(), v1::TASK_KIND_KNN);
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
+  ASSERT_TRUE(CompleteProbe(probe, 0.75).ok());
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_SUCCEEDED);
+  auto results = coordinator_->ListResults(study);
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->results_size(), 1);
+  EXPECT_DOUBLE_EQ(results->results(0).top1(), 0.75);
+  EXPECT_EQ(results->results(0).study_id(), study);
+}
+
+TEST_F(PgStoreTest, ConcurrentLeasingNeverHandsOneTaskToTwoWorkers) {
+  // 4 models x 5 datasets = 40 extraction tasks runnable at once.
+  Submit(testing::MakeStudy(4, 5));
+  constexpr int kThreads = 8;
+  std::mutex mu;
+  std::map<int64_t, int> leased_by;  // task -> worker
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const int64_t worker = Register(absl::StrCat("w", t));
+      for (;;) {
+        auto lease = Lease(worker);
+        if (lease.task_id() == 0) return;
+        std::lock_guard<std::mutex> lock(mu);
+        EXPECT_EQ(leased_by.count(lease.task_id()), 0u) << "task leased twice";
+        leased_by[lease.task_id()] = t;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(leased_by.size(), 40u);
+  std::set<int> workers_used;
+  for (const auto& [task, worker] : leased_by) workers_used.insert(worker);
+  EXPECT_GT(workers_used.size(), 1u);
+}
+
+TEST_F(PgStoreTest, ExpiredLeaseIsRequeuedThenFailsAfterMaxAttempts) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.set_max_attempts(2);
+  const int64_t study = Submit(spec);
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  ASSERT_NE(lease.task_id(), 0);
+  EXPECT_EQ(lease.attempt(), 1);
+
+  // Within the lease nothing expires; heartbeats extend it.
+  clock_.Advance(absl::Seconds(20));
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+  ASSERT_TRUE(coordinator_->Heartbeat(hb).ok());
+  clock_.Advance(absl::Seconds(20));
+  EXPECT_EQ(*coordinator_->ReapExpiredLeases(), 0);
+
+  // The worker goes silent: the lease expires and the task is requeued with
+  // backoff, under a new fencing token.
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*coordinator_->ReapExpiredLeases(), 1);
+  const int64_t other = Register("other");
+  auto again = Lease(other);
+  EXPECT_NE(again.task_id(), lease.task_id()) << "requeued task ignored its backoff";
+  clock_.Advance(policy_.backoff_base);
+  auto third = Lease(other);
+  while (third.task_id() != 0 && third.task_id() != lease.task_id()) third = Lease(other);
+  ASSERT_EQ(third.task_id(), lease.task_id());
+  EXPECT_EQ(third.attempt(), 2);
+  EXPECT_GT(third.lease_token(), lease.lease_token());
+
+  // Second expiry: attempts used up, the task fails, and so do its dependents.
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_GE(*coordinator_->ReapExpiredLeases(), 1);
+  // The other extraction finishes; then nothing is left and the study fails.
+  clock_.Advance(absl::Minutes(5));
+  Drain(other);
+  const v1::StudyStatus status = Status(study);
+  EXPECT_EQ(status.state(), v1::STUDY_STATE_FAILED);
+  EXPECT_THAT(status.error(), HasSubstr("lease expired"));
+  EXPECT_THAT(status.error(), HasSubstr("2 attempts"));
+  int failed_probes = 0;
+  for (const auto& p : status.progress()) {
+    if (p.kind() == v1::TASK_KIND_KNN) failed_probes = p.failed();
+  }
+  EXPECT_EQ(failed_probes, 1);
+}
+
+TEST_F(PgStoreTest, StaleFencingTokenIsRejected) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t w1 = Register("w1");
+  const int64_t w2 = Register("w2");
+  auto stale = Lease(w1);
+  ASSERT_NE(stale.task_id(), 0);
+  clock_.Advance(absl::Seconds(31));
+  ASSERT_EQ(*coordinator_->ReapExpiredLeases(), 1);
+  clock_.Advance(absl::Minutes(5));  // past any backoff
+  v1::LeaseTaskResponse fresh;
+  do {
+    fresh = Lease(w2);
+  } while (fresh.task_id() != 0 && fresh.task_id() != stale.task_id());
+  ASSERT_EQ(fresh.task_id(), stale.task_id());
+
+  // The presumed-dead worker comes back: every write it attempts is refused.
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(w1);
+  hb.set_task_id(stale.task_id());
+  hb.set_lease_token(stale.lease_token());
+  EXPECT_EQ(coordinator_->Heartbeat(hb).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  const absl::Status put = CompleteExtract(stale);
+  EXPECT_EQ(put.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(put.message()), HasSubstr("stale token"));
+  v1::FailTaskRequest fail;
+  fail.set_task_id(stale.task_id());
+  fail.set_lease_token(stale.lease_token());
+  EXPECT_EQ(coordinator_->FailTask(fail).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // The current holder is unaffected, and completing twice is harmless.
+  EXPECT_TRUE(CompleteExtract(fresh).ok());
+  v1::CompleteTaskRequest again;
+  again.set_task_id(fresh.task_id());
+  again.set_lease_token(fresh.lease_token());
+  EXPECT_TRUE(coordinator_->CompleteTask(again).ok());
+}
+
+TEST_F(PgStoreTest, RetryableFailureRequeuesPermanentFailureFailsStudy) {
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  v1::FailTaskRequest fail;
+  fail.set_task_id(lease.task_id());
+  fail.set_lease_token(lease.lease_token());
+  fail.set_error("UNAVAILABLE: coordinator restarting");
+  fail.set_retryable(true);
+  auto r = coordinator_->FailTask(fail);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->state(), v1::TASK_STATE_PENDING);
+
+  clock_.Advance(absl::Minutes(5));
+  auto next = Lease(worker);
+  while (next.task_id() != lease.task_id()) next = Lease(worker);
+  fail.set_lease_token(next.lease_token());
+  fail.set_error("INVALID_ARGUMENT: failed to load model '/models/model0.pt'");
+  fail.set_retryable(false);
+  r = coordinator_->FailTask(fail);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->state(), v1::TASK_STATE_FAILED);
+  // The other extraction still runs; the study fails once nothing is left.
+  Drain(worker);
+  const auto status = Status(study);
+  EXPECT_EQ(status.state(), v1::STUDY_STATE_FAILED);
+  EXPECT_THAT(status.error(), HasSubstr("failed to load model"));
+}
+
+TEST_F(PgStoreTest, SecondStudyReusesCompleteFeatureCaches) {
+  const int64_t first = Submit(testing::MakeStudy(2, 1, "first"));
+  const int64_t worker = Register();
+  EXPECT_EQ(Drain(worker), 4);
+  EXPECT_EQ(Status(first).state(), v1::STUDY_STATE_SUCCEEDED);
+
+  v1::StudySpec spec = testing::MakeStudy(2, 1, "second");
+  spec.mutable_protocols(0)->mutable_knn()->set_temperature(0.1);  // new probe, same features
+  v1::SubmitStudyRequest request;
+  *request.mutable_spec() = spec;
+  auto response = coordinator_->SubmitStudy(request);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->reused_features(), 4);
+  EXPECT_EQ(response->tasks(), 2);  // probes only
+  EXPECT_EQ(Drain(worker), 0);
+  EXPECT_EQ(Status(response->study_id()).state(), v1::STUDY_STATE_SUCCEEDED);
+}
+
+TEST_F(PgStoreTest, ConcurrentStudiesShareAnExtractionInProgress) {
+  Submit(testing::MakeStudy(1, 1, "a"));
+  v1::SubmitStudyRequest request;
+  *request.mutable_spec() = testing::MakeStudy(1, 1, "b");
+  auto b = coordinator_->SubmitStudy(request);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->tasks(), 1);  // its probe; the extractions belong to "a"
+  const int64_t worker = Register();
+  EXPECT_EQ(Drain(worker), 2);
+  EXPECT_EQ(Status(b->study_id()).state(), v1::STUDY_STATE_SUCCEEDED);
+}
+
+TEST_F(PgStoreTest, SubmitIsIdempotentOnRequestId) {
+  const auto spec = testing::MakeStudy(1, 1);
+  const int64_t a = Submit(spec, "req-1");
+  const int64_t b = Submit(spec, "req-1");
+  EXPECT_EQ(a, b);
+  v1::SubmitStudyRequest other;
+  *other.mutable_spec() = testing::MakeStudy(2, 1);
+  other.set_request_id("req-1");
+  EXPECT_EQ(coordinator_->SubmitStudy(other).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(PgStoreTest, CancelStopsTheStudyAndTellsTheWorker) {
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  auto cancelled = coordinator_->CancelStudy(study);
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state(), v1::STUDY_STATE_CANCELLED);
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+  auto response = coordinator_->Heartbeat(hb);
+  ASSERT_TRUE(response.ok());
+  EXPECT_TRUE(response->cancelled());
+  EXPECT_EQ(Lease(worker).task_id(), 0);
+  EXPECT_EQ(coordinator_->CancelStudy(424242).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PgStoreTest, IncompleteExtractionCannotComplete) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  v1::CompleteTaskRequest complete;
+  complete.set_task_id(lease.task_id());
+  complete.set_lease_token(lease.lease_token());
+  complete.set_feature_rows(10);
+  complete.set_feature_dim(2);
+  complete.set_feature_chunks(1);
+  EXPECT_EQ(coordinator_->CompleteTask(complete).code(), absl::StatusCode::kInvalidArgument);
+  // Malformed chunks are refused before they reach the table.
+  v1::PutFeatureChunkRequest put;
+  put.set_task_id(lease.task_id());
+  put.set_lease_token(lease.lease_token());
+  put.mutable_chunk()->set_cache_key(lease.spec().cache_key());
+  put.mutable_chunk()->set_num_rows(2);
+  put.mutable_chunk()->set_dim(3);
+  put.mutable_chunk()->set_features("short");
+  EXPECT_EQ(coordinator_->PutFeatureChunk(put).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(PgStoreTest, FeatureChunksRoundTrip) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  std::string features(3 * 5 * 4, '\0');
+  for (size_t i = 0; i < features.size(); ++i) features[i] = static_cast<char>(i * 7);
+  v1::PutFeatureChunkRequest put;
+  put.set_task_id(lease.task_id());
+  put.set_lease_token(lease.lease_token());
+  auto* chunk = put.mutable_chunk();
+  chunk->set_cache_key(lease.spec().cache_key());
+  chunk->set_chunk_index(0);
+  chunk->set_num_rows(3);
+  chunk->set_dim(5);
+  chunk->set_features(features);
+  chunk->set_labels(std::string("\x01\0\0\0\x02\0\0\0\x03\0\0\0", 12));
+  ASSERT_TRUE(coordinator_->PutFeatureChunk(put).ok());
+  ASSERT_TRUE(coordinator_->PutFeatureChunk(put).ok());  // idempotent
+  v1::GetFeatureCacheRequest info_request;
+  info_request.set_cache_key(lease.spec().cache_key());
+  auto info = coordinator_->GetFeatureCache(info_request);
+  ASSERT_TRUE(info.ok());
+  EXPECT_FALSE(info->complete());
+  EXPECT_THAT(std::vector<int>(info->present_chunks().begin(), info->present_chunks().end()),
+              ::testing::ElementsAre(0));
+  v1::GetFeatureChunkRequest get;
+  get.set_cache_key(lease.spec().cache_key());
+  get.set_chunk_index(0);
+  auto got = coordinator_->GetFeatureChunk(get);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->features(), features);
+  EXPECT_EQ(got->labels(), chunk->labels());
+  get.set_chunk_index(1);
+  EXPECT_EQ(coordinator_->GetFeatureChunk(get).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PgStoreTest, SurvivesADatabaseRestart) {
+  LocalPostgres* cluster = testing::TestCluster();
+  if (cluster == nullptr) GTEST_SKIP() << "external server: cannot restart it";
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  ASSERT_TRUE(cluster->Restart().ok());
+  // Pooled connections died with the server; the store reconnects.
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
+  ASSERT_TRUE(cluster->Stop().ok());
+  EXPECT_EQ(coordinator_->GetStudy(study).status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(cluster->Restart().ok());
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
+}
+
+}  // namespace
+}  // namespace sslbench::server

@@ -1,0 +1,105 @@
+#include "server/planner.h"
+
+#include <set>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/study_fixtures.h"
+
+namespace sslbench::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(PlannerTest, ExpandsModelsTimesDatasetsIntoExtractsAndProbes) {
+  const v1::StudySpec spec = testing::MakeStudy(/*models=*/2, /*datasets=*/3);
+  auto plan = PlanStudy(spec, "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // 2 models x 3 datasets x {train, test} extractions, 2 x 3 x 1 protocol probes.
+  EXPECT_EQ(plan->extracts.size(), 12u);
+  EXPECT_EQ(plan->probes.size(), 6u);
+  std::set<std::string> keys;
+  for (const auto& e : plan->extracts) {
+    EXPECT_EQ(e.spec.kind(), v1::TASK_KIND_EXTRACT);
+    EXPECT_EQ(e.spec.cache_key(), e.cache_key);
+    keys.insert(e.cache_key);
+  }
+  EXPECT_EQ(keys.size(), 12u);
+  for (const auto& p : plan->probes) {
+    EXPECT_EQ(p.spec.kind(), v1::TASK_KIND_KNN);
+    EXPECT_TRUE(keys.count(p.spec.train_cache_key()));
+    EXPECT_TRUE(keys.count(p.spec.test_cache_key()));
+    EXPECT_NE(p.spec.train_cache_key(), p.spec.test_cache_key());
+  }
+}
+
+TEST(PlannerTest, AppliesProtocolDefaults) {
+  auto plan = PlanStudy(testing::MakeStudy(1, 1), "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const auto& knn = plan->probes[0].spec.protocol().knn();
+  EXPECT_THAT(std::vector<int>(knn.ks().begin(), knn.ks().end()),
+              ::testing::ElementsAre(10, 20, 100, 200));
+  EXPECT_DOUBLE_EQ(knn.temperature(), 0.07);
+  EXPECT_EQ(knn.euclidean_k(), 20);
+  EXPECT_EQ(plan->spec.max_attempts(), 3);
+}
+
+TEST(PlannerTest, IdenticalModelsShareExtractions) {
+  v1::StudySpec spec = testing::MakeStudy(2, 1);
+  // Same bytes and preprocessing under another name: same features.
+  spec.mutable_models(1)->set_sha256(spec.models(0).sha256());
+  auto plan = PlanStudy(spec, "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->extracts.size(), 2u);
+  EXPECT_EQ(plan->probes.size(), 2u);
+}
+
+TEST(PlannerTest, CacheKeyChangesWithEveryInput) {
+  const v1::StudySpec base = testing::MakeStudy(1, 1);
+  const std::string key = PlanStudy(base, "")->extracts[0].cache_key;
+  auto key_after = [&](auto mutate) {
+    v1::StudySpec spec = base;
+    mutate(spec);
+    return PlanStudy(spec, "")->extracts[0].cache_key;
+  };
+  EXPECT_NE(key, key_after([](v1::StudySpec& s) { s.mutable_models(0)->set_sha256(std::string(64, 'f')); }));
+  EXPECT_NE(key, key_after([](v1::StudySpec& s) { s.mutable_models(0)->set_mean(0, 0.5f); }));
+  EXPECT_NE(key, key_after([](v1::StudySpec& s) { s.mutable_models(0)->set_input_size(32); }));
+  EXPECT_NE(key, key_after([](v1::StudySpec& s) { s.mutable_datasets(0)->set_digest("other"); }));
+  EXPECT_NE(key, key_after([](v1::StudySpec& s) { s.mutable_datasets(0)->set_train_limit(100); }));
+  // Names and protocols do not change what the backbone computes.
+  EXPECT_EQ(key, key_after([](v1::StudySpec& s) { s.mutable_models(0)->set_name("renamed"); }));
+  EXPECT_EQ(key, key_after([](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->set_temperature(0.1); }));
+}
+
+TEST(PlannerTest, RejectsMalformedSpecsNamingTheField) {
+  struct Case {
+    std::function<void(v1::StudySpec&)> mutate;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::StudySpec& s) { s.set_name(""); }, "name"},
+      {[](v1::StudySpec& s) { s.clear_models(); }, "models"},
+      {[](v1::StudySpec& s) { s.mutable_models(0)->set_path("relative.pt"); }, "models[0].path"},
+      {[](v1::StudySpec& s) { s.mutable_models(0)->set_channels(2); }, "models[0].channels"},
+      {[](v1::StudySpec& s) { s.mutable_models(0)->add_std(1.0f); s.mutable_models(0)->add_std(1.0f); }, "models[0].std"},
+      {[](v1::StudySpec& s) { s.mutable_models(0)->set_std(0, 0.0f); }, "models[0].std"},
+      {[](v1::StudySpec& s) { *s.add_models() = s.models(0); }, "models[1].name"},
+      {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_format("webdataset"); }, "datasets[0].format"},
+      {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_train_limit(-1); }, "datasets[0].train_limit"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->set_temperature(-1); }, "protocols[0].temperature"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->add_ks(0); }, "protocols[0].ks"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->clear_knn(); s.mutable_protocols(0)->set_name("linear"); }, "protocols[0]"},
+  };
+  for (const auto& c : cases) {
+    v1::StudySpec spec = testing::MakeStudy(1, 1);
+    c.mutate(spec);
+    auto plan = PlanStudy(spec, "");
+    ASSERT_FALSE(plan.ok()) << "expected an error naming " << c.field;
+    EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(plan.status().message()), HasSubstr(c.field + ":"));
+  }
+}
+
+}  // namespace
+}  // namespace sslbench::server

@@ -1,0 +1,413 @@
+#include "worker/compute/knn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/worker/compute/test_util.h"
+#include "worker/compute/feature_extractor.h"
+
+namespace sslbench::compute {
+namespace {
+
+using ::sslbench::compute::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::IsNan;
+
+FeatureMatrix Matrix(int64_t dim, std::vector<float> data,
+                     std::vector<int32_t> labels) {
+  FeatureMatrix m;
+  m.dim = dim;
+  m.rows = static_cast<int64_t>(labels.size());
+  m.data = std::move(data);
+  m.labels = std::move(labels);
+  return m;
+}
+
+FeatureMatrix Random(int64_t rows, int64_t dim, int num_classes,
+                     uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal;
+  FeatureMatrix m;
+  m.rows = rows;
+  m.dim = dim;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t label = static_cast<int32_t>(gen() % num_classes);
+    m.labels.push_back(label);
+    // Class-dependent offset so that kNN does better than chance.
+    for (int64_t d = 0; d < dim; ++d) {
+      m.data.push_back(normal(gen) + (d % num_classes == label ? 1.5f : 0));
+    }
+  }
+  return m;
+}
+
+KnnOptions CosineOnly(std::vector<int> ks, double temperature) {
+  KnnOptions o;
+  o.ks = std::move(ks);
+  o.temperature = temperature;
+  o.euclidean_k = 0;
+  return o;
+}
+
+KnnOptions EuclideanOnly(int k) {
+  KnnOptions o;
+  o.ks = {};
+  o.euclidean_k = k;
+  return o;
+}
+
+void ExpectSameMetrics(const ClassificationMetrics& a,
+                       const ClassificationMetrics& b) {
+  EXPECT_EQ(a.top1, b.top1);
+  EXPECT_EQ(a.top5, b.top5);
+  EXPECT_EQ(a.mean_per_class, b.mean_per_class);
+  ASSERT_EQ(a.per_class.size(), b.per_class.size());
+  for (size_t c = 0; c < a.per_class.size(); ++c) {
+    if (std::isnan(a.per_class[c])) {
+      EXPECT_TRUE(std::isnan(b.per_class[c])) << c;
+    } else {
+      EXPECT_EQ(a.per_class[c], b.per_class[c]) << c;
+    }
+  }
+}
+
+class KnnTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetComputeThreads(2); }
+};
+
+// Test point q = (1, 0), label 0. Cosine similarities of the train points:
+//   a = (1, 0.2)  label 1: 1/sqrt(1.04) = 0.98058
+//   b = (1, 0.5)  label 0: 1/sqrt(1.25) = 0.89443
+//   c = (1, -0.6) label 0: 1/sqrt(1.36) = 0.85749
+//   d = (0, 1)    label 1: 0
+//   e = (-2, 0)   label 0: -1
+// With k = 3 the votes are class 1: exp(0.98058/T), class 0: exp(0.89443/T) +
+// exp(0.85749/T). T = 1: 2.666 vs 4.803, class 0 wins. T = 0.07: 1.21e6 vs
+// 3.54e5 + 2.09e5 = 5.63e5, class 1 wins. k = 1: a alone, class 1.
+// k = 5 at T = 1: class 1 2.666 + 1 = 3.666, class 0 4.803 + 0.368: class 0.
+const FeatureMatrix& CosineTrain() {
+  static const FeatureMatrix* m = new FeatureMatrix(
+      Matrix(2, {1, 0.2f, 1, 0.5f, 1, -0.6f, 0, 1, -2, 0}, {1, 0, 0, 1, 0}));
+  return *m;
+}
+
+TEST_F(KnnTest, CosineVoteIsExpOfSimilarityOverTemperature) {
+  const FeatureMatrix test = Matrix(2, {1, 0}, {0});
+  absl::StatusOr<std::vector<KnnResult>> hot =
+      RunKnn(CosineTrain(), test, 2, CosineOnly({1, 3, 5}, 1.0));
+  ASSERT_TRUE(hot.ok()) << hot.status();
+  ASSERT_EQ(hot->size(), 3u);
+  EXPECT_EQ((*hot)[0].variant, "cosine");
+  EXPECT_EQ((*hot)[0].k, 1);
+  EXPECT_EQ((*hot)[0].temperature, 1.0);
+  EXPECT_EQ((*hot)[0].metrics.top1, 0.0);  // a alone: class 1
+  EXPECT_EQ((*hot)[1].k, 3);
+  EXPECT_EQ((*hot)[1].metrics.top1, 1.0);  // 4.803 > 2.666
+  EXPECT_EQ((*hot)[2].k, 5);
+  EXPECT_EQ((*hot)[2].metrics.top1, 1.0);  // 5.171 > 3.666
+  EXPECT_EQ((*hot)[1].metrics.top5, 1.0);  // two classes: always in top 5
+
+  absl::StatusOr<std::vector<KnnResult>> cold =
+      RunKnn(CosineTrain(), test, 2, CosineOnly({3}, 0.07));
+  ASSERT_TRUE(cold.ok()) << cold.status();
+  ASSERT_EQ(cold->size(), 1u);
+  EXPECT_EQ((*cold)[0].metrics.top1, 0.0);  // 1.21e6 > 5.63e5: class 1
+}
+
+TEST_F(KnnTest, CosineIgnoresScaleAndUsesTheHandComputedMargin) {
+  // The cosine vote does not depend on the features' norms. At T = 0.5 and
+  // k = 3: class 1 exp(1.96116) = 7.107, class 0 exp(1.78885) + exp(1.71499)
+  // = 5.982 + 5.556 = 11.538: class 0; at T = 0.2: class 1 134.9, class 0
+  // 87.5 + 72.7 = 160.2: class 0; at T = 0.1: 18205 vs 7655 + 5287: class 1.
+  FeatureMatrix scaled = CosineTrain();
+  for (float& v : scaled.data) v *= 37.0f;
+  const FeatureMatrix test = Matrix(2, {0.001f, 0}, {1});
+  auto top1 = [&](double t) {
+    absl::StatusOr<std::vector<KnnResult>> r =
+        RunKnn(scaled, test, 2, CosineOnly({3}, t));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? (*r)[0].metrics.top1 : -1;
+  };
+  EXPECT_EQ(top1(0.5), 0.0);
+  EXPECT_EQ(top1(0.2), 0.0);
+  EXPECT_EQ(top1(0.1), 1.0);
+}
+
+TEST_F(KnnTest, MultipleKsFromOnePassEqualSeparateRuns) {
+  const FeatureMatrix train = Random(300, 12, 6, 1);
+  const FeatureMatrix test = Random(80, 12, 6, 2);
+  absl::StatusOr<std::vector<KnnResult>> together =
+      RunKnn(train, test, 6, CosineOnly({10, 1, 50, 200}, 0.07));
+  ASSERT_TRUE(together.ok()) << together.status();
+  ASSERT_EQ(together->size(), 4u);
+  const int ks[] = {10, 1, 50, 200};
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<std::vector<KnnResult>> alone =
+        RunKnn(train, test, 6, CosineOnly({ks[i]}, 0.07));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ((*together)[i].k, ks[i]);
+    ExpectSameMetrics((*together)[i].metrics, (*alone)[0].metrics);
+  }
+  EXPECT_GT((*together)[0].metrics.top1, 0.5);  // far better than 1/6
+}
+
+TEST_F(KnnTest, EuclideanVotesInverseDistance) {
+  // q = (0, 0), label 0. a = (1, 0) label 0: weight 1; b = (0, 3) label 1:
+  // 1/3; c = (0, -2.5) label 1: 0.4. Class 1 totals 0.733 < 1: class 0,
+  // although two of the three neighbours are class 1. The far point d is
+  // outside k = 3.
+  const FeatureMatrix train =
+      Matrix(2, {1, 0, 0, 3, 0, -2.5f, 10, 10}, {0, 1, 1, 1});
+  const FeatureMatrix test = Matrix(2, {0, 0}, {0});
+  absl::StatusOr<std::vector<KnnResult>> r =
+      RunKnn(train, test, 2, EuclideanOnly(3));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ((*r)[0].variant, "euclidean");
+  EXPECT_EQ((*r)[0].k, 3);
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+  // With k = 4 the point at distance 14.1 adds 0.0707 to class 1: 0.804 < 1.
+  r = RunKnn(train, test, 2, EuclideanOnly(4));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+}
+
+TEST_F(KnnTest, EuclideanZeroDistanceTakesAllTheWeight) {
+  // q coincides with a (label 1); b and c (label 0) are very close but get no
+  // weight at all.
+  const FeatureMatrix train = Matrix(2, {0.01f, 0, 0, 0, 0, 0.01f}, {0, 1, 0});
+  const FeatureMatrix test = Matrix(2, {0, 0}, {1});
+  absl::StatusOr<std::vector<KnnResult>> r =
+      RunKnn(train, test, 2, EuclideanOnly(3));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+
+  // Two zero-distance neighbours of classes 2 and 1 weigh 1 each; the close
+  // class-2 point weighs 0, so the tie goes to the lowest class, 1.
+  const FeatureMatrix tied = Matrix(2, {0, 0, 0, 0, 0.01f, 0}, {2, 1, 2});
+  r = RunKnn(tied, test, 3, EuclideanOnly(3));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+}
+
+TEST_F(KnnTest, TiesGoToTheLowestClass) {
+  // Equal distances to a (label 1) and b (label 0): the vote ties, class 0.
+  const FeatureMatrix train = Matrix(2, {1, 0, 0, 1}, {1, 0});
+  const FeatureMatrix test0 = Matrix(2, {0, 0}, {0});
+  const FeatureMatrix test1 = Matrix(2, {0, 0}, {1});
+  absl::StatusOr<std::vector<KnnResult>> r =
+      RunKnn(train, test0, 2, EuclideanOnly(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+  r = RunKnn(train, test1, 2, EuclideanOnly(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 0.0);
+  // Cosine: q = (1, 1) is equally similar to both.
+  r = RunKnn(train, Matrix(2, {1, 1}, {0}), 2, CosineOnly({2}, 0.07));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+
+  EXPECT_EQ(MetricsFromScores({1, 1, 0}, {0}, 3).top1, 1.0);
+  EXPECT_EQ(MetricsFromScores({1, 1, 0}, {1}, 3).top1, 0.0);
+}
+
+TEST_F(KnnTest, EquidistantNeighboursGoToTheLowestTrainIndex) {
+  // 80 train points +-e_i, all at distance 1 from the origin, many more than
+  // the candidate list holds. The lowest three indices are class 1, all
+  // others class 0; only an exact, index-ordered choice predicts class 1.
+  const int dim = 40;
+  FeatureMatrix train;
+  train.dim = dim;
+  for (int i = 0; i < 2 * dim; ++i) {
+    std::vector<float> row(dim, 0.0f);
+    row[(i * 7) % dim] = (i / dim) % 2 == 0 ? 1.0f : -1.0f;
+    train.data.insert(train.data.end(), row.begin(), row.end());
+    train.labels.push_back(i < 3 ? 1 : 0);
+  }
+  train.rows = 2 * dim;
+  const FeatureMatrix test = Matrix(dim, std::vector<float>(dim, 0.0f), {1});
+  for (int64_t chunk : {5, 1000}) {
+    KnnOptions o = EuclideanOnly(3);
+    o.train_chunk_rows = chunk;
+    absl::StatusOr<std::vector<KnnResult>> r = RunKnn(train, test, 2, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)[0].metrics.top1, 1.0) << "chunk " << chunk;
+  }
+}
+
+// scikit-learn's rule, computed naively in float64 for every pair.
+std::vector<int32_t> ReferenceEuclidean(const FeatureMatrix& train,
+                                        const FeatureMatrix& test, int k,
+                                        int num_classes) {
+  std::vector<int32_t> predictions;
+  for (int64_t q = 0; q < test.rows; ++q) {
+    std::vector<std::pair<double, int64_t>> d;
+    for (int64_t t = 0; t < train.rows; ++t) {
+      double s = 0;
+      for (int64_t i = 0; i < train.dim; ++i) {
+        const double diff = double{test.data[q * test.dim + i]} -
+                            double{train.data[t * train.dim + i]};
+        s += diff * diff;
+      }
+      d.emplace_back(std::sqrt(s), t);
+    }
+    std::sort(d.begin(), d.end());
+    std::vector<double> votes(num_classes, 0);
+    bool zero = false;
+    for (int i = 0; i < k; ++i) zero |= d[i].first == 0;
+    for (int i = 0; i < k; ++i) {
+      votes[train.labels[d[i].second]] +=
+          zero ? (d[i].first == 0 ? 1 : 0) : 1 / d[i].first;
+    }
+    predictions.push_back(static_cast<int32_t>(
+        std::max_element(votes.begin(), votes.end()) - votes.begin()));
+  }
+  return predictions;
+}
+
+TEST_F(KnnTest, EuclideanMatchesTheNaiveReference) {
+  FeatureMatrix train = Random(500, 20, 4, 3);
+  // A large common offset makes float32 ||x||^2 + ||y||^2 - 2xy lossy.
+  for (float& v : train.data) v += 300.0f;
+  FeatureMatrix test = Random(120, 20, 4, 4);
+  for (float& v : test.data) v += 300.0f;
+  // Exact duplicates of train rows in the test set.
+  std::copy(train.data.begin(), train.data.begin() + 20, test.data.begin());
+  const std::vector<int32_t> predicted = ReferenceEuclidean(train, test, 7, 4);
+  int64_t correct = 0;
+  std::vector<int64_t> class_correct(4, 0), class_total(4, 0);
+  for (int64_t i = 0; i < test.rows; ++i) {
+    ++class_total[test.labels[i]];
+    if (predicted[i] == test.labels[i]) {
+      ++correct;
+      ++class_correct[test.labels[i]];
+    }
+  }
+  KnnOptions o = EuclideanOnly(7);
+  o.train_chunk_rows = 64;
+  o.test_chunk_rows = 50;
+  absl::StatusOr<std::vector<KnnResult>> r = RunKnn(train, test, 4, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)[0].metrics.top1, static_cast<double>(correct) / test.rows);
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_EQ((*r)[0].metrics.per_class[c],
+              static_cast<double>(class_correct[c]) / class_total[c]);
+  }
+}
+
+TEST_F(KnnTest, TopFiveMeanPerClassAndPerClass) {
+  // Seven classes; class 5 never appears in the test labels.
+  //   row 0, label 0: class 0 ranks first.                 top1, top5
+  //   row 1, label 1: class 1 ranks 5th (4 higher).         top5
+  //   row 2, label 1: class 1 ranks 6th (5 higher).         neither
+  //   row 3, label 2: class 2 ties with class 0 and 1, and
+  //                   is behind 3 more: rank 5.             neither
+  //   row 4, label 6: ties with class 3 for first: rank 1.  top5
+  //   row 5, label 3: ties with class 6 for first: rank 0.  top1, top5
+  const std::vector<float> scores = {
+      9, 1, 1, 1, 1, 1, 1,  //
+      5, 1, 6, 7, 8, 0, 0,  //
+      5, 1, 6, 7, 8, 9, 0,  //
+      2, 2, 2, 3, 3, 3, 0,  //
+      0, 0, 0, 4, 0, 0, 4,  //
+      0, 0, 0, 4, 0, 0, 4,  //
+  };
+  const ClassificationMetrics m =
+      MetricsFromScores(scores, {0, 1, 1, 2, 6, 3}, 7);
+  EXPECT_DOUBLE_EQ(m.top1, 2.0 / 6);
+  EXPECT_DOUBLE_EQ(m.top5, 4.0 / 6);
+  ASSERT_EQ(m.per_class.size(), 7u);
+  EXPECT_EQ(m.per_class[0], 1.0);
+  EXPECT_EQ(m.per_class[1], 0.0);
+  EXPECT_EQ(m.per_class[2], 0.0);
+  EXPECT_EQ(m.per_class[3], 1.0);
+  EXPECT_THAT(m.per_class[4], IsNan());
+  EXPECT_THAT(m.per_class[5], IsNan());
+  EXPECT_EQ(m.per_class[6], 0.0);
+  EXPECT_DOUBLE_EQ(m.mean_per_class, (1.0 + 0 + 0 + 1 + 0) / 5);
+
+  // Fewer than five classes: every label is within the top 5.
+  EXPECT_EQ(MetricsFromScores({0, 1, 2, 3}, {0}, 4).top5, 1.0);
+}
+
+TEST_F(KnnTest, ChunkSizesDoNotChangeResults) {
+  const FeatureMatrix train = Random(257, 10, 5, 5);
+  const FeatureMatrix test = Random(61, 10, 5, 6);
+  KnnOptions big;
+  big.ks = {1, 5, 20};
+  big.euclidean_k = 20;
+  KnnOptions tiny = big;
+  tiny.test_chunk_rows = 3;
+  tiny.train_chunk_rows = 7;
+  KnnOptions one = big;
+  one.test_chunk_rows = 1;
+  one.train_chunk_rows = 1;
+  absl::StatusOr<std::vector<KnnResult>> a = RunKnn(train, test, 5, big);
+  absl::StatusOr<std::vector<KnnResult>> b = RunKnn(train, test, 5, tiny);
+  absl::StatusOr<std::vector<KnnResult>> c = RunKnn(train, test, 5, one);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(a->size(), 4u);
+  ASSERT_EQ(b->size(), 4u);
+  ASSERT_EQ(c->size(), 4u);
+  EXPECT_EQ((*a)[3].variant, "euclidean");
+  for (size_t i = 0; i < a->size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ((*a)[i].k, (*b)[i].k);
+    ExpectSameMetrics((*a)[i].metrics, (*b)[i].metrics);
+    ExpectSameMetrics((*a)[i].metrics, (*c)[i].metrics);
+  }
+}
+
+TEST_F(KnnTest, RejectsInvalidInput) {
+  const FeatureMatrix train = Matrix(2, {0, 1, 1, 0, 1, 1}, {0, 1, 0});
+  const FeatureMatrix test = Matrix(2, {0, 1}, {1});
+  const KnnOptions k2 = CosineOnly({2}, 0.07);
+  using absl::StatusCode;
+  EXPECT_THAT(RunKnn(FeatureMatrix(), test, 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "empty"));
+  EXPECT_THAT(RunKnn(train, FeatureMatrix(), 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "empty"));
+  EXPECT_THAT(RunKnn(train, Matrix(3, {0, 1, 2}, {1}), 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "dim"));
+  EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({4}, 0.07)).status(),
+              StatusIs(StatusCode::kInvalidArgument, "k = 4"));
+  EXPECT_THAT(RunKnn(train, test, 2, EuclideanOnly(4)).status(),
+              StatusIs(StatusCode::kInvalidArgument, "euclidean_k = 4"));
+  EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({0}, 0.07)).status(),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(RunKnn(train, test, 1, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "label 1"));
+  EXPECT_THAT(RunKnn(train, Matrix(2, {0, 1}, {-1}), 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "label -1"));
+  EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({2}, 0.0)).status(),
+              StatusIs(StatusCode::kInvalidArgument, "temperature"));
+  EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({}, 0.07)).status(),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(RunKnn(train, test, 0, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "num_classes"));
+  FeatureMatrix short_data = train;
+  short_data.data.pop_back();
+  EXPECT_THAT(RunKnn(short_data, test, 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "values"));
+  FeatureMatrix nan = test;
+  nan.data[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THAT(RunKnn(train, nan, 2, k2).status(),
+              StatusIs(StatusCode::kInvalidArgument, "not finite"));
+  KnnOptions zero_chunk = k2;
+  zero_chunk.train_chunk_rows = 0;
+  EXPECT_THAT(RunKnn(train, test, 2, zero_chunk).status(),
+              StatusIs(StatusCode::kInvalidArgument, "chunk"));
+}
+
+}  // namespace
+}  // namespace sslbench::compute

@@ -1,0 +1,50 @@
+#pragma once
+// Runs a TorchScript backbone over images. The header is LibTorch-free so the
+// worker daemon does not pay for torch headers; only the .cc includes them.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/compute/image_set.h"
+
+namespace sslbench::compute {
+
+struct ModelOptions {
+  std::string path;          // TorchScript file (torch.jit.save / Module::save)
+  int input_size = 0;        // square side the model expects; 0 = keep size
+  int channels = 1;          // channels the model expects (1 or 3)
+  std::vector<float> mean;   // per model channel (size 1 or `channels`)
+  std::vector<float> std;    // per model channel
+};
+
+// Thread-compatible: one extractor per thread.
+class FeatureExtractor {
+ public:
+  // Loads the model. INVALID_ARGUMENT "failed to load model 'PATH': ..." for a
+  // corrupt or non-TorchScript file; NOT_FOUND when the file does not exist;
+  // INVALID_ARGUMENT when mean/std sizes do not fit `channels`.
+  static absl::StatusOr<std::unique_ptr<FeatureExtractor>> Load(
+      const ModelOptions& options);
+  virtual ~FeatureExtractor() = default;
+
+  // Preprocesses images [begin, end) of `images` (scale to [0,1]; replicate a
+  // grey channel when the model wants 3; bilinear resize to input_size when it
+  // differs; normalise with mean/std), runs forward under inference mode in
+  // batches of `batch_size`, flattens each output to one row and returns the
+  // rows as row-major float32 [end-begin, *dim]. INVALID_ARGUMENT if the
+  // model's output is not a tensor, or its width changes between calls;
+  // INTERNAL for an exception thrown by the model ("model 'PATH' failed: ...").
+  virtual absl::StatusOr<std::vector<float>> Extract(const ImageSet& images,
+                                                     int64_t begin,
+                                                     int64_t end,
+                                                     int batch_size,
+                                                     int64_t* dim) = 0;
+};
+
+// Sets the number of intra-op threads LibTorch uses in this process.
+void SetComputeThreads(int num_threads);
+
+}  // namespace sslbench::compute

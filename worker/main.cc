@@ -1,0 +1,82 @@
+// sslbench-worker: leases tasks from the coordinator and runs them with
+// LibTorch (feature extraction, probes).
+
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/log.h"
+#include "common/metrics_server.h"
+#include "grpcpp/grpcpp.h"
+#include "worker/worker_daemon.h"
+
+ABSL_FLAG(std::string, coordinator, "localhost:7070", "coordinator gRPC address");
+ABSL_FLAG(std::string, name, "", "worker name (default: worker-PID)");
+ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9465",
+          "Prometheus /metrics address; empty disables it");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "write the bound metrics port here (for port 0)");
+ABSL_FLAG(int, chunk_kib, 4096, "target size of one uploaded feature chunk");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("sslbench-worker --coordinator=HOST:PORT");
+  absl::ParseCommandLine(argc, argv);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<sslbench::MetricsServer> metrics;
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_listen.empty()) {
+    auto started = sslbench::MetricsServer::Start(metrics_listen, registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "sslbench-worker: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    metrics = *std::move(started);
+    const std::string port_file = absl::GetFlag(FLAGS_metrics_port_file);
+    if (!port_file.empty()) {
+      const std::string tmp = port_file + ".tmp";
+      { std::ofstream(tmp) << metrics->port() << "\n"; }
+      std::rename(tmp.c_str(), port_file.c_str());
+    }
+  }
+
+  sslbench::worker::WorkerOptions options;
+  options.name = absl::GetFlag(FLAGS_name);
+  if (options.name.empty()) options.name = "worker-" + std::to_string(getpid());
+  options.compute_threads = absl::GetFlag(FLAGS_threads);
+  options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator),
+                                           grpc::InsecureChannelCredentials(), args);
+  sslbench::worker::WorkerDaemon daemon(channel, options, registry);
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    sslbench::LogInfo("worker", "signal ", sig, ": stopping");
+    daemon.Stop();
+  });
+  const absl::Status status = daemon.Run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "sslbench-worker: %s\n", status.ToString().c_str());
+  }
+  // Wake the signal thread if Run() ended on its own.
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  return status.ok() ? 0 : 1;
+}
