@@ -1,5 +1,7 @@
 #include "client/coordinator_client.h"
 
+#include <sys/ioctl.h>
+
 #include <fstream>
 #include <thread>
 
@@ -178,6 +180,13 @@ void StudyWatcher::Draw(const v1::StudyStatus& status, bool final) {
   const absl::Time now = absl::Now();
   std::vector<std::string> lines = bars_.Lines(status, now);
   if (tty_) {
+    // A wrapped line would break the cursor-up redraw: cut at the width.
+    winsize ws{};
+    if (ioctl(fileno(out_), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1) {
+      for (auto& line : lines) {
+        if (line.size() >= ws.ws_col) line.resize(ws.ws_col - 1);
+      }
+    }
     std::string out;
     if (drawn_lines_ > 0) absl::StrAppend(&out, "\x1b[", drawn_lines_, "A");
     for (const auto& line : lines) absl::StrAppend(&out, "\r\x1b[2K", line, "\n");

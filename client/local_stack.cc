@@ -24,6 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kDatabase[] = "sslbench";
+// Starts each run's part of a child's (appended) log.
+constexpr char kRunMarker[] = "==== ";
 
 void Say(const std::string& line) {
   std::fprintf(stderr, "sslbench: %s\n", line.c_str());
@@ -82,7 +84,10 @@ absl::StatusOr<std::string> FindSibling(const std::string& bin_dir,
 }
 
 std::string LogTail(const std::string& path, int lines) {
-  const std::string text = ReadFile(path);
+  std::string text = ReadFile(path);
+  // Only this run's part of the log.
+  const size_t marker = text.rfind(std::string("\n") + kRunMarker);
+  if (marker != std::string::npos) text.erase(0, marker + 1);
   std::vector<absl::string_view> all = absl::StrSplit(text, '\n');
   while (!all.empty() && all.back().empty()) all.pop_back();
   const size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
@@ -126,7 +131,10 @@ absl::Status LocalStack::StartAll() {
   }
   ASSIGN_OR_RETURN(const std::string coordinator_bin,
                    FindSibling(bin_dir, "sslbench-coordinator"));
-  ASSIGN_OR_RETURN(const std::string worker_bin, FindSibling(bin_dir, "sslbench-worker"));
+  std::string worker_bin;
+  if (options_.workers > 0) {
+    ASSIGN_OR_RETURN(worker_bin, FindSibling(bin_dir, "sslbench-worker"));
+  }
 
   std::error_code ec;
   state_dir_ = fs::absolute(options_.state_dir, ec).lexically_normal().string();
@@ -181,8 +189,9 @@ absl::StatusOr<LocalStack::Child> LocalStack::StartChild(
   {
     // A marker, so the log of this run is told apart from earlier ones.
     std::ofstream log(child.log_path, std::ios::app);
-    log << "==== " << absl::FormatTime(absl::Now()) << " " << absl::StrJoin(argv, " ")
-        << "\n";
+    log << kRunMarker
+        << absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()) << " "
+        << absl::StrJoin(argv, " ") << "\n";
   }
   ASSIGN_OR_RETURN(child.process, Subprocess::Start(argv, child.log_path));
   return child;

@@ -62,7 +62,8 @@ usage: sslbench COMMAND [ARGS] [--flags]
 
   submit STUDY.yaml [--request_id=ID]   submit a study; prints its id
   watch ID                              progress bars until the study ends
-                                        (exit 0 succeeded, 1 failed, 2 cancelled)
+                                        (exit 0 succeeded, 1 failed, 2 cancelled,
+                                        3 could not follow it)
   status ID                             the study's state, once
   results ID [--format=table|csv|json]  the study's results
   cancel ID                             cancel a study's unfinished tasks
@@ -477,7 +478,10 @@ int CmdDemo(const std::vector<std::string>& args) {
     if (exit_code == kExitOk) exit_code = kExitError;
   }
   std::fprintf(stderr, "sslbench: demo %s; state and logs in %s\n",
-               exit_code == kExitOk ? "finished" : "failed", (*stack)->state_dir().c_str());
+               exit_code == kExitOk            ? "finished"
+               : exit_code == kExitInterrupted ? "interrupted"
+                                               : "failed",
+               (*stack)->state_dir().c_str());
   return exit_code;
 }
 

@@ -303,12 +303,14 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
   // Chunks already stored by an earlier attempt are kept (a preempted worker
   // loses at most one chunk of work).
   std::vector<bool> present;
+  int64_t stored_chunk_rows = 0;
   {
     v1::GetFeatureCacheRequest request;
     request.set_cache_key(spec.cache_key());
     v1::FeatureCacheInfo info;
     auto context = NewContext();
     RETURN_IF_ERROR(FromGrpcStatus(stub_->GetFeatureCache(context.get(), request, &info)));
+    stored_chunk_rows = info.chunk_rows();
     for (int32_t index : info.present_chunks()) {
       if (index >= static_cast<int32_t>(present.size())) present.resize(index + 1, false);
       present[index] = true;
@@ -317,8 +319,12 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
   // The chunk layout depends only on the feature width: probe it on one image.
   int64_t dim = 0;
   RETURN_IF_ERROR(extractor->Extract(images, 0, 1, 1, &dim).status());
+  // Keep the layout of chunks an earlier attempt stored; without chunk 0,
+  // start afresh (stray later chunks are overwritten).
   const int64_t rows_per_chunk =
-      std::clamp<int64_t>(options_.chunk_bytes / (dim * 4), 1, 1 << 16);
+      stored_chunk_rows > 0 ? stored_chunk_rows
+                            : std::clamp<int64_t>(options_.chunk_bytes / (dim * 4), 1, 1 << 16);
+  if (stored_chunk_rows == 0) present.clear();
   const int64_t n = images.count;
   const int32_t num_chunks = static_cast<int32_t>((n + rows_per_chunk - 1) / rows_per_chunk);
   ctx.work_total = n;

@@ -822,6 +822,10 @@ absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
         "ORDER BY chunk_index",
         cache_key);
     for (const auto& row : c) info.add_present_chunks(row[0].as<int32_t>());
+    const auto first = w.exec_params(
+        "SELECT num_rows FROM feature_chunks WHERE cache_key = $1 AND chunk_index = 0",
+        cache_key);
+    if (!first.empty()) info.set_chunk_rows(first[0][0].as<int32_t>());
     return absl::OkStatus();
   }));
   return info;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what sslbench needs to build, test and run on Debian 12 (as root,
+# or through sudo). Idempotent: returns at once when everything is present.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
+  libabsl-dev libtorch-dev libopenblas0-openmp
+  libpqxx-dev libssl-dev zlib1g-dev libyaml-cpp-dev
+  prometheus-cpp-dev
+  libgtest-dev libgmock-dev
+  postgresql postgresql-client
+  dataset-fashion-mnist
+  # Reference implementations for parity tests and benchmarks only.
+  python3 python3-numpy python3-sklearn
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Installing the server package may start Debian's own cluster; sslbench uses
+# private clusters on free ports and does not need it.

@@ -1,0 +1,364 @@
+// End to end with the real binaries over loopback: sslbench-coordinator,
+// sslbench-worker and the sslbench CLI, a real PostgreSQL, real LibTorch, and
+// Fashion-MNIST as Debian ships it.
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/subprocess.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "sslbench/v1/client_api.grpc.pb.h"
+#include "sslbench/v1/worker_api.grpc.pb.h"
+#include "tests/testing/http_get.h"
+#include "tests/testing/test_postgres.h"
+#include "worker/compute/knn.h"
+
+namespace sslbench {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+constexpr char kBinDir[] = SSLBENCH_BIN_DIR;
+constexpr char kSourceDir[] = SSLBENCH_SOURCE_DIR;
+constexpr char kFashionMnist[] = "/usr/share/datasets/fashion-mnist";
+
+std::string Bin(const std::string& name) { return absl::StrCat(kBinDir, "/", name); }
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Waits for `path` to hold a port number written by a child, failing early
+// if the child dies. Polls: the condition is a file another process writes.
+absl::StatusOr<int> WaitForPortFile(const std::string& path, Subprocess& child,
+                                    const std::string& log) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int port = 0;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(path)), &port) && port > 0) {
+      return port;
+    }
+    if (!child.Running()) {
+      return absl::InternalError(absl::StrCat("process exited early; log:\n", ReadFile(log)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(absl::StrCat(kFashionMnist, "/train-images-idx3-ubyte.gz"))) {
+      GTEST_SKIP() << "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)";
+    }
+    char dir[] = "/tmp/sslbench-e2e-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    auto db = testing::FreshDatabase();
+    ASSERT_TRUE(db.ok()) << db.status();
+    database_ = *db;
+    auto made = RunCommand({Bin("sslbench-make-models"), dir_ + "/models"});
+    ASSERT_TRUE(made.ok() && made->exit_code == 0) << (made.ok() ? made->output : "");
+  }
+
+  void TearDown() override {
+    for (auto& w : workers_) w->Stop();
+    workers_.clear();
+    if (coordinator_) coordinator_->Stop();
+    if (!dir_.empty() && !HasFailure()) fs::remove_all(dir_);
+  }
+
+  void StartCoordinator(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {Bin("sslbench-coordinator"), "--listen=127.0.0.1:0",
+                                     "--metrics_listen=127.0.0.1:0",
+                                     "--port_file=" + dir_ + "/coordinator.port",
+                                     "--database=" + database_};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto started = Subprocess::Start(argv, dir_ + "/coordinator.log");
+    ASSERT_TRUE(started.ok()) << started.status();
+    coordinator_ = *std::move(started);
+    auto port = WaitForPortFile(dir_ + "/coordinator.port", *coordinator_, dir_ + "/coordinator.log");
+    ASSERT_TRUE(port.ok()) << port.status();
+    address_ = absl::StrCat("127.0.0.1:", *port);
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    auto channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    studies_ = v1::StudyService::NewStub(channel);
+    worker_api_ = v1::WorkerService::NewStub(channel);
+  }
+
+  // Returns the worker's metrics port.
+  int StartWorker(const std::string& name) {
+    const std::string port_file = absl::StrCat(dir_, "/", name, ".metrics-port");
+    const std::string log = absl::StrCat(dir_, "/", name, ".log");
+    auto started = Subprocess::Start(
+        {Bin("sslbench-worker"), "--coordinator=" + address_, "--name=" + name, "--threads=2",
+         "--metrics_listen=127.0.0.1:0", "--metrics_port_file=" + port_file},
+        log);
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (!started.ok()) return 0;
+    workers_.push_back(*std::move(started));
+    auto port = WaitForPortFile(port_file, *workers_.back(), log);
+    EXPECT_TRUE(port.ok()) << port.status();
+    return port.ok() ? *port : 0;
+  }
+
+  CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), {Bin("sslbench"), "--coordinator=" + address_});
+    auto r = RunCommand(args);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : CommandResult{};
+  }
+
+  std::string WriteStudy(const std::string& name, const std::string& models_yaml,
+                         int64_t train_limit, int64_t test_limit) {
+    const std::string path = absl::StrCat(dir_, "/", name, ".yaml");
+    std::ofstream(path) << "name: " << name << "\nmodels:\n" << models_yaml
+                        << "datasets:\n  - name: fashion-mnist\n    format: idx\n"
+                        << "    root: " << kFashionMnist << "\n    role: in-domain\n"
+                        << "    train_limit: " << train_limit << "\n    test_limit: " << test_limit
+                        << "\nprotocols:\n  - name: knn\n    ks: [10, 20]\n";
+    return path;
+  }
+
+  static std::string TwoModels() {
+    return "  - name: identity\n    path: models/identity.pt\n    channels: 1\n"
+           "    mean: [0.0]\n    std: [1.0]\n"
+           "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n"
+           "    mean: [0.2860]\n    std: [0.3530]\n";
+  }
+
+  int64_t Submit(const std::string& study) {
+    const CommandResult r = Cli({"submit", study});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    int64_t id = 0;
+    for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &id)) break;
+    }
+    EXPECT_GT(id, 0) << r.output;
+    return id;
+  }
+
+  v1::ListResultsResponse Results(int64_t study) {
+    grpc::ClientContext context;
+    v1::ListResultsRequest request;
+    request.set_study_id(study);
+    v1::ListResultsResponse response;
+    EXPECT_TRUE(studies_->ListResults(&context, request, &response).ok());
+    return response;
+  }
+
+  // Downloads a complete feature cache through the worker API.
+  compute::FeatureMatrix Features(const std::string& key) {
+    compute::FeatureMatrix m;
+    grpc::ClientContext context;
+    v1::GetFeatureCacheRequest request;
+    request.set_cache_key(key);
+    v1::FeatureCacheInfo info;
+    EXPECT_TRUE(worker_api_->GetFeatureCache(&context, request, &info).ok());
+    EXPECT_TRUE(info.complete());
+    m.rows = info.num_rows();
+    m.dim = info.dim();
+    m.data.resize(m.rows * m.dim);
+    m.labels.resize(m.rows);
+    for (int c = 0; c < info.num_chunks(); ++c) {
+      grpc::ClientContext chunk_context;
+      v1::GetFeatureChunkRequest chunk_request;
+      chunk_request.set_cache_key(key);
+      chunk_request.set_chunk_index(c);
+      v1::FeatureChunk chunk;
+      EXPECT_TRUE(worker_api_->GetFeatureChunk(&chunk_context, chunk_request, &chunk).ok());
+      std::memcpy(m.data.data() + chunk.row_start() * m.dim, chunk.features().data(),
+                  chunk.features().size());
+      std::memcpy(m.labels.data() + chunk.row_start(), chunk.labels().data(),
+                  chunk.labels().size());
+    }
+    return m;
+  }
+
+  std::string dir_;
+  std::string database_;
+  std::string address_;
+  std::unique_ptr<Subprocess> coordinator_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::unique_ptr<v1::StudyService::Stub> studies_;
+  std::unique_ptr<v1::WorkerService::Stub> worker_api_;
+};
+
+// Two models x full Fashion-MNIST x kNN, through the CLI, the coordinator and
+// a worker; results checked against independent computations; a second
+// identical study served from the feature cache.
+TEST_F(EndToEndTest, StudyCompletesMatchesReferencesAndReusesFeatures) {
+  StartCoordinator();
+  const int metrics_port = StartWorker("worker-1");
+  const std::string study_file = WriteStudy("fmnist", TwoModels(), 0, 0);
+  const int64_t study = Submit(study_file);
+
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output;
+
+  const auto results = Results(study);
+  // Per model: cosine k=10, k=20, Euclidean k=20.
+  ASSERT_EQ(results.results_size(), 6);
+  std::map<std::string, v1::ProbeResult> by_name;
+  for (const auto& r : results.results()) by_name[r.model() + "/" + r.variant()] = r;
+  ASSERT_TRUE(by_name.count("identity/euclidean k=20"));
+  ASSERT_TRUE(by_name.count("cnn/cosine k=20 T=0.07"));
+  const auto& identity = by_name["identity/euclidean k=20"];
+  EXPECT_THAT(identity.config_json(), HasSubstr("\"train_rows\":60000"));
+  EXPECT_EQ(identity.per_class_size(), 10);
+
+  // The identity model's Euclidean kNN equals scikit-learn's on raw pixels.
+  const std::string python = "/usr/bin/python3";
+  auto sklearn = RunCommand({python, absl::StrCat(kSourceDir, "/bench/knn_sklearn_parity.py"),
+                             "--root", kFashionMnist});
+  ASSERT_TRUE(sklearn.ok());
+  ASSERT_EQ(sklearn->exit_code, 0) << sklearn->output;
+  const auto pos = sklearn->output.find("\"sklearn_euclidean_k20_top1\": ");
+  ASSERT_NE(pos, std::string::npos) << sklearn->output;
+  double sklearn_top1 = 0;
+  ASSERT_TRUE(absl::SimpleAtod(
+      sklearn->output.substr(pos + 30, sklearn->output.find_first_of(",}", pos + 30) - pos - 30),
+      &sklearn_top1))
+      << sklearn->output;
+  EXPECT_DOUBLE_EQ(identity.top1(), sklearn_top1)
+      << "service " << identity.top1() << " vs scikit-learn " << sklearn_top1;
+  std::printf("identity euclidean k=20 top-1: service %.4f, scikit-learn %.4f\n",
+              identity.top1(), sklearn_top1);
+
+  // The CNN's accuracies equal an in-process computation on the stored features.
+  const std::string cnn_config = by_name["cnn/cosine k=20 T=0.07"].config_json();
+  auto key_of = [&](const std::string& field) {
+    const auto p = cnn_config.find("\"" + field + "\":\"");
+    const auto start = p + field.size() + 4;
+    return cnn_config.substr(start, cnn_config.find('"', start) - start);
+  };
+  const auto train = Features(key_of("train_cache"));
+  const auto test = Features(key_of("test_cache"));
+  EXPECT_EQ(train.rows, 60000);
+  EXPECT_EQ(test.rows, 10000);
+  compute::KnnOptions options;
+  options.ks = {10, 20};
+  auto local = compute::RunKnn(train, test, 10, options);
+  ASSERT_TRUE(local.ok()) << local.status();
+  for (const auto& r : *local) {
+    const std::string name = r.variant == "cosine"
+                                 ? absl::StrCat("cnn/cosine k=", r.k, " T=0.07")
+                                 : absl::StrCat("cnn/euclidean k=", r.k);
+    ASSERT_TRUE(by_name.count(name)) << name;
+    EXPECT_DOUBLE_EQ(by_name[name].top1(), r.metrics.top1) << name;
+    EXPECT_DOUBLE_EQ(by_name[name].top5(), r.metrics.top5) << name;
+    EXPECT_DOUBLE_EQ(by_name[name].mean_per_class(), r.metrics.mean_per_class) << name;
+  }
+
+  // The worker serves Prometheus metrics beside LibTorch.
+  auto scraped = testing::HttpGet(metrics_port, "/metrics");
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  EXPECT_THAT(*scraped, HasSubstr("sslbench_worker_images_total 140000"));
+  EXPECT_THAT(*scraped,
+              HasSubstr("sslbench_worker_tasks_total{kind=\"extract\",outcome=\"succeeded\"} 4"));
+
+  // The same study again: every feature set comes from the cache.
+  const std::string again_file = WriteStudy("fmnist-again", TwoModels(), 0, 0);
+  const CommandResult again = Cli({"submit", again_file});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("4 feature extractions reused"));
+  int64_t again_id = 0;
+  for (absl::string_view line : absl::StrSplit(again.output, '\n')) {
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &again_id)) break;
+  }
+  ASSERT_GT(again_id, 0);
+  ASSERT_EQ(Cli({"watch", absl::StrCat(again_id)}).exit_code, 0);
+  const auto again_results = Results(again_id);
+  ASSERT_EQ(again_results.results_size(), 6);
+  for (const auto& r : again_results.results()) {
+    EXPECT_DOUBLE_EQ(r.top1(), by_name[r.model() + "/" + r.variant()].top1());
+  }
+  scraped = testing::HttpGet(metrics_port, "/metrics");
+  ASSERT_TRUE(scraped.ok());
+  EXPECT_THAT(*scraped, HasSubstr("sslbench_worker_images_total 140000"))
+      << "features were extracted again";
+
+  const CommandResult table = Cli({"results", absl::StrCat(study)});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_THAT(table.output, HasSubstr("identity"));
+  EXPECT_THAT(table.output, HasSubstr("euclidean k=20"));
+}
+
+// A corrupt model file fails its extraction for good with a clear message;
+// the study fails and `watch` says why.
+TEST_F(EndToEndTest, CorruptModelFailsTheStudyWithAClearError) {
+  StartCoordinator();
+  StartWorker("worker-1");
+  std::ofstream(dir_ + "/models/broken.pt") << "this is not a TorchScript archive";
+  const std::string study_file = WriteStudy(
+      "broken",
+      "  - name: broken\n    path: models/broken.pt\n    channels: 1\n", 500, 100);
+  const int64_t study = Submit(study_file);
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  EXPECT_EQ(watched.exit_code, 1) << watched.output;
+  EXPECT_THAT(watched.output, HasSubstr("failed to load model"));
+  EXPECT_THAT(watched.output, HasSubstr("broken.pt"));
+}
+
+// A worker killed mid-extraction: its lease expires, another worker resumes
+// from the chunks already stored, and the study completes.
+TEST_F(EndToEndTest, WorkerKilledMidTaskIsReplacedWithoutLosingChunks) {
+  StartCoordinator({"--lease_seconds=3", "--heartbeat_ms=500"});
+  const std::string worker_log = dir_ + "/victim.log";
+  auto victim = Subprocess::Start({Bin("sslbench-worker"), "--coordinator=" + address_,
+                                   "--name=victim", "--threads=1", "--metrics_listen=",
+                                   "--chunk_kib=64"},
+                                  worker_log);
+  ASSERT_TRUE(victim.ok());
+  const std::string study_file = WriteStudy(
+      "preempted",
+      "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n", 20000, 2000);
+  const int64_t study = Submit(study_file);
+
+  // Wait until the victim has stored some chunks of its extraction.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  bool progressed = false;
+  while (!progressed && std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext context;
+    v1::GetStudyRequest request;
+    request.set_study_id(study);
+    v1::StudyStatus status;
+    ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
+    for (const auto& p : status.progress()) {
+      if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > 2000) progressed = true;
+    }
+    if (!progressed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(progressed) << ReadFile(worker_log);
+  (*victim)->Kill();
+
+  StartWorker("rescuer");
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/coordinator.log");
+  EXPECT_EQ(Results(study).results_size(), 3);
+  EXPECT_THAT(ReadFile(dir_ + "/coordinator.log"), HasSubstr("lease expired"));
+  EXPECT_THAT(ReadFile(dir_ + "/rescuer.log"), HasSubstr("resumed"));
+}
+
+}  // namespace
+}  // namespace sslbench
