@@ -112,6 +112,17 @@ absl::StatusOr<v1::ListWorkersResponse> CoordinatorClient::ListWorkers() {
   return response;
 }
 
+absl::StatusOr<v1::Artifact> CoordinatorClient::GetArtifact(int64_t artifact_id) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetArtifactRequest request;
+  request.set_artifact_id(artifact_id);
+  v1::Artifact response;
+  const grpc::Status status = stub_->GetArtifact(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 absl::StatusOr<v1::StudyStatus> StudyWatcher::Run() {
   constexpr absl::Duration kReconnectFor = absl::Minutes(1);
   bool seen_any = false;

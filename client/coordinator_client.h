@@ -44,6 +44,8 @@ class CoordinatorClient {
   absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
+  // NOT_FOUND: no such artefact.
+  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);
 
  private:
   void SetDeadline(grpc::ClientContext& context) const;

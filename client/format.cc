@@ -11,22 +11,30 @@
 namespace sslbench::client {
 namespace {
 
+// Terminal columns of UTF-8 text ("±" is two bytes, one column): counts the
+// bytes that start a character.
+size_t DisplayWidth(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
 // Left-aligned text columns, right-aligned numeric ones, two spaces apart.
 std::string Table(const std::vector<std::string>& header,
                   const std::vector<bool>& right_aligned,
                   const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width(header.size());
-  for (size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
+  for (size_t c = 0; c < header.size(); ++c) width[c] = DisplayWidth(header[c]);
   for (const auto& row : rows) {
     for (size_t c = 0; c < row.size() && c < width.size(); ++c) {
-      width[c] = std::max(width[c], row[c].size());
+      width[c] = std::max(width[c], DisplayWidth(row[c]));
     }
   }
   auto line = [&](const std::vector<std::string>& cells) {
     std::string out;
     for (size_t c = 0; c < width.size(); ++c) {
       const std::string& cell = c < cells.size() ? cells[c] : "";
-      const std::string pad(width[c] - std::min(width[c], cell.size()), ' ');
+      const std::string pad(width[c] - std::min(width[c], DisplayWidth(cell)), ' ');
       if (c > 0) out += "  ";
       out += right_aligned[c] ? pad + cell : cell + (c + 1 < width.size() ? pad : "");
     }
@@ -38,6 +46,14 @@ std::string Table(const std::vector<std::string>& header,
 }
 
 std::string Percent(double fraction) { return absl::StrFormat("%.2f", 100.0 * fraction); }
+
+// "71.23", or "71.23 ± 0.45" for a mean over several seeds.
+std::string Metric(double mean, double stddev, int num_seeds) {
+  if (num_seeds <= 1) return Percent(mean);
+  return absl::StrCat(Percent(mean), " \u00b1 ", Percent(stddev));
+}
+
+std::string Number(double v) { return absl::StrFormat("%.6g", v); }
 
 std::string CsvField(const std::string& s) {
   if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
@@ -96,6 +112,12 @@ std::string TaskKindName(v1::TaskKind kind) {
       return "extract";
     case v1::TASK_KIND_KNN:
       return "knn";
+    case v1::TASK_KIND_LINEAR:
+      return "linear";
+    case v1::TASK_KIND_LOGREG:
+      return "logreg";
+    case v1::TASK_KIND_FINETUNE:
+      return "finetune";
     default:
       return absl::StrCat("kind", static_cast<int>(kind));
   }
@@ -112,28 +134,37 @@ std::string FormatDuration(double seconds) {
 std::string FormatResultsTable(const v1::ListResultsResponse& results) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : results.results()) {
-    rows.push_back({r.model(), r.dataset(), r.protocol(), r.variant(), Percent(r.top1()),
-                    Percent(r.top5()), Percent(r.mean_per_class())});
+    rows.push_back({r.model(), r.dataset(), r.protocol(), r.variant(),
+                    r.subset().empty() ? "full" : r.subset(),
+                    Metric(r.top1(), r.top1_std(), r.num_seeds()),
+                    Metric(r.top5(), r.top5_std(), r.num_seeds()),
+                    Metric(r.mean_per_class(), r.mean_per_class_std(), r.num_seeds()),
+                    r.artifact_id() > 0 ? absl::StrCat(r.artifact_id()) : "-"});
   }
-  return Table({"model", "dataset", "protocol", "variant", "top1 %", "top5 %",
-                "mean-per-class %"},
-               {false, false, false, false, true, true, true}, rows);
+  return Table({"model", "dataset", "protocol", "variant", "subset", "top1 %", "top5 %",
+                "mean-per-class %", "artifact"},
+               {false, false, false, false, false, true, true, true, true}, rows);
 }
 
 std::string FormatResultsCsv(const v1::ListResultsResponse& results) {
   std::string out =
-      "study_id,task_id,model,dataset,protocol,variant,top1,top5,mean_per_class,"
-      "per_class,config_json\n";
+      "study_id,task_id,model,dataset,protocol,variant,subset,num_seeds,top1,top1_std,"
+      "top5,top5_std,mean_per_class,mean_per_class_std,seed_top1,artifact_id,per_class,"
+      "config_json\n";
+  auto numbers = [](const google::protobuf::RepeatedField<double>& values) {
+    return absl::StrJoin(values, ";",
+                         [](std::string* o, double v) { absl::StrAppend(o, Number(v)); });
+  };
   for (const auto& r : results.results()) {
-    const std::string per_class = absl::StrJoin(
-        r.per_class(), ";",
-        [](std::string* o, double v) { absl::StrAppend(o, absl::StrFormat("%.6g", v)); });
     absl::StrAppend(&out, r.study_id(), ",", r.task_id(), ",", CsvField(r.model()), ",",
                     CsvField(r.dataset()), ",", CsvField(r.protocol()), ",",
-                    CsvField(r.variant()), ",", absl::StrFormat("%.6g", r.top1()), ",",
-                    absl::StrFormat("%.6g", r.top5()), ",",
-                    absl::StrFormat("%.6g", r.mean_per_class()), ",",
-                    CsvField(per_class), ",", CsvField(r.config_json()), "\n");
+                    CsvField(r.variant()), ",", CsvField(r.subset()), ",");
+    absl::StrAppend(&out, r.num_seeds(), ",", Number(r.top1()), ",", Number(r.top1_std()),
+                    ",", Number(r.top5()), ",", Number(r.top5_std()), ",",
+                    Number(r.mean_per_class()), ",", Number(r.mean_per_class_std()), ",");
+    absl::StrAppend(&out, CsvField(numbers(r.seed_top1())), ",", r.artifact_id(), ",",
+                    CsvField(numbers(r.per_class())), ",", CsvField(r.config_json()),
+                    "\n");
   }
   return out;
 }

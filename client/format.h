@@ -13,16 +13,21 @@
 
 namespace sslbench::client {
 
-// "RUNNING", "SUCCEEDED", ...; "extract", "knn".
+// "RUNNING", "SUCCEEDED", ...; "extract", "knn", "linear", "logreg",
+// "finetune".
 std::string StudyStateName(v1::StudyState state);
 std::string TaskKindName(v1::TaskKind kind);
 // "42s", "3:05", "1:02:03".
 std::string FormatDuration(double seconds);
 
-// Columns model, dataset, protocol, variant, top1 %, top5 %, mean-per-class %.
+// Columns model, dataset, protocol, variant, subset ("full" when unset),
+// top1 %, top5 %, mean-per-class %, artifact (id, or "-" when none). A mean
+// over several seeds (num_seeds > 1) reads "71.23 ± 0.45" (mean ± standard
+// deviation, in percent).
 std::string FormatResultsTable(const v1::ListResultsResponse& results);
-// Header line, then one row per result; per_class is ';'-separated in one
-// field (fractions); config_json is a quoted field.
+// Header line, then one row per result with every field of ProbeResult but
+// the artefact's bytes; metrics are fractions; seed_top1 and per_class are
+// ';'-separated in one field; config_json is a quoted field.
 std::string FormatResultsCsv(const v1::ListResultsResponse& results);
 // {"results": [...]} with the proto field names.
 std::string FormatResultsJson(const v1::ListResultsResponse& results);

@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "client/artifact.h"
 #include "client/coordinator_client.h"
 #include "client/format.h"
 #include "client/local_stack.h"
@@ -38,6 +39,9 @@ ABSL_FLAG(std::string, coordinator, "",
 ABSL_FLAG(std::string, request_id, "",
           "submit: idempotency key; the same key returns the same study");
 ABSL_FLAG(std::string, format, "table", "results: table, csv or json");
+ABSL_FLAG(std::string, output, "",
+          "artifact: write the bytes to this file (short: -o FILE); unset or '-': "
+          "standard output, unless it is a terminal");
 ABSL_FLAG(std::string, state_dir, "",
           "up/demo: state folder (default: .sslbench for up, a fresh temporary "
           "folder for demo)");
@@ -66,6 +70,11 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         3 could not follow it)
   status ID                             the study's state, once
   results ID [--format=table|csv|json]  the study's results
+  artifact ID -o FILE                   write a stored artefact (a trained head;
+                                        ids in the results' artifact column) to
+                                        FILE (or --output=FILE; without it, to
+                                        standard output when that is not a
+                                        terminal)
   cancel ID                             cancel a study's unfinished tasks
   workers                               the registered workers
   up [--state_dir=.sslbench] [--workers=1] [--worker_threads=1] [--port=0]
@@ -216,6 +225,32 @@ int CmdWorkers(const std::vector<std::string>& args) {
                                               absl::Now() - absl::UnixEpoch()))
                  .c_str(),
              stdout);
+  return kExitOk;
+}
+
+int CmdArtifact(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    return Usage(absl::StrCat(args.size() < 1 ? "missing" : "too many",
+                              " arguments: expected one artifact id"));
+  }
+  int64_t id = 0;
+  if (!absl::SimpleAtoi(args[0], &id) || id <= 0) {
+    return Usage(absl::StrCat("\"", args[0], "\" is not an artifact id"));
+  }
+  const std::string output = absl::GetFlag(FLAGS_output);
+  const bool to_stdout = output.empty() || output == "-";
+  // Binary bytes would garble the terminal.
+  if (to_stdout && isatty(STDOUT_FILENO) == 1) {
+    return Usage(
+        "artifact: standard output is a terminal; name a file with -o FILE (or "
+        "--output=FILE), or redirect the output");
+  }
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address, absl::Minutes(5));
+  absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, id, output, stdout);
+  if (!artifact.ok()) return Fail(artifact.status(), address);
+  std::fprintf(stderr, "sslbench: %s\n",
+               DescribeArtifact(*artifact, to_stdout ? "standard output" : output).c_str());
   return kExitOk;
 }
 
@@ -493,7 +528,29 @@ int Main(int argc, char** argv) {
   };
   config.contains_helpshort_flags = config.contains_help_flags;
   absl::SetFlagsUsageConfig(config);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // `-o FILE` is the short form of --output=FILE (Abseil flags have no short
+  // forms); everything after `--` is left alone.
+  std::vector<std::string> rewritten;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") {
+      for (; i < argc; ++i) rewritten.emplace_back(argv[i]);
+      break;
+    }
+    if (i > 0 && arg == "-o") {
+      if (i + 1 >= argc) return Usage("-o needs a file name");
+      rewritten.push_back(absl::StrCat("--output=", argv[++i]));
+    } else if (i > 0 && absl::StartsWith(arg, "-o=")) {
+      rewritten.push_back(absl::StrCat("--output=", arg.substr(3)));
+    } else {
+      rewritten.push_back(arg);
+    }
+  }
+  std::vector<char*> rewritten_argv;
+  for (std::string& arg : rewritten) rewritten_argv.push_back(arg.data());
+  rewritten_argv.push_back(nullptr);
+  std::vector<char*> positional = absl::ParseCommandLine(
+      static_cast<int>(rewritten.size()), rewritten_argv.data());
   std::vector<std::string> args(positional.begin() + 1, positional.end());
   if (args.empty()) return Usage("missing command");
   const std::string command = args.front();
@@ -507,6 +564,7 @@ int Main(int argc, char** argv) {
   if (command == "status") return CmdStatus(args);
   if (command == "results") return CmdResults(args);
   if (command == "cancel") return CmdCancel(args);
+  if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);
   if (command == "up") return CmdUp(args);
   if (command == "demo") return CmdDemo(args);

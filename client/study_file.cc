@@ -1,15 +1,16 @@
 #include "client/study_file.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
-#include <set>
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -17,6 +18,8 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/study_spec.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 #include "yaml-cpp/yaml.h"
 
 namespace sslbench::client {
@@ -59,6 +62,16 @@ class Map {
  public:
   static absl::StatusOr<Map> Of(const YAML::Node& node, std::string path,
                                 std::vector<std::string> known) {
+    ASSIGN_OR_RETURN(Map map, Any(node, std::move(path), known));
+    RETURN_IF_ERROR(map.Allow(known, ""));
+    return map;
+  }
+
+  // A mapping whose keys are checked later with Allow(), once the mapping's
+  // own fields (a protocol's kind) tell which keys belong. `known` only
+  // words the error for a value that is not a mapping.
+  static absl::StatusOr<Map> Any(const YAML::Node& node, std::string path,
+                                 const std::vector<std::string>& known) {
     if (!node.IsMap()) {
       return Invalid(path.empty() ? "study" : path, node,
                      absl::StrCat("expected a mapping with keys ",
@@ -66,24 +79,31 @@ class Map {
                                   Describe(node)));
     }
     Map map(node, std::move(path));
-    std::set<std::string> seen;
     for (auto it = node.begin(); it != node.end(); ++it) {
       if (!it->first.IsScalar()) {
         return Invalid(map.path_.empty() ? "study" : map.path_, it->first,
                        "keys must be plain names");
       }
       const std::string key = it->first.Scalar();
-      if (std::find(known.begin(), known.end(), key) == known.end()) {
-        return Invalid(map.Field(key), it->first,
-                       absl::StrCat("unknown key (known: ", absl::StrJoin(known, ", "),
-                                    ")"));
-      }
-      if (!seen.insert(key).second) {
+      if (!map.values_.emplace(key, it->second).second) {
         return Invalid(map.Field(key), it->first, "given twice");
       }
-      map.values_[key] = it->second;
+      map.keys_.emplace_back(key, it->first);
     }
     return map;
+  }
+
+  // Rejects the first key (in the file's order) not in `known`;
+  // `qualifier` words the error, e.g. "for a linear protocol".
+  absl::Status Allow(const std::vector<std::string>& known,
+                     const std::string& qualifier) const {
+    for (const auto& [key, key_node] : keys_) {
+      if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+      return Invalid(Field(key), key_node,
+                     absl::StrCat("unknown key", qualifier.empty() ? "" : " ", qualifier,
+                                  " (known: ", absl::StrJoin(known, ", "), ")"));
+    }
+    return absl::OkStatus();
   }
 
   std::string Field(const std::string& key) const {
@@ -124,25 +144,46 @@ class Map {
     return ParseInt(Field(key), value, min, max, out);
   }
 
-  absl::Status Double(const std::string& key, double* out) const {
+  absl::Status Double(const std::string& key, double* out, bool finite = false) const {
     const YAML::Node value = Get(key);
     if (!value.IsDefined()) return absl::OkStatus();
-    return ParseDouble(Field(key), value, out);
+    return ParseDouble(Field(key), value, out, finite);
+  }
+
+  absl::Status Bool(const std::string& key, bool* out) const {
+    const YAML::Node value = Get(key);
+    if (!value.IsDefined()) return absl::OkStatus();
+    if (!value.IsScalar()) {
+      return Invalid(Field(key), value,
+                     absl::StrCat("expected true or false, got ", Describe(value)));
+    }
+    const std::string v = absl::AsciiStrToLower(value.Scalar());
+    if (v == "true" || v == "yes" || v == "on") {
+      *out = true;
+    } else if (v == "false" || v == "no" || v == "off") {
+      *out = false;
+    } else {
+      return Invalid(Field(key), value,
+                     absl::StrCat("\"", value.Scalar(), "\" is not true or false"));
+    }
+    return absl::OkStatus();
   }
 
   // A list of numbers; a single number reads as a list of one.
-  absl::Status IntList(const std::string& key, std::vector<int64_t>* out) const {
+  absl::Status IntList(const std::string& key, std::vector<int64_t>* out,
+                       int64_t min = kInt32Min, int64_t max = kInt32Max) const {
     return List(key, [&](const std::string& field, const YAML::Node& item) {
       int64_t v = 0;
-      RETURN_IF_ERROR(ParseInt(field, item, kInt32Min, kInt32Max, &v));
+      RETURN_IF_ERROR(ParseInt(field, item, min, max, &v));
       out->push_back(v);
       return absl::OkStatus();
     });
   }
-  absl::Status DoubleList(const std::string& key, std::vector<double>* out) const {
+  absl::Status DoubleList(const std::string& key, std::vector<double>* out,
+                          bool finite = false) const {
     return List(key, [&](const std::string& field, const YAML::Node& item) {
       double v = 0;
-      RETURN_IF_ERROR(ParseDouble(field, item, &v));
+      RETURN_IF_ERROR(ParseDouble(field, item, &v, finite));
       out->push_back(v);
       return absl::OkStatus();
     });
@@ -167,8 +208,9 @@ class Map {
     return absl::OkStatus();
   }
 
+  // `finite`: "nan" and "inf" are rejected too.
   static absl::Status ParseDouble(const std::string& field, const YAML::Node& value,
-                                  double* out) {
+                                  double* out, bool finite = false) {
     if (!value.IsScalar()) {
       return Invalid(field, value,
                      absl::StrCat("expected a number, got ", Describe(value)));
@@ -177,6 +219,10 @@ class Map {
     if (!absl::SimpleAtod(value.Scalar(), &v)) {
       return Invalid(field, value,
                      absl::StrCat("\"", value.Scalar(), "\" is not a number"));
+    }
+    if (finite && !std::isfinite(v)) {
+      return Invalid(field, value,
+                     absl::StrCat("\"", value.Scalar(), "\" is not a finite number"));
     }
     *out = v;
     return absl::OkStatus();
@@ -203,6 +249,7 @@ class Map {
   YAML::Node node_;
   std::string path_;
   std::map<std::string, YAML::Node> values_;
+  std::vector<std::pair<std::string, YAML::Node>> keys_;  // in the file's order
 };
 
 // The items of a required, non-empty list of mappings.
@@ -319,63 +366,207 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   return absl::OkStatus();
 }
 
+// Reads the keys of `m` that name fields of `params` (KnnParams, LinearParams,
+// LogRegParams, FineTuneParams, FewShot): the file's keys are the proto's
+// field names, so a new parameter or kind needs no parser change (but see
+// ZeroMeansDefault). Numbers must be finite.
+absl::Status ReadFields(const Map& m, google::protobuf::Message* params) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Descriptor* descriptor = params->GetDescriptor();
+  const google::protobuf::Reflection* reflection = params->GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const FieldDescriptor* field = descriptor->field(i);
+    const std::string& key = field->name();
+    if (!m.Has(key)) continue;
+    switch (field->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32:
+      case FieldDescriptor::CPPTYPE_INT64: {
+        const bool is32 = field->cpp_type() == FieldDescriptor::CPPTYPE_INT32;
+        const int64_t min = is32 ? kInt32Min : std::numeric_limits<int64_t>::min();
+        const int64_t max = is32 ? kInt32Max : std::numeric_limits<int64_t>::max();
+        std::vector<int64_t> values;
+        if (field->is_repeated()) {
+          RETURN_IF_ERROR(m.IntList(key, &values, min, max));
+        } else {
+          values.emplace_back();
+          RETURN_IF_ERROR(m.Int(key, min, max, &values.back()));
+        }
+        for (int64_t v : values) {
+          if (field->is_repeated() && is32) {
+            reflection->AddInt32(params, field, static_cast<int32_t>(v));
+          } else if (field->is_repeated()) {
+            reflection->AddInt64(params, field, v);
+          } else if (is32) {
+            reflection->SetInt32(params, field, static_cast<int32_t>(v));
+          } else {
+            reflection->SetInt64(params, field, v);
+          }
+        }
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE: {
+        if (field->is_repeated()) {
+          std::vector<double> values;
+          RETURN_IF_ERROR(m.DoubleList(key, &values, /*finite=*/true));
+          for (double v : values) reflection->AddDouble(params, field, v);
+        } else {
+          double v = 0;
+          RETURN_IF_ERROR(m.Double(key, &v, /*finite=*/true));
+          reflection->SetDouble(params, field, v);
+        }
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        bool v = false;
+        RETURN_IF_ERROR(m.Bool(key, &v));
+        reflection->SetBool(params, field, v);
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_STRING: {
+        if (field->is_repeated()) {
+          return absl::InternalError(absl::StrCat(
+              m.Field(key), ": lists of strings are not readable from a study file"));
+        }
+        std::string v;
+        RETURN_IF_ERROR(m.String(key, /*required=*/false, &v));
+        reflection->SetString(params, field, v);
+        break;
+      }
+      default:
+        return absl::InternalError(absl::StrCat(m.Field(key), ": field type ",
+                                                field->cpp_type_name(),
+                                                " is not readable from a study file"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> FieldNames(const google::protobuf::Descriptor* descriptor) {
+  std::vector<std::string> names;
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    names.push_back(descriptor->field(i)->name());
+  }
+  return names;
+}
+
+// Parameters that the spec reads as "use the default" when zero (or, for a
+// list, empty): given explicitly, the value would silently turn into the
+// default, so it is refused here, with ValidateStudySpec's wording where
+// there is one.
+const std::map<std::string, std::string>& ZeroMeansDefault() {
+  static const auto* rules = new std::map<std::string, std::string>{
+      {"knn.ks", "at least one k is required"},
+      {"knn.temperature", "0 must be a positive number"},
+      {"knn.euclidean_k", "0 must be -1 (off) or in [1, 10000]"},
+      {"knn.test_chunk_rows", "must be >= 1"},
+      {"knn.train_chunk_rows", "must be >= 1"},
+      {"linear.learning_rates", "at least one learning rate is required"},
+      {"linear.epochs", "must be in [1, 10000]"},
+      {"linear.batch_size", "must be in [1, 1048576]"},
+      {"linear.warmup_epochs",
+       "0 cannot be given: an unset or zero value selects the default, 5 epochs; "
+       "use 1 for the shortest warmup"},
+      {"linear.momentum",
+       "0 cannot be given: an unset or zero value selects the default, 0.9; use a "
+       "small positive value such as 1e-9 for plain SGD"},
+      {"linear.val_fraction", "must be in (0, 1)"},
+      {"linear.init_std", "must be positive"},
+      {"logreg.num_cs", "must be in [1, 1000]"},
+      {"logreg.c_min", "need 0 < c_min <= c_max"},
+      {"logreg.c_max", "need 0 < c_min <= c_max"},
+      {"logreg.val_fraction", "must be in (0, 1)"},
+      {"logreg.max_iterations", "must be >= 1"},
+      {"logreg.tolerance", "must be positive"},
+      {"finetune.learning_rate", "must be a positive number"},
+      {"finetune.momentum",
+       "0 cannot be given: an unset or zero value selects the default, 0.9 with "
+       "sgd; use a small positive value such as 1e-9 for plain SGD"},
+      {"finetune.epochs", "must be in [1, 10000]"},
+      {"finetune.batch_size", "must be in [1, 65536]"},
+      {"finetune.warmup_epochs",
+       "0 cannot be given: an unset or zero value selects the default, 1 epoch"},
+      {"finetune.label_smoothing",
+       "0 cannot be given: an unset or zero value selects the default, 0.1; use -1 "
+       "for none"},
+      {"finetune.min_scale", "must be in (0, 1]"},
+      {"few_shot.seeds", "at least one seed is required"},
+  };
+  return *rules;
+}
+
+absl::Status RefuseZeroDefaults(const Map& m, const std::string& scope,
+                                const google::protobuf::Message& params) {
+  const google::protobuf::Descriptor* descriptor = params.GetDescriptor();
+  const google::protobuf::Reflection* reflection = params.GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = descriptor->field(i);
+    auto rule = ZeroMeansDefault().find(absl::StrCat(scope, ".", field->name()));
+    if (rule == ZeroMeansDefault().end() || !m.Has(field->name())) continue;
+    bool zero = false;
+    if (field->is_repeated()) {
+      zero = reflection->FieldSize(params, field) == 0;
+    } else if (field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_DOUBLE) {
+      zero = reflection->GetDouble(params, field) == 0;  // -0.0 too
+    } else {
+      zero = !reflection->HasField(params, field);
+    }
+    if (zero) return Invalid(m.Field(field->name()), m.Get(field->name()), rule->second);
+  }
+  return absl::OkStatus();
+}
+
+// The oneof `params` of ProtocolSpec: its fields are the protocol kinds.
+const google::protobuf::OneofDescriptor& ParamsOneof() {
+  return *v1::ProtocolSpec::descriptor()->FindOneofByName("params");
+}
+
 absl::Status ParseProtocol(const YAML::Node& node, const std::string& path,
                            v1::ProtocolSpec* protocol) {
-  ASSIGN_OR_RETURN(Map p, Map::Of(node, path,
-                                  {"name", "kind", "ks", "temperature", "euclidean_k",
-                                   "test_chunk_rows", "train_chunk_rows"}));
+  const std::vector<std::string> common = {"name", "kind", "few_shot"};
+  std::vector<std::string> kinds;
+  for (int i = 0; i < ParamsOneof().field_count(); ++i) {
+    kinds.push_back(ParamsOneof().field(i)->name());
+  }
+  const std::string known_kinds = absl::StrJoin(kinds, ", ");
+
+  ASSIGN_OR_RETURN(Map p, Map::Any(node, path, common));
   std::string name, kind;
   RETURN_IF_ERROR(p.String("name", /*required=*/true, &name));
   RETURN_IF_ERROR(p.String("kind", /*required=*/false, &kind));
   protocol->set_name(name);
   if (kind.empty()) {
-    if (name != "knn") {
+    if (std::find(kinds.begin(), kinds.end(), name) == kinds.end()) {
       return Invalid(p.Field("kind"), p.node(),
                      absl::StrCat("is required for protocol \"", name,
-                                  "\" (known kinds: knn)"));
+                                  "\" (known kinds: ", known_kinds, ")"));
     }
     kind = name;
   }
-  if (kind != "knn") {
+  const google::protobuf::FieldDescriptor* kind_field = nullptr;
+  for (int i = 0; i < ParamsOneof().field_count(); ++i) {
+    if (ParamsOneof().field(i)->name() == kind) kind_field = ParamsOneof().field(i);
+  }
+  if (kind_field == nullptr) {
     return Invalid(p.Field("kind"), p.Get("kind"),
-                   absl::StrCat("\"", kind, "\" is not supported (supported: knn)"));
+                   absl::StrCat("\"", kind, "\" is not supported (supported: ",
+                                known_kinds, ")"));
   }
-  v1::KnnParams* knn = protocol->mutable_knn();
-  std::vector<int64_t> ks;
-  RETURN_IF_ERROR(p.IntList("ks", &ks));
-  for (int64_t k : ks) knn->add_ks(static_cast<int32_t>(k));
-  double temperature = 0;
-  RETURN_IF_ERROR(p.Double("temperature", &temperature));
-  knn->set_temperature(temperature);
-  int64_t euclidean_k = 0, test_rows = 0, train_rows = 0;
-  RETURN_IF_ERROR(p.Int("euclidean_k", kInt32Min, kInt32Max, &euclidean_k));
-  knn->set_euclidean_k(static_cast<int32_t>(euclidean_k));
-  const int64_t kMax = std::numeric_limits<int64_t>::max();
-  RETURN_IF_ERROR(p.Int("test_chunk_rows", std::numeric_limits<int64_t>::min(), kMax,
-                        &test_rows));
-  RETURN_IF_ERROR(p.Int("train_chunk_rows", std::numeric_limits<int64_t>::min(), kMax,
-                        &train_rows));
-  // Zero means "default" in the spec; an explicit zero is impossible.
-  if (p.Has("test_chunk_rows") && test_rows < 1) {
-    return Invalid(p.Field("test_chunk_rows"), p.Get("test_chunk_rows"), "must be >= 1");
+
+  google::protobuf::Message* params =
+      protocol->GetReflection()->MutableMessage(protocol, kind_field);
+  std::vector<std::string> known = common;
+  for (const std::string& key : FieldNames(params->GetDescriptor())) known.push_back(key);
+  RETURN_IF_ERROR(p.Allow(known, absl::StrCat("for a ", kind, " protocol")));
+  RETURN_IF_ERROR(ReadFields(p, params));
+  RETURN_IF_ERROR(RefuseZeroDefaults(p, kind, *params));
+
+  if (p.Has("few_shot")) {
+    v1::FewShot* few_shot = protocol->mutable_few_shot();
+    ASSIGN_OR_RETURN(Map f, Map::Of(p.Get("few_shot"), p.Field("few_shot"),
+                                    FieldNames(v1::FewShot::descriptor())));
+    RETURN_IF_ERROR(ReadFields(f, few_shot));
+    RETURN_IF_ERROR(RefuseZeroDefaults(f, "few_shot", *few_shot));
   }
-  if (p.Has("train_chunk_rows") && train_rows < 1) {
-    return Invalid(p.Field("train_chunk_rows"), p.Get("train_chunk_rows"),
-                   "must be >= 1");
-  }
-  if (p.Has("euclidean_k") && euclidean_k == 0) {
-    return Invalid(p.Field("euclidean_k"), p.Get("euclidean_k"),
-                   "0 must be -1 (off) or in [1, 10000]");
-  }
-  if (p.Has("temperature") && !(temperature > 0)) {
-    return Invalid(p.Field("temperature"), p.Get("temperature"),
-                   absl::StrCat(temperature, " must be a positive number"));
-  }
-  if (p.Has("ks") && ks.empty()) {
-    return Invalid(p.Field("ks"), p.Get("ks"), "at least one k is required");
-  }
-  knn->set_test_chunk_rows(test_rows);
-  knn->set_train_chunk_rows(train_rows);
   return absl::OkStatus();
 }
 

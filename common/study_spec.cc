@@ -46,9 +46,48 @@ void ApplyStudyDefaults(v1::StudySpec& spec) {
     }
   }
   for (auto& protocol : *spec.mutable_protocols()) {
-    if (protocol.params_case() == v1::ProtocolSpec::PARAMS_NOT_SET &&
-        protocol.name() == "knn") {
-      protocol.mutable_knn();
+    if (protocol.params_case() == v1::ProtocolSpec::PARAMS_NOT_SET) {
+      if (protocol.name() == "knn") protocol.mutable_knn();
+      if (protocol.name() == "linear") protocol.mutable_linear();
+      if (protocol.name() == "logreg") protocol.mutable_logreg();
+      if (protocol.name() == "finetune") protocol.mutable_finetune();
+    }
+    if (protocol.has_finetune()) {
+      auto* ft = protocol.mutable_finetune();
+      if (ft->optimizer().empty()) ft->set_optimizer("sgd");
+      if (ft->learning_rate() == 0) ft->set_learning_rate(0.01);
+      if (ft->momentum() == 0 && ft->optimizer() == "sgd") ft->set_momentum(0.9);
+      if (ft->epochs() == 0) ft->set_epochs(10);
+      if (ft->batch_size() == 0) ft->set_batch_size(256);
+      if (ft->warmup_epochs() == 0) ft->set_warmup_epochs(1);
+      if (ft->label_smoothing() == 0) ft->set_label_smoothing(0.1);
+      if (ft->min_scale() == 0) ft->set_min_scale(0.35);
+    }
+    if (protocol.has_linear()) {
+      auto* linear = protocol.mutable_linear();
+      if (linear->learning_rates().empty()) {
+        for (double lr : {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2}) {
+          linear->add_learning_rates(lr);
+        }
+      }
+      if (linear->epochs() == 0) linear->set_epochs(100);
+      if (linear->batch_size() == 0) linear->set_batch_size(1024);
+      if (linear->warmup_epochs() == 0) linear->set_warmup_epochs(5);
+      if (linear->momentum() == 0) linear->set_momentum(0.9);
+      if (linear->val_fraction() == 0) linear->set_val_fraction(0.1);
+      if (linear->init_std() == 0) linear->set_init_std(0.01);
+    }
+    if (protocol.has_logreg()) {
+      auto* logreg = protocol.mutable_logreg();
+      if (logreg->num_cs() == 0) logreg->set_num_cs(45);
+      if (logreg->c_min() == 0) logreg->set_c_min(1e-6);
+      if (logreg->c_max() == 0) logreg->set_c_max(1e5);
+      if (logreg->val_fraction() == 0) logreg->set_val_fraction(0.1);
+      if (logreg->max_iterations() == 0) logreg->set_max_iterations(1000);
+      if (logreg->tolerance() == 0) logreg->set_tolerance(1e-6);
+    }
+    if (protocol.has_few_shot() && protocol.few_shot().seeds().empty()) {
+      for (int64_t seed : {0, 1, 2}) protocol.mutable_few_shot()->add_seeds(seed);
     }
     if (protocol.has_knn()) {
       auto* knn = protocol.mutable_knn();
@@ -144,8 +183,94 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     if (!names.insert(p.name()).second) {
       return Invalid(f + ".name", absl::StrCat("duplicate protocol \"", p.name(), "\""));
     }
-    if (!p.has_knn()) {
-      return Invalid(f, absl::StrCat("protocol \"", p.name(), "\" has no parameters of a known kind (known: knn)"));
+    if (p.params_case() == v1::ProtocolSpec::PARAMS_NOT_SET) {
+      return Invalid(f, absl::StrCat("protocol \"", p.name(),
+                                     "\" has no parameters of a known kind (known: knn, linear, logreg, finetune)"));
+    }
+    if (p.has_few_shot()) {
+      const auto& fs = p.few_shot();
+      if (fs.shots().empty() && fs.fractions().empty()) {
+        return Invalid(f + ".few_shot", "give shots, fractions or both");
+      }
+      for (int shots : fs.shots()) {
+        if (shots < 1 || shots > 100000) {
+          return Invalid(f + ".few_shot.shots", absl::StrCat(shots, " is not in [1, 100000]"));
+        }
+      }
+      for (double fraction : fs.fractions()) {
+        if (!(fraction > 0 && fraction <= 1)) {
+          return Invalid(f + ".few_shot.fractions", absl::StrCat(fraction, " is not in (0, 1]"));
+        }
+      }
+      if (fs.seeds_size() > 100) return Invalid(f + ".few_shot.seeds", "at most 100 seeds");
+    }
+    if (p.has_linear()) {
+      const auto& l = p.linear();
+      if (l.learning_rates_size() > 64) {
+        return Invalid(f + ".learning_rates", "at most 64 learning rates");
+      }
+      for (double lr : l.learning_rates()) {
+        if (!(lr > 0) || !std::isfinite(lr)) {
+          return Invalid(f + ".learning_rates", absl::StrCat(lr, " must be a positive number"));
+        }
+      }
+      if (l.epochs() < 1 || l.epochs() > 10000) return Invalid(f + ".epochs", "must be in [1, 10000]");
+      if (l.batch_size() < 1 || l.batch_size() > 1 << 20) {
+        return Invalid(f + ".batch_size", "must be in [1, 1048576]");
+      }
+      if (l.warmup_epochs() < 0) return Invalid(f + ".warmup_epochs", "must be >= 0");
+      if (l.momentum() < 0 || l.momentum() >= 1) return Invalid(f + ".momentum", "must be in [0, 1)");
+      if (l.weight_decay() < 0) return Invalid(f + ".weight_decay", "must be >= 0");
+      if (l.grad_clip() < 0) return Invalid(f + ".grad_clip", "must be >= 0");
+      if (!(l.val_fraction() > 0 && l.val_fraction() < 1)) {
+        return Invalid(f + ".val_fraction", "must be in (0, 1)");
+      }
+      if (!(l.init_std() > 0)) return Invalid(f + ".init_std", "must be positive");
+      continue;
+    }
+    if (p.has_finetune()) {
+      const auto& ft = p.finetune();
+      if (ft.optimizer() != "sgd" && ft.optimizer() != "adamw") {
+        return Invalid(f + ".optimizer", absl::StrCat("\"", ft.optimizer(), "\" is not sgd or adamw"));
+      }
+      if (!(ft.learning_rate() > 0) || !std::isfinite(ft.learning_rate())) {
+        return Invalid(f + ".learning_rate", "must be a positive number");
+      }
+      if (ft.weight_decay() < 0) return Invalid(f + ".weight_decay", "must be >= 0");
+      if (ft.momentum() < 0 || ft.momentum() >= 1) return Invalid(f + ".momentum", "must be in [0, 1)");
+      if (ft.epochs() < 1 || ft.epochs() > 10000) return Invalid(f + ".epochs", "must be in [1, 10000]");
+      if (ft.batch_size() < 1 || ft.batch_size() > 65536) {
+        return Invalid(f + ".batch_size", "must be in [1, 65536]");
+      }
+      if (ft.warmup_epochs() < 0) return Invalid(f + ".warmup_epochs", "must be >= 0");
+      if (ft.label_smoothing() != -1 && (ft.label_smoothing() < 0 || ft.label_smoothing() >= 1)) {
+        return Invalid(f + ".label_smoothing", "must be in [0, 1), or -1 for none");
+      }
+      if (!(ft.min_scale() > 0 && ft.min_scale() <= 1)) {
+        return Invalid(f + ".min_scale", "must be in (0, 1]");
+      }
+      if (ft.checkpoint_every_steps() < 0) {
+        return Invalid(f + ".checkpoint_every_steps", "must be >= 0");
+      }
+      continue;
+    }
+    if (p.has_logreg()) {
+      const auto& l = p.logreg();
+      for (double c : l.cs()) {
+        if (!(c > 0) || !std::isfinite(c)) {
+          return Invalid(f + ".cs", absl::StrCat(c, " must be a positive number"));
+        }
+      }
+      if (l.num_cs() < 1 || l.num_cs() > 1000) return Invalid(f + ".num_cs", "must be in [1, 1000]");
+      if (!(l.c_min() > 0) || !(l.c_max() >= l.c_min())) {
+        return Invalid(f + ".c_min", "need 0 < c_min <= c_max");
+      }
+      if (!(l.val_fraction() > 0 && l.val_fraction() < 1)) {
+        return Invalid(f + ".val_fraction", "must be in (0, 1)");
+      }
+      if (l.max_iterations() < 1) return Invalid(f + ".max_iterations", "must be >= 1");
+      if (!(l.tolerance() > 0)) return Invalid(f + ".tolerance", "must be positive");
+      continue;
     }
     const auto& knn = p.knn();
     if (knn.ks().empty()) return Invalid(f + ".ks", "at least one k is required");
@@ -157,6 +282,11 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     }
     if (knn.euclidean_k() < -1 || knn.euclidean_k() == 0 || knn.euclidean_k() > 10000) {
       return Invalid(f + ".euclidean_k", absl::StrCat(knn.euclidean_k(), " must be -1 (off) or in [1, 10000]"));
+    }
+    for (double t : knn.temperatures()) {
+      if (!(t > 0) || !std::isfinite(t)) {
+        return Invalid(f + ".temperatures", absl::StrCat(t, " must be a positive number"));
+      }
     }
     if (knn.test_chunk_rows() < 1) return Invalid(f + ".test_chunk_rows", "must be >= 1");
     if (knn.train_chunk_rows() < 1) return Invalid(f + ".train_chunk_rows", "must be >= 1");

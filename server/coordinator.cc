@@ -60,6 +60,10 @@ absl::StatusOr<v1::ListWorkersResponse> Coordinator::ListWorkers() {
   return response;
 }
 
+absl::StatusOr<v1::Artifact> Coordinator::GetArtifact(int64_t artifact_id) {
+  return store_.GetArtifact(artifact_id);
+}
+
 absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
     const v1::RegisterWorkerRequest& request) {
   if (request.name().empty()) {
@@ -143,6 +147,15 @@ absl::StatusOr<v1::FeatureChunk> Coordinator::GetFeatureChunk(
 absl::StatusOr<v1::FeatureCacheInfo> Coordinator::GetFeatureCache(
     const v1::GetFeatureCacheRequest& request) {
   return store_.GetFeatureCache(request.cache_key());
+}
+
+absl::Status Coordinator::PutCheckpoint(const v1::PutCheckpointRequest& request) {
+  return store_.PutCheckpoint(request.task_id(), request.lease_token(), request.step(),
+                              request.data(), clock_.Now());
+}
+
+absl::StatusOr<v1::Checkpoint> Coordinator::GetCheckpoint(const v1::GetCheckpointRequest& request) {
+  return store_.GetCheckpoint(request.task_id());
 }
 
 absl::StatusOr<int> Coordinator::ReapExpiredLeases() {

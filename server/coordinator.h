@@ -33,6 +33,7 @@ class Coordinator {
   absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
+  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);
 
   // Worker API.
   absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(
@@ -46,6 +47,8 @@ class Coordinator {
       const v1::GetFeatureChunkRequest& request);
   absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const v1::GetFeatureCacheRequest& request);
+  absl::Status PutCheckpoint(const v1::PutCheckpointRequest& request);
+  absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest& request);
 
   // Returns expired leases to the queue (or fails them after max attempts).
   // Returns how many were released. Called periodically by the process.

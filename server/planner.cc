@@ -7,6 +7,38 @@
 #include "common/study_spec.h"
 
 namespace sslbench::server {
+namespace {
+
+v1::TaskKind ProbeKind(const v1::ProtocolSpec& protocol) {
+  switch (protocol.params_case()) {
+    case v1::ProtocolSpec::kLinear: return v1::TASK_KIND_LINEAR;
+    case v1::ProtocolSpec::kLogreg: return v1::TASK_KIND_LOGREG;
+    case v1::ProtocolSpec::kFinetune: return v1::TASK_KIND_FINETUNE;
+    default: return v1::TASK_KIND_KNN;
+  }
+}
+
+// One probe task per few-shot setting (each runs all seeds), or one task on
+// the full train split.
+std::vector<v1::Subset> Subsets(const v1::ProtocolSpec& protocol) {
+  if (!protocol.has_few_shot()) return {v1::Subset()};
+  std::vector<v1::Subset> subsets;
+  for (int shots : protocol.few_shot().shots()) {
+    v1::Subset subset;
+    subset.set_shots(shots);
+    *subset.mutable_seeds() = protocol.few_shot().seeds();
+    subsets.push_back(std::move(subset));
+  }
+  for (double fraction : protocol.few_shot().fractions()) {
+    v1::Subset subset;
+    subset.set_fraction(fraction);
+    *subset.mutable_seeds() = protocol.few_shot().seeds();
+    subsets.push_back(std::move(subset));
+  }
+  return subsets;
+}
+
+}  // namespace
 
 absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) {
   ApplyStudyDefaults(spec);
@@ -17,11 +49,14 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
   StudyPlan plan;
   plan.request_id = std::move(request_id);
   std::set<std::string> planned_keys;
+  // Fine-tuning reads images; every other protocol reads cached features.
+  bool needs_features = false;
+  for (const auto& protocol : spec.protocols()) needs_features |= !protocol.has_finetune();
   for (const auto& model : spec.models()) {
     for (const auto& dataset : spec.datasets()) {
       std::string keys[2];
       const char* splits[2] = {"train", "test"};
-      for (int s = 0; s < 2; ++s) {
+      for (int s = 0; s < 2 && needs_features; ++s) {
         keys[s] = FeatureCacheKey(model, dataset, splits[s]);
         // Two models with identical bytes and preprocessing share features.
         if (!planned_keys.insert(keys[s]).second) continue;
@@ -37,15 +72,20 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
         plan.extracts.push_back(std::move(extract));
       }
       for (const auto& protocol : spec.protocols()) {
-        PlannedProbe probe;
-        auto& task = probe.spec;
-        task.set_kind(v1::TASK_KIND_KNN);
-        *task.mutable_model() = model;
-        *task.mutable_dataset() = dataset;
-        task.set_train_cache_key(keys[0]);
-        task.set_test_cache_key(keys[1]);
-        *task.mutable_protocol() = protocol;
-        plan.probes.push_back(std::move(probe));
+        for (const v1::Subset& subset : Subsets(protocol)) {
+          PlannedProbe probe;
+          auto& task = probe.spec;
+          task.set_kind(ProbeKind(protocol));
+          *task.mutable_model() = model;
+          *task.mutable_dataset() = dataset;
+          if (!protocol.has_finetune()) {
+            task.set_train_cache_key(keys[0]);
+            task.set_test_cache_key(keys[1]);
+          }
+          *task.mutable_protocol() = protocol;
+          if (subset.shots() > 0 || subset.fraction() > 0) *task.mutable_subset() = subset;
+          plan.probes.push_back(std::move(probe));
+        }
       }
     }
   }

@@ -116,4 +116,11 @@ grpc::ServerUnaryReactor* StudyServiceImpl::ListWorkers(
                   [this] { return coordinator_.ListWorkers(); });
 }
 
+grpc::ServerUnaryReactor* StudyServiceImpl::GetArtifact(
+    grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
+    v1::Artifact* response) {
+  return RunUnary(context, "GetArtifact", pool_, metrics_, response,
+                  [this, request] { return coordinator_.GetArtifact(request->artifact_id()); });
+}
+
 }  // namespace sslbench::server

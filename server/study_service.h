@@ -32,6 +32,9 @@ class StudyServiceImpl final : public v1::StudyService::CallbackService {
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* context,
                                         const v1::ListWorkersRequest* request,
                                         v1::ListWorkersResponse* response) override;
+  grpc::ServerUnaryReactor* GetArtifact(grpc::CallbackServerContext* context,
+                                        const v1::GetArtifactRequest* request,
+                                        v1::Artifact* response) override;
 
  private:
   Coordinator& coordinator_;

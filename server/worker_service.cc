@@ -60,4 +60,18 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::GetFeatureCache(
                   [this, request] { return coordinator_.GetFeatureCache(*request); });
 }
 
+grpc::ServerUnaryReactor* WorkerServiceImpl::PutCheckpoint(
+    grpc::CallbackServerContext* context, const v1::PutCheckpointRequest* request,
+    v1::PutCheckpointResponse* response) {
+  return RunUnary(context, "PutCheckpoint", pool_, metrics_, response,
+                  [this, request] { return coordinator_.PutCheckpoint(*request); });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::GetCheckpoint(
+    grpc::CallbackServerContext* context, const v1::GetCheckpointRequest* request,
+    v1::Checkpoint* response) {
+  return RunUnary(context, "GetCheckpoint", pool_, metrics_, response,
+                  [this, request] { return coordinator_.GetCheckpoint(*request); });
+}
+
 }  // namespace sslbench::server

@@ -37,6 +37,12 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   grpc::ServerUnaryReactor* GetFeatureCache(grpc::CallbackServerContext* context,
                                             const v1::GetFeatureCacheRequest* request,
                                             v1::FeatureCacheInfo* response) override;
+  grpc::ServerUnaryReactor* PutCheckpoint(grpc::CallbackServerContext* context,
+                                          const v1::PutCheckpointRequest* request,
+                                          v1::PutCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* GetCheckpoint(grpc::CallbackServerContext* context,
+                                          const v1::GetCheckpointRequest* request,
+                                          v1::Checkpoint* response) override;
 
  private:
   Coordinator& coordinator_;

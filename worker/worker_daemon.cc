@@ -14,8 +14,10 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "worker/compute/feature_extractor.h"
+#include "worker/compute/fine_tune.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
+#include "worker/probe_tasks.h"
 
 namespace sslbench::worker {
 
@@ -39,7 +41,14 @@ struct WorkerDaemon::TaskContext {
 namespace {
 
 const char* KindLabel(v1::TaskKind kind) {
-  return kind == v1::TASK_KIND_EXTRACT ? "extract" : kind == v1::TASK_KIND_KNN ? "knn" : "other";
+  switch (kind) {
+    case v1::TASK_KIND_EXTRACT: return "extract";
+    case v1::TASK_KIND_KNN: return "knn";
+    case v1::TASK_KIND_LINEAR: return "linear";
+    case v1::TASK_KIND_LOGREG: return "logreg";
+    case v1::TASK_KIND_FINETUNE: return "finetune";
+    default: return "other";
+  }
 }
 
 // Failures caused by the task's input do not improve with a retry.
@@ -217,8 +226,12 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
   std::vector<v1::ProbeResult> results;
   if (ctx.spec.kind() == v1::TASK_KIND_EXTRACT) {
     status = RunExtract(ctx);
-  } else if (ctx.spec.kind() == v1::TASK_KIND_KNN) {
-    status = RunKnn(ctx, &results);
+  } else if (ctx.spec.kind() == v1::TASK_KIND_FINETUNE) {
+    status = RunFineTuneTask(ctx, &results);
+  } else if (ctx.spec.kind() == v1::TASK_KIND_KNN ||
+             ctx.spec.kind() == v1::TASK_KIND_LINEAR ||
+             ctx.spec.kind() == v1::TASK_KIND_LOGREG) {
+    status = RunProbe(ctx, &results);
   } else {
     status = absl::InvalidArgumentError(absl::StrCat("task kind ", ctx.spec.kind(),
                                                      " is not supported by this worker"));
@@ -276,29 +289,42 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
       .Observe(seconds);
 }
 
+namespace {
+
+// The cache key and the results promise these exact bytes: refuse a file
+// changed since the study was submitted.
+absl::Status VerifyModel(const v1::ModelSpec& model) {
+  ASSIGN_OR_RETURN(std::string sha, Sha256File(model.path()));
+  if (sha != model.sha256()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model \"", model.name(), "\": file ", model.path(),
+        " changed since the study was submitted (sha256 ", sha.substr(0, 12), " != ",
+        model.sha256().substr(0, 12), "); resubmit the study"));
+  }
+  return absl::OkStatus();
+}
+
+compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {
+  compute::ModelOptions options;
+  options.path = model.path();
+  options.input_size = model.input_size();
+  options.channels = model.channels();
+  options.mean.assign(model.mean().begin(), model.mean().end());
+  options.std.assign(model.std().begin(), model.std().end());
+  return options;
+}
+
+}  // namespace
+
 absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
   const v1::TaskSpec& spec = ctx.spec;
-  // The cache key promises these exact bytes: refuse a file changed since
-  // the study was submitted rather than store features under a wrong key.
-  ASSIGN_OR_RETURN(std::string sha, Sha256File(spec.model().path()));
-  if (sha != spec.model().sha256()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model \"", spec.model().name(), "\": file ", spec.model().path(),
-        " changed since the study was submitted (sha256 ", sha.substr(0, 12),
-        " != ", spec.model().sha256().substr(0, 12), "); resubmit the study"));
-  }
+  RETURN_IF_ERROR(VerifyModel(spec.model()));
   const int64_t limit =
       spec.split() == "train" ? spec.dataset().train_limit() : spec.dataset().test_limit();
   ASSIGN_OR_RETURN(compute::ImageSet images,
                    compute::ReadIdxSplit(spec.dataset().root(), spec.split(), limit));
   if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
-  compute::ModelOptions model_options;
-  model_options.path = spec.model().path();
-  model_options.input_size = spec.model().input_size();
-  model_options.channels = spec.model().channels();
-  model_options.mean.assign(spec.model().mean().begin(), spec.model().mean().end());
-  model_options.std.assign(spec.model().std().begin(), spec.model().std().end());
-  ASSIGN_OR_RETURN(auto extractor, compute::FeatureExtractor::Load(model_options));
+  ASSIGN_OR_RETURN(auto extractor, compute::FeatureExtractor::Load(ToModelOptions(spec.model())));
 
   // Chunks already stored by an earlier attempt are kept (a preempted worker
   // loses at most one chunk of work).
@@ -376,105 +402,201 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
   return absl::OkStatus();
 }
 
-absl::Status WorkerDaemon::RunKnn(TaskContext& ctx, std::vector<v1::ProbeResult>* results) {
-  const v1::TaskSpec& spec = ctx.spec;
-  if (!spec.protocol().has_knn()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("protocol \"", spec.protocol().name(), "\" carries no kNN parameters"));
+absl::Status WorkerDaemon::FetchFeatures(TaskContext& ctx, const std::string& key,
+                                         compute::FeatureMatrix* out) {
+  v1::GetFeatureCacheRequest request;
+  request.set_cache_key(key);
+  v1::FeatureCacheInfo info;
+  auto context = NewContext();
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetFeatureCache(context.get(), request, &info)));
+  if (!info.complete()) {
+    return absl::UnavailableError(absl::StrCat("feature cache ", key, " is not complete yet"));
   }
-  const v1::KnnParams& params = spec.protocol().knn();
-
-  // Downloads one complete feature cache into memory.
-  auto fetch = [&](const std::string& key, compute::FeatureMatrix* out) -> absl::Status {
-    v1::GetFeatureCacheRequest request;
-    request.set_cache_key(key);
-    v1::FeatureCacheInfo info;
-    auto context = NewContext();
-    RETURN_IF_ERROR(FromGrpcStatus(stub_->GetFeatureCache(context.get(), request, &info)));
-    if (!info.complete()) {
-      return absl::UnavailableError(absl::StrCat("feature cache ", key, " is not complete yet"));
+  out->rows = info.num_rows();
+  out->dim = info.dim();
+  out->data.assign(static_cast<size_t>(info.num_rows() * info.dim()), 0.0f);
+  out->labels.assign(static_cast<size_t>(info.num_rows()), 0);
+  int64_t filled = 0;
+  for (int32_t c = 0; c < info.num_chunks(); ++c) {
+    if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
+    v1::GetFeatureChunkRequest chunk_request;
+    chunk_request.set_cache_key(key);
+    chunk_request.set_chunk_index(c);
+    v1::FeatureChunk chunk;
+    auto chunk_context = NewContext();
+    RETURN_IF_ERROR(
+        FromGrpcStatus(stub_->GetFeatureChunk(chunk_context.get(), chunk_request, &chunk)));
+    const int64_t start = chunk.row_start();
+    if (chunk.dim() != info.dim() || start < 0 || start + chunk.num_rows() > info.num_rows() ||
+        chunk.features().size() != static_cast<size_t>(chunk.num_rows()) * chunk.dim() * 4 ||
+        chunk.labels().size() != static_cast<size_t>(chunk.num_rows()) * 4) {
+      return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunk ", c, " is malformed"));
     }
-    out->rows = info.num_rows();
-    out->dim = info.dim();
-    out->data.assign(static_cast<size_t>(info.num_rows() * info.dim()), 0.0f);
-    out->labels.assign(static_cast<size_t>(info.num_rows()), 0);
-    ctx.work_total += info.num_chunks();
-    int64_t filled = 0;
-    for (int32_t c = 0; c < info.num_chunks(); ++c) {
-      if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
-      v1::GetFeatureChunkRequest chunk_request;
-      chunk_request.set_cache_key(key);
-      chunk_request.set_chunk_index(c);
-      v1::FeatureChunk chunk;
-      auto chunk_context = NewContext();
-      RETURN_IF_ERROR(
-          FromGrpcStatus(stub_->GetFeatureChunk(chunk_context.get(), chunk_request, &chunk)));
-      const int64_t start = chunk.row_start();
-      if (chunk.dim() != info.dim() || start < 0 || start + chunk.num_rows() > info.num_rows() ||
-          chunk.features().size() != static_cast<size_t>(chunk.num_rows()) * chunk.dim() * 4 ||
-          chunk.labels().size() != static_cast<size_t>(chunk.num_rows()) * 4) {
-        return absl::DataLossError(
-            absl::StrCat("feature cache ", key, ": chunk ", c, " is malformed"));
-      }
-      std::memcpy(out->data.data() + start * info.dim(), chunk.features().data(),
-                  chunk.features().size());
-      std::memcpy(out->labels.data() + start, chunk.labels().data(), chunk.labels().size());
-      filled += chunk.num_rows();
-      ctx.work_done += 1;
-    }
-    if (filled != info.num_rows()) {
-      return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunks hold ", filled,
-                                              " rows, expected ", info.num_rows()));
-    }
-    return absl::OkStatus();
-  };
-
-  compute::FeatureMatrix train, test;
-  RETURN_IF_ERROR(fetch(spec.train_cache_key(), &train));
-  RETURN_IF_ERROR(fetch(spec.test_cache_key(), &test));
-  int num_classes = 0;
-  for (int32_t label : train.labels) num_classes = std::max(num_classes, label + 1);
-  for (int32_t label : test.labels) num_classes = std::max(num_classes, label + 1);
-
-  compute::KnnOptions options;
-  options.ks.assign(params.ks().begin(), params.ks().end());
-  options.temperature = params.temperature();
-  options.euclidean_k = params.euclidean_k() > 0 ? params.euclidean_k() : 0;
-  options.test_chunk_rows = params.test_chunk_rows();
-  options.train_chunk_rows = params.train_chunk_rows();
-  // A k larger than the train set is clamped, and said so in the config.
-  for (int& k : options.ks) k = static_cast<int>(std::min<int64_t>(k, train.rows));
-  options.euclidean_k = static_cast<int>(std::min<int64_t>(options.euclidean_k, train.rows));
-  ctx.work_total += 1;
-  ASSIGN_OR_RETURN(auto knn, compute::RunKnn(train, test, num_classes, options));
-  ctx.work_done += 1;
-
-  for (const auto& r : knn) {
-    v1::ProbeResult result;
-    result.set_model(spec.model().name());
-    result.set_dataset(spec.dataset().name());
-    result.set_protocol(spec.protocol().name());
-    const bool cosine = r.variant == "cosine";
-    result.set_variant(cosine ? absl::StrFormat("cosine k=%d T=%g", r.k, r.temperature)
-                              : absl::StrFormat("euclidean k=%d", r.k));
-    result.set_top1(r.metrics.top1);
-    result.set_top5(r.metrics.top5);
-    result.set_mean_per_class(r.metrics.mean_per_class);
-    for (double a : r.metrics.per_class) result.add_per_class(a);
-    result.set_config_json(absl::StrFormat(
-        R"({"protocol":"knn","metric":"%s","k":%d,"temperature":%s,"vote":"%s",)"
-        R"("l2_normalize":%s,"train_rows":%d,"test_rows":%d,"dim":%d,"num_classes":%d,)"
-        R"("model":"%s","model_sha256":"%s","dataset":"%s","dataset_digest":"%s",)"
-        R"("train_limit":%d,"test_limit":%d,"train_cache":"%s","test_cache":"%s",)"
-        R"("extractor_version":"1","sslbench_version":"0.1.0"})",
-        cosine ? "cosine" : "euclidean", r.k, cosine ? absl::StrFormat("%g", r.temperature) : "null",
-        cosine ? "exp(sim/T)" : "1/distance", cosine ? "true" : "false", train.rows, test.rows,
-        train.dim, num_classes, spec.model().name(), spec.model().sha256(),
-        spec.dataset().name(), spec.dataset().digest(), spec.dataset().train_limit(),
-        spec.dataset().test_limit(), spec.train_cache_key(), spec.test_cache_key()));
-    results->push_back(std::move(result));
+    std::memcpy(out->data.data() + start * info.dim(), chunk.features().data(),
+                chunk.features().size());
+    std::memcpy(out->labels.data() + start, chunk.labels().data(), chunk.labels().size());
+    filled += chunk.num_rows();
+  }
+  if (filled != info.num_rows()) {
+    return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunks hold ", filled,
+                                            " rows, expected ", info.num_rows()));
   }
   return absl::OkStatus();
+}
+
+absl::Status WorkerDaemon::RunProbe(TaskContext& ctx, std::vector<v1::ProbeResult>* results) {
+  compute::FeatureMatrix train, test;
+  RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec.train_cache_key(), &train));
+  RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec.test_cache_key(), &test));
+  // Progress is reported in the protocol's own units; returning false stops it.
+  auto progress = [&](int64_t done, int64_t total) {
+    ctx.work_total = total;
+    ctx.work_done = done;
+    return !ctx.ShouldStop() && !stop_.HasBeenNotified();
+  };
+  ASSIGN_OR_RETURN(*results, RunProbeTask(ctx.spec, train, test, progress));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
+                                           std::vector<v1::ProbeResult>* results) {
+  const v1::TaskSpec& spec = ctx.spec;
+  const v1::FineTuneParams& params = spec.protocol().finetune();
+  RETURN_IF_ERROR(VerifyModel(spec.model()));
+  ASSIGN_OR_RETURN(compute::ImageSet train,
+                   compute::ReadIdxSplit(spec.dataset().root(), "train",
+                                         spec.dataset().train_limit()));
+  ASSIGN_OR_RETURN(compute::ImageSet test,
+                   compute::ReadIdxSplit(spec.dataset().root(), "test",
+                                         spec.dataset().test_limit()));
+  const int num_classes = std::max(train.num_classes, test.num_classes);
+
+  // An earlier attempt's checkpoint: the seeds it finished and the state of
+  // the one it was running.
+  v1::FineTuneCheckpoint saved;
+  {
+    v1::GetCheckpointRequest request;
+    request.set_task_id(ctx.task_id);
+    v1::Checkpoint checkpoint;
+    auto context = NewContext();
+    const absl::Status got =
+        FromGrpcStatus(stub_->GetCheckpoint(context.get(), request, &checkpoint));
+    if (got.ok()) {
+      if (!saved.ParseFromString(checkpoint.data())) {
+        return absl::DataLossError(absl::StrCat("task ", ctx.task_id, ": checkpoint does not parse"));
+      }
+      LogInfo("worker", "task ", ctx.task_id, ": resuming from a checkpoint at seed index ",
+              saved.seed_index(), ", step ", saved.step(), " (", saved.completed_size(),
+              " seeds done)");
+    } else if (!absl::IsNotFound(got)) {
+      return got;
+    }
+  }
+
+  compute::FineTuneOptions options;
+  options.optimizer = params.optimizer();
+  options.learning_rate = params.learning_rate();
+  options.weight_decay = params.weight_decay();
+  options.momentum = params.momentum();
+  options.epochs = params.epochs();
+  options.batch_size = params.batch_size();
+  options.warmup_epochs = std::min(params.warmup_epochs(), std::max(0, params.epochs() - 1));
+  options.label_smoothing = params.label_smoothing() < 0 ? 0.0 : params.label_smoothing();
+  options.batch_norm = params.batch_norm();
+  options.min_scale = params.min_scale();
+  options.flip = !params.no_flip();
+  options.checkpoint_every_steps = params.checkpoint_every_steps();
+
+  const std::vector<int64_t> seeds = TaskSeeds(spec);
+  const bool few_shot = spec.subset().shots() > 0 || spec.subset().fraction() > 0;
+  std::vector<SeedOutcome> outcomes;
+  std::vector<int64_t> rows_used;
+  for (const auto& done : saved.completed()) {
+    SeedOutcome o;
+    o.variant = done.variant();
+    o.metrics.top1 = done.top1();
+    o.metrics.top5 = done.top5();
+    o.metrics.mean_per_class = done.mean_per_class();
+    o.metrics.per_class.assign(done.per_class().begin(), done.per_class().end());
+    o.selected_json = done.config_json();
+    outcomes.push_back(std::move(o));
+  }
+  const std::string variant = params.batch_norm() ? "finetune bn" : "finetune";
+  for (size_t s = 0; s < seeds.size(); ++s) {
+    compute::ImageSet subset;
+    const compute::ImageSet* fit = &train;
+    if (few_shot) {
+      subset = SelectImages(train, compute::SelectFewShot(
+                                       train.labels, num_classes, spec.subset().shots(),
+                                       spec.subset().fraction(), static_cast<uint64_t>(seeds[s])));
+      fit = &subset;
+    }
+    rows_used.push_back(fit->count);
+    if (s < outcomes.size()) continue;  // finished by an earlier attempt
+    options.seed = static_cast<uint64_t>(seeds[s]);
+    const std::string resume =
+        static_cast<int>(s) == saved.seed_index() ? saved.state() : std::string();
+    auto sink = [&](int64_t step, const std::string& bytes) -> absl::Status {
+      v1::FineTuneCheckpoint checkpoint;
+      checkpoint.set_seed_index(static_cast<int32_t>(s));
+      checkpoint.set_step(step);
+      checkpoint.set_state(bytes);
+      for (const auto& o : outcomes) {
+        v1::ProbeResult* done = checkpoint.add_completed();
+        done->set_variant(o.variant);
+        done->set_top1(o.metrics.top1);
+        done->set_top5(o.metrics.top5);
+        done->set_mean_per_class(o.metrics.mean_per_class);
+        for (double a : o.metrics.per_class) done->add_per_class(a);
+        done->set_config_json(o.selected_json);
+      }
+      return PutCheckpoint(ctx, step, checkpoint.SerializeAsString());
+    };
+    auto progress = [&](int64_t done, int64_t total) {
+      ctx.work_total = total * static_cast<int64_t>(seeds.size());
+      ctx.work_done = total * static_cast<int64_t>(s) + done;
+      return !ctx.ShouldStop() && !stop_.HasBeenNotified();
+    };
+    ASSIGN_OR_RETURN(compute::FineTuneResult r,
+                     compute::RunFineTune(ToModelOptions(spec.model()), *fit, test, num_classes,
+                                          options, resume, sink, progress));
+    SeedOutcome o;
+    o.variant = variant;
+    o.metrics = std::move(r.test);
+    o.selected_json = absl::StrFormat(
+        R"({"steps":%d,"resumed_from_step":%d,"final_train_loss":%.6g})", r.steps,
+        r.resumed_from_step, r.final_train_loss);
+    outcomes.push_back(std::move(o));
+    // Record the finished seed, so a later preemption does not redo it.
+    if (s + 1 < seeds.size()) {
+      v1::FineTuneCheckpoint checkpoint;
+      checkpoint.set_seed_index(static_cast<int32_t>(s + 1));
+      for (const auto& done : outcomes) {
+        v1::ProbeResult* p = checkpoint.add_completed();
+        p->set_variant(done.variant);
+        p->set_top1(done.metrics.top1);
+        p->set_top5(done.metrics.top5);
+        p->set_mean_per_class(done.metrics.mean_per_class);
+        for (double a : done.metrics.per_class) p->add_per_class(a);
+        p->set_config_json(done.selected_json);
+      }
+      RETURN_IF_ERROR(PutCheckpoint(ctx, 0, checkpoint.SerializeAsString()));
+    }
+  }
+  results->push_back(AggregateSeeds(spec, variant, seeds, outcomes, rows_used, train.count,
+                                    test.count, 0, num_classes));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerDaemon::PutCheckpoint(TaskContext& ctx, int64_t step, std::string data) {
+  v1::PutCheckpointRequest request;
+  request.set_task_id(ctx.task_id);
+  request.set_lease_token(ctx.token);
+  request.set_step(step);
+  request.set_data(std::move(data));
+  v1::PutCheckpointResponse response;
+  auto context = NewContext();
+  return FromGrpcStatus(stub_->PutCheckpoint(context.get(), request, &response));
 }
 
 }  // namespace sslbench::worker

@@ -16,6 +16,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "sslbench/v1/worker_api.grpc.pb.h"
+#include "worker/compute/knn.h"
 
 namespace sslbench::worker {
 
@@ -57,7 +58,11 @@ class WorkerDaemon {
   absl::Status Register();
   void RunTask(const v1::LeaseTaskResponse& lease);
   absl::Status RunExtract(TaskContext& ctx);
-  absl::Status RunKnn(TaskContext& ctx, std::vector<v1::ProbeResult>* results);
+  absl::Status RunProbe(TaskContext& ctx, std::vector<v1::ProbeResult>* results);
+  absl::Status RunFineTuneTask(TaskContext& ctx, std::vector<v1::ProbeResult>* results);
+  absl::Status PutCheckpoint(TaskContext& ctx, int64_t step, std::string data);
+  absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
+                             compute::FeatureMatrix* out);
   void HeartbeatLoop(TaskContext& ctx);
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 

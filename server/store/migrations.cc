@@ -97,6 +97,28 @@ CREATE TABLE workers (
   current_task  BIGINT NOT NULL DEFAULT 0
 );
 )sql"},
+      {2, "artefacts: trained heads and other task outputs", R"sql(
+CREATE TABLE artifacts (
+  id           BIGSERIAL PRIMARY KEY,
+  study_id     BIGINT NOT NULL REFERENCES studies(id),
+  task_id      BIGINT NOT NULL REFERENCES tasks(id),
+  name         TEXT NOT NULL,
+  content_type TEXT NOT NULL,
+  data         BYTEA NOT NULL,
+  created_us   BIGINT NOT NULL
+);
+CREATE INDEX artifacts_task ON artifacts (task_id);
+ALTER TABLE artifacts ALTER COLUMN data SET STORAGE EXTERNAL;
+)sql"},
+      {3, "checkpoints of long tasks (fine-tuning)", R"sql(
+CREATE TABLE checkpoints (
+  task_id    BIGINT PRIMARY KEY REFERENCES tasks(id),
+  step       BIGINT NOT NULL,
+  data       BYTEA NOT NULL,
+  updated_us BIGINT NOT NULL
+);
+ALTER TABLE checkpoints ALTER COLUMN data SET STORAGE EXTERNAL;
+)sql"},
   };
   return kMigrations;
 }

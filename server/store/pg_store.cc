@@ -39,12 +39,18 @@ std::string KindName(v1::TaskKind kind) {
   switch (kind) {
     case v1::TASK_KIND_EXTRACT: return "EXTRACT";
     case v1::TASK_KIND_KNN: return "KNN";
+    case v1::TASK_KIND_LINEAR: return "LINEAR";
+    case v1::TASK_KIND_LOGREG: return "LOGREG";
+    case v1::TASK_KIND_FINETUNE: return "FINETUNE";
     default: return "UNSPECIFIED";
   }
 }
 v1::TaskKind KindFromName(const std::string& name) {
   if (name == "EXTRACT") return v1::TASK_KIND_EXTRACT;
   if (name == "KNN") return v1::TASK_KIND_KNN;
+  if (name == "LINEAR") return v1::TASK_KIND_LINEAR;
+  if (name == "LOGREG") return v1::TASK_KIND_LOGREG;
+  if (name == "FINETUNE") return v1::TASK_KIND_FINETUNE;
   return v1::TASK_KIND_UNSPECIFIED;
 }
 v1::StudyState StudyStateFromName(const std::string& name) {
@@ -337,6 +343,7 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
       const int64_t id = insert_task(probe.spec);
       for (const std::string* key :
            {&probe.spec.train_cache_key(), &probe.spec.test_cache_key()}) {
+        if (key->empty()) continue;  // fine-tuning reads images, not features
         const int64_t producer = producers.at(*key);
         if (producer == 0) continue;
         w.exec_params(
@@ -708,6 +715,19 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
       v1::ProbeResult stored = result;
       stored.set_task_id(task_id);
       stored.set_study_id(study_id);
+      if (!stored.artifact().empty()) {
+        // Heads live apart from the results, so listing results stays cheap.
+        const auto a = w.exec_params(
+            "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            study_id, task_id,
+            absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
+                         stored.variant(), stored.subset().empty() ? "" : "/",
+                         stored.subset()),
+            std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
+        stored.set_artifact_id(a[0][0].as<int64_t>());
+        stored.clear_artifact();
+      }
       w.exec_params(
           "INSERT INTO results (study_id, task_id, model, dataset, protocol, "
           "variant, top1, top5, mean_per_class, result) VALUES "
@@ -829,6 +849,60 @@ absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
     return absl::OkStatus();
   }));
   return info;
+}
+
+absl::Status PgStore::PutCheckpoint(int64_t task_id, int64_t token, int64_t step,
+                                    const std::string& data, absl::Time now) {
+  return Transact("put_checkpoint", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    const auto r = w.exec_params(
+        "SELECT state, lease_token FROM tasks WHERE id = $1 FOR SHARE", task_id);
+    if (r.empty()) return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+    const std::string state = r[0][0].as<std::string>();
+    const int64_t current = r[0][1].as<int64_t>();
+    if (current != token || state != "LEASED") return StaleToken(task_id, token, current, state);
+    w.exec_params(
+        "INSERT INTO checkpoints (task_id, step, data, updated_us) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (task_id) DO UPDATE SET step = $2, data = $3, updated_us = $4",
+        task_id, step, Bytes(data), Us(now));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<v1::Checkpoint> PgStore::GetCheckpoint(int64_t task_id) {
+  v1::Checkpoint checkpoint;
+  RETURN_IF_ERROR(Transact("get_checkpoint", [&](Txn& t) -> absl::Status {
+    const auto r = t.work.exec_params(
+        "SELECT step, data FROM checkpoints WHERE task_id = $1", task_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("task ", task_id, " has no checkpoint"));
+    }
+    checkpoint.set_task_id(task_id);
+    checkpoint.set_step(r[0][0].as<int64_t>());
+    checkpoint.set_data(FromBytes(r[0][1]));
+    return absl::OkStatus();
+  }));
+  return checkpoint;
+}
+
+absl::StatusOr<v1::Artifact> PgStore::GetArtifact(int64_t artifact_id) {
+  v1::Artifact artifact;
+  RETURN_IF_ERROR(Transact("get_artifact", [&](Txn& t) -> absl::Status {
+    const auto r = t.work.exec_params(
+        "SELECT study_id, task_id, name, content_type, data FROM artifacts WHERE id = $1",
+        artifact_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("artifact ", artifact_id, " not found"));
+    }
+    artifact.set_artifact_id(artifact_id);
+    artifact.set_study_id(r[0][0].as<int64_t>());
+    artifact.set_task_id(r[0][1].as<int64_t>());
+    artifact.set_name(r[0][2].as<std::string>());
+    artifact.set_content_type(r[0][3].as<std::string>());
+    artifact.set_data(FromBytes(r[0][4]));
+    return absl::OkStatus();
+  }));
+  return artifact;
 }
 
 absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> PgStore::CountTasksByState() {

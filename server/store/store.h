@@ -107,7 +107,8 @@ class Store {
   // when the token is stale. A FAILED task fails the tasks that depend on it.
   virtual absl::Status ReleaseTask(int64_t task_id, int64_t token,
                                    const Release& release, absl::Time now) = 0;
-  // Marks the task SUCCEEDED. Probes: stores `results`. Extractions: checks
+  // Marks the task SUCCEEDED. Probes: stores `results`, moving each result's
+  // `artifact` bytes into an artefact and recording its id. Extractions: checks
   // that chunks 0..chunks-1 hold `rows` rows of width `dim`, then marks the
   // cache complete. Completing twice with the same token is OK.
   virtual absl::Status CompleteTask(int64_t task_id, int64_t token,
@@ -121,6 +122,15 @@ class Store {
       const std::string& cache_key, int32_t chunk_index) = 0;
   virtual absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const std::string& cache_key) = 0;
+
+  // NOT_FOUND for an unknown id.
+  virtual absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) = 0;
+
+  // One checkpoint per task, replaced by each put (fenced by the lease).
+  virtual absl::Status PutCheckpoint(int64_t task_id, int64_t token, int64_t step,
+                                     const std::string& data, absl::Time now) = 0;
+  // NOT_FOUND when the task has none.
+  virtual absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id) = 0;
 
   // For metrics: tasks by state name ("PENDING", ...).
   virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>

@@ -1,9 +1,14 @@
 #include "client/coordinator_client.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
+#include <map>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "client/artifact.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -13,6 +18,7 @@ namespace sslbench::client {
 namespace {
 
 using ::sslbench::client::testing::MakeTempDir;
+using ::sslbench::client::testing::ReadFile;
 using ::sslbench::client::testing::StatusIs;
 using ::sslbench::client::testing::WriteFile;
 using ::testing::HasSubstr;
@@ -44,12 +50,25 @@ TEST(CoordinatorClientTest, NobodyListeningIsUnavailable) {
   EXPECT_THAT(client.GetStudy(1).status(), StatusIs(absl::StatusCode::kUnavailable));
 }
 
-// A coordinator stand-in: streams a scripted sequence of statuses.
+// A coordinator stand-in: streams a scripted sequence of statuses and serves
+// the artefacts it holds.
 class FakeStudyService final : public v1::StudyService::Service {
  public:
   std::vector<v1::StudyStatus> script;
   bool hang_after_script = false;
   absl::Notification streaming;
+  std::map<int64_t, v1::Artifact> artifacts;
+
+  grpc::Status GetArtifact(grpc::ServerContext*, const v1::GetArtifactRequest* request,
+                           v1::Artifact* response) override {
+    auto it = artifacts.find(request->artifact_id());
+    if (it == artifacts.end()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "no artifact " + std::to_string(request->artifact_id()));
+    }
+    *response = it->second;
+    return grpc::Status::OK;
+  }
 
   grpc::Status GetStudy(grpc::ServerContext*, const v1::GetStudyRequest* request,
                         v1::StudyStatus* response) override {
@@ -162,6 +181,105 @@ TEST_F(WatcherTest, CancelEndsTheWatch) {
   EXPECT_THAT(watcher.Run().status(), StatusIs(absl::StatusCode::kCancelled));
   canceller.join();
   std::fclose(out);
+}
+
+class ArtifactTest : public WatcherTest {
+ protected:
+  void SetUp() override {
+    v1::Artifact head;
+    head.set_artifact_id(4);
+    head.set_study_id(3);
+    head.set_task_id(11);
+    head.set_name("cnn/fashion-mnist/linear/full");
+    head.set_content_type("application/x-sslbench-head");
+    // Binary, with zero bytes and more than one read's worth.
+    for (int i = 0; i < 70000; ++i) head.mutable_data()->push_back(static_cast<char>(i % 251));
+    service_.artifacts[4] = head;
+    StartServer();
+    dir_ = MakeTempDir("artifact");
+  }
+  void TearDown() override {
+    WatcherTest::TearDown();
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string dir_;
+};
+
+TEST_F(ArtifactTest, WritesTheBytesToAFile) {
+  CoordinatorClient client(address_);
+  const std::string path = dir_ + "/head.bin";
+  WriteFile(path, "an older download, replaced");
+  absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, 4, path, nullptr);
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  EXPECT_EQ(artifact->name(), "cnn/fashion-mnist/linear/full");
+  EXPECT_EQ(ReadFile(path), service_.artifacts[4].data());
+  // Nothing left beside it.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_),
+                          std::filesystem::directory_iterator()),
+            1);
+  EXPECT_EQ(DescribeArtifact(*artifact, path),
+            "artifact 4 \"cnn/fashion-mnist/linear/full\" (application/x-sslbench-head, "
+            "70,000 bytes) of study 3, task 11 -> " + path);
+}
+
+TEST_F(ArtifactTest, WritesTheBytesToAStream) {
+  CoordinatorClient client(address_);
+  for (const std::string path : {"", "-"}) {
+    std::FILE* out = std::tmpfile();
+    absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, 4, path, out);
+    ASSERT_TRUE(artifact.ok()) << artifact.status();
+    std::rewind(out);
+    std::string read(100000, '\0');
+    read.resize(std::fread(read.data(), 1, read.size(), out));
+    std::fclose(out);
+    EXPECT_EQ(read, service_.artifacts[4].data()) << "path \"" << path << "\"";
+  }
+}
+
+TEST_F(ArtifactTest, UnknownArtifactIsNotFoundAndWritesNothing) {
+  CoordinatorClient client(address_);
+  const std::string path = dir_ + "/head.bin";
+  EXPECT_THAT(DownloadArtifact(client, 5, path, nullptr).status(),
+              StatusIs(absl::StatusCode::kNotFound, "no artifact 5"));
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+TEST_F(ArtifactTest, BadDestinationsNameThePath) {
+  CoordinatorClient client(address_);
+  const std::string missing = dir_ + "/no/such/folder/head.bin";
+  EXPECT_THAT(DownloadArtifact(client, 4, missing, nullptr).status(),
+              StatusIs(absl::StatusCode::kNotFound,
+                       "cannot write " + missing + ": folder " + dir_ +
+                           "/no/such/folder does not exist"));
+  EXPECT_THAT(DownloadArtifact(client, 4, dir_, nullptr).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "cannot write " + dir_ + ": it is a folder"));
+  if (::geteuid() != 0) {
+    // A folder that cannot be written to.
+    const std::string locked = dir_ + "/locked";
+    std::filesystem::create_directories(locked);
+    std::filesystem::permissions(locked, std::filesystem::perms::owner_read |
+                                             std::filesystem::perms::owner_exec);
+    EXPECT_THAT(DownloadArtifact(client, 4, locked + "/head.bin", nullptr).status(),
+                StatusIs(absl::StatusCode::kInternal,
+                         "cannot write " + locked + "/head.bin: Permission denied"));
+    std::filesystem::permissions(locked, std::filesystem::perms::owner_all);
+  }
+}
+
+TEST_F(ArtifactTest, EmptyArtifactMakesAnEmptyFile) {
+  v1::Artifact empty;
+  empty.set_artifact_id(6);
+  empty.set_name("empty");
+  service_.artifacts[6] = empty;
+  CoordinatorClient client(address_);
+  const std::string path = dir_ + "/empty.bin";
+  absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, 6, path, nullptr);
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  EXPECT_TRUE(std::filesystem::exists(path));
+  EXPECT_EQ(std::filesystem::file_size(path), 0u);
+  EXPECT_THAT(DescribeArtifact(*artifact, path), HasSubstr("(no content type, 0 bytes)"));
 }
 
 }  // namespace

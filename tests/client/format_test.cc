@@ -43,7 +43,11 @@ TEST(FormatTest, ResultsTable) {
   EXPECT_THAT(lines[0], HasSubstr("model"));
   EXPECT_THAT(lines[0], HasSubstr("top1 %"));
   EXPECT_THAT(lines[0], HasSubstr("mean-per-class %"));
+  EXPECT_THAT(lines[0], HasSubstr("subset"));
+  EXPECT_THAT(lines[0], HasSubstr("artifact"));
   EXPECT_THAT(lines[1], HasSubstr("identity"));
+  EXPECT_THAT(lines[1], HasSubstr("full"));  // no subset: the full train split
+  EXPECT_EQ(lines[1].back(), '-');            // no artefact
   EXPECT_THAT(lines[1], HasSubstr("cosine k=20 T=0.07"));
   EXPECT_THAT(lines[1], HasSubstr("85.51"));
   EXPECT_THAT(lines[1], HasSubstr("98.12"));
@@ -57,11 +61,12 @@ TEST(FormatTest, ResultsCsvQuotesAndCarriesEverything) {
   std::vector<std::string> lines = absl::StrSplit(csv, '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0],
-            "study_id,task_id,model,dataset,protocol,variant,top1,top5,mean_per_class,"
-            "per_class,config_json");
+            "study_id,task_id,model,dataset,protocol,variant,subset,num_seeds,top1,"
+            "top1_std,top5,top5_std,mean_per_class,mean_per_class_std,seed_top1,"
+            "artifact_id,per_class,config_json");
   EXPECT_EQ(lines[1],
-            "3,11,identity,fashion-mnist,knn,cosine k=20 T=0.07,0.8551,0.9812,0.85,"
-            "0.5;0.75,\"{\"\"k\"\":20,\"\"metric\"\":\"\"cosine\"\"}\"");
+            "3,11,identity,fashion-mnist,knn,cosine k=20 T=0.07,,0,0.8551,0,0.9812,0,"
+            "0.85,0,,0,0.5;0.75,\"{\"\"k\"\":20,\"\"metric\"\":\"\"cosine\"\"}\"");
 }
 
 TEST(FormatTest, ResultsJson) {
@@ -71,6 +76,99 @@ TEST(FormatTest, ResultsJson) {
   EXPECT_THAT(json, HasSubstr("\"config_json\""));
   EXPECT_THAT(json, HasSubstr("\"mean_per_class\""));
   EXPECT_THAT(json, HasSubstr("0.8551"));
+}
+
+// A linear probe on the full train split (its head kept) and a 5-shot one,
+// averaged over three seeds.
+v1::ListResultsResponse SeededResults() {
+  v1::ListResultsResponse response;
+  v1::ProbeResult* full = response.add_results();
+  full->set_model("cnn");
+  full->set_dataset("fashion-mnist");
+  full->set_protocol("linear");
+  full->set_variant("lr=0.1");
+  full->set_subset("full");
+  full->set_num_seeds(1);
+  full->set_top1(0.9);
+  full->set_top5(0.99);
+  full->set_mean_per_class(0.89);
+  full->set_artifact_id(42);
+  v1::ProbeResult* shots = response.add_results();
+  shots->set_study_id(3);
+  shots->set_task_id(12);
+  shots->set_model("cnn");
+  shots->set_dataset("fashion-mnist");
+  shots->set_protocol("linear");
+  shots->set_variant("lr=0.1");
+  shots->set_subset("5-shot");
+  shots->set_num_seeds(3);
+  shots->set_top1(0.7123);
+  shots->set_top1_std(0.0045);
+  shots->set_top5(0.95);
+  shots->set_top5_std(0.01);
+  shots->set_mean_per_class(0.7);
+  shots->set_mean_per_class_std(0.005);
+  shots->add_seed_top1(0.71);
+  shots->add_seed_top1(0.7123);
+  shots->add_seed_top1(0.7146);
+  return response;
+}
+
+// Terminal columns of a UTF-8 line.
+size_t Columns(const std::string& line) {
+  size_t n = 0;
+  for (unsigned char c : line) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+TEST(FormatTest, ResultsTableShowsSubsetSeedsAndArtifact) {
+  const std::string table = FormatResultsTable(SeededResults());
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_THAT(lines[1], HasSubstr("full"));
+  EXPECT_THAT(lines[1], HasSubstr("90.00"));
+  EXPECT_THAT(lines[1], Not(HasSubstr("\u00b1")));  // one seed: no deviation
+  EXPECT_THAT(lines[1], ::testing::EndsWith("42"));
+  EXPECT_THAT(lines[2], HasSubstr("5-shot"));
+  EXPECT_THAT(lines[2], HasSubstr("71.23 \u00b1 0.45"));
+  EXPECT_THAT(lines[2], HasSubstr("95.00 \u00b1 1.00"));
+  EXPECT_THAT(lines[2], HasSubstr("70.00 \u00b1 0.50"));
+  EXPECT_EQ(lines[2].back(), '-');
+  // Columns line up on a terminal, multi-byte characters and all.
+  EXPECT_EQ(Columns(lines[1]), Columns(lines[0]));
+  EXPECT_EQ(Columns(lines[2]), Columns(lines[0]));
+  // The top1 cell ends where its header does: "0.45" and "top1 %" end in the
+  // same terminal column (one column fewer than bytes for the "±" before it).
+  EXPECT_EQ(Columns(lines[2].substr(0, lines[2].find(" 0.45") + 5)),
+            Columns(lines[0].substr(0, lines[0].find("top1 %") + 6)));
+}
+
+TEST(FormatTest, ResultsCsvAndJsonCarryTheSeedsAndArtifact) {
+  const std::string csv = FormatResultsCsv(SeededResults());
+  std::vector<std::string> lines = absl::StrSplit(csv, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1], "0,0,cnn,fashion-mnist,linear,lr=0.1,full,1,0.9,0,0.99,0,0.89,0,,42,,");
+  EXPECT_EQ(lines[2],
+            "3,12,cnn,fashion-mnist,linear,lr=0.1,5-shot,3,0.7123,0.0045,0.95,0.01,0.7,"
+            "0.005,0.71;0.7123;0.7146,0,,");
+
+  const std::string json = FormatResultsJson(SeededResults());
+  EXPECT_THAT(json, HasSubstr("\"subset\": \"5-shot\""));
+  EXPECT_THAT(json, HasSubstr("\"num_seeds\": 3"));
+  EXPECT_THAT(json, HasSubstr("\"top1_std\": 0.0045"));
+  EXPECT_THAT(json, HasSubstr("\"top5_std\": 0.01"));
+  EXPECT_THAT(json, HasSubstr("\"mean_per_class_std\": 0.005"));
+  EXPECT_THAT(json, HasSubstr("\"seed_top1\""));
+  EXPECT_THAT(json, HasSubstr("0.7146"));
+  EXPECT_THAT(json, HasSubstr("\"artifact_id\": \"42\""));  // int64 as a string
+}
+
+TEST(FormatTest, TaskKindNames) {
+  EXPECT_EQ(TaskKindName(v1::TASK_KIND_EXTRACT), "extract");
+  EXPECT_EQ(TaskKindName(v1::TASK_KIND_KNN), "knn");
+  EXPECT_EQ(TaskKindName(v1::TASK_KIND_LINEAR), "linear");
+  EXPECT_EQ(TaskKindName(v1::TASK_KIND_LOGREG), "logreg");
+  EXPECT_EQ(TaskKindName(v1::TASK_KIND_FINETUNE), "finetune");
 }
 
 TEST(FormatTest, FormatResultsChoosesByName) {

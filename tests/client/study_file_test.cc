@@ -15,8 +15,10 @@ namespace sslbench::client {
 namespace {
 
 using ::sslbench::client::testing::MakeTempDir;
+using ::sslbench::client::testing::ReadFile;
 using ::sslbench::client::testing::StatusIs;
 using ::sslbench::client::testing::WriteFile;
+using ::testing::DoubleEq;
 using ::testing::ElementsAre;
 using ::testing::FloatEq;
 
@@ -287,10 +289,13 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"Format", {{"    root: data/ds\n", "    root: data/ds\n    format: tar\n"}},
                   kInvalid, "datasets[0].format: \"tar\" is not supported"},
         ErrorCase{"ProtocolKind",
-                  {{"  - name: knn\n", "  - name: lin\n    kind: linear\n"}}, kInvalid,
-                  "protocols[0].kind: \"linear\" is not supported (supported: knn)"},
+                  {{"  - name: knn\n", "  - name: lin\n    kind: svm\n"}}, kInvalid,
+                  "protocols[0].kind: \"svm\" is not supported (supported: knn, linear, "
+                  "logreg"},
         ErrorCase{"ProtocolKindMissing", {{"  - name: knn\n", "  - name: probe\n"}},
-                  kInvalid, "protocols[0].kind: is required for protocol \"probe\""},
+                  kInvalid,
+                  "protocols[0].kind: is required for protocol \"probe\" (known kinds: "
+                  "knn, linear, logreg"},
         ErrorCase{"KOutOfRange", {{"  - name: knn\n", "  - name: knn\n    ks: [0]\n"}},
                   kInvalid, "protocols[0].ks: 0 is not in [1, 10000]"},
         ErrorCase{"KsEmpty", {{"  - name: knn\n", "  - name: knn\n    ks: []\n"}},
@@ -314,6 +319,300 @@ TEST_F(StudyFileTest, EmptyDocument) {
               StatusIs(absl::StatusCode::kInvalidArgument, "empty"));
   EXPECT_THAT(ParseStudyYaml("- a\n- b\n", dir_).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "study: expected a mapping"));
+}
+
+// --- linear, logistic regression, few-shot -----------------------------------
+
+constexpr char kKnnLine[] = "  - name: knn\n";
+
+// The base study with `protocols` in place of its single kNN protocol.
+std::pair<std::string, std::string> Protocols(const std::string& protocols) {
+  return {kKnnLine, protocols};
+}
+
+TEST_F(StudyFileTest, ParsesEveryKindWithItsKeys) {
+  absl::StatusOr<v1::StudySpec> spec = Parse({Protocols(
+      "  - name: knn-sweep\n"
+      "    kind: knn\n"
+      "    ks: 20\n"
+      "    temperatures: [0.02, 0.07]\n"
+      "  - name: lin\n"
+      "    kind: linear\n"
+      "    learning_rates: [0.01, 0.1]\n"
+      "    batch_norm: true\n"
+      "    standardize: no\n"
+      "    epochs: 30\n"
+      "    batch_size: 512\n"
+      "    warmup_epochs: 2\n"
+      "    momentum: 0.8\n"
+      "    weight_decay: 1e-4\n"
+      "    grad_clip: 5\n"
+      "    val_fraction: 0.2\n"
+      "    seed: 12345678901\n"
+      "    init_std: 0.001\n"
+      "  - name: lr\n"
+      "    kind: logreg\n"
+      "    cs: [0.1, 1, 10]\n"
+      "    num_cs: 7\n"
+      "    c_min: 1e-3\n"
+      "    c_max: 1e3\n"
+      "    val_fraction: 0.25\n"
+      "    max_iterations: 50\n"
+      "    tolerance: 1e-4\n"
+      "    seed: 7\n")});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->protocols_size(), 3);
+
+  const v1::ProtocolSpec& knn = spec->protocols(0);
+  ASSERT_TRUE(knn.has_knn());
+  EXPECT_THAT(knn.knn().ks(), ElementsAre(20));
+  EXPECT_THAT(knn.knn().temperatures(), ElementsAre(DoubleEq(0.02), DoubleEq(0.07)));
+  EXPECT_FALSE(knn.has_few_shot());
+
+  const v1::ProtocolSpec& lin = spec->protocols(1);
+  EXPECT_EQ(lin.name(), "lin");
+  ASSERT_TRUE(lin.has_linear());
+  const v1::LinearParams& l = lin.linear();
+  EXPECT_THAT(l.learning_rates(), ElementsAre(DoubleEq(0.01), DoubleEq(0.1)));
+  EXPECT_TRUE(l.batch_norm());
+  EXPECT_FALSE(l.standardize());
+  EXPECT_EQ(l.epochs(), 30);
+  EXPECT_EQ(l.batch_size(), 512);
+  EXPECT_EQ(l.warmup_epochs(), 2);
+  EXPECT_DOUBLE_EQ(l.momentum(), 0.8);
+  EXPECT_DOUBLE_EQ(l.weight_decay(), 1e-4);
+  EXPECT_DOUBLE_EQ(l.grad_clip(), 5);
+  EXPECT_DOUBLE_EQ(l.val_fraction(), 0.2);
+  EXPECT_EQ(l.seed(), 12345678901);
+  EXPECT_DOUBLE_EQ(l.init_std(), 0.001);
+
+  const v1::ProtocolSpec& lr = spec->protocols(2);
+  ASSERT_TRUE(lr.has_logreg());
+  const v1::LogRegParams& g = lr.logreg();
+  EXPECT_THAT(g.cs(), ElementsAre(DoubleEq(0.1), DoubleEq(1), DoubleEq(10)));
+  EXPECT_EQ(g.num_cs(), 7);
+  EXPECT_DOUBLE_EQ(g.c_min(), 1e-3);
+  EXPECT_DOUBLE_EQ(g.c_max(), 1e3);
+  EXPECT_DOUBLE_EQ(g.val_fraction(), 0.25);
+  EXPECT_EQ(g.max_iterations(), 50);
+  EXPECT_DOUBLE_EQ(g.tolerance(), 1e-4);
+  EXPECT_EQ(g.seed(), 7);
+}
+
+TEST_F(StudyFileTest, KindFollowsTheNameAndDefaultsApply) {
+  absl::StatusOr<v1::StudySpec> spec =
+      Parse({Protocols("  - name: linear\n  - name: logreg\n")});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->protocols_size(), 2);
+  ASSERT_TRUE(spec->protocols(0).has_linear());
+  const v1::LinearParams& l = spec->protocols(0).linear();
+  EXPECT_EQ(l.learning_rates_size(), 8);
+  EXPECT_EQ(l.epochs(), 100);
+  EXPECT_EQ(l.batch_size(), 1024);
+  EXPECT_EQ(l.warmup_epochs(), 5);
+  EXPECT_DOUBLE_EQ(l.momentum(), 0.9);
+  EXPECT_DOUBLE_EQ(l.val_fraction(), 0.1);
+  EXPECT_DOUBLE_EQ(l.init_std(), 0.01);
+  EXPECT_FALSE(l.batch_norm());
+  ASSERT_TRUE(spec->protocols(1).has_logreg());
+  const v1::LogRegParams& g = spec->protocols(1).logreg();
+  EXPECT_TRUE(g.cs().empty());
+  EXPECT_EQ(g.num_cs(), 45);
+  EXPECT_DOUBLE_EQ(g.c_min(), 1e-6);
+  EXPECT_DOUBLE_EQ(g.c_max(), 1e5);
+  EXPECT_EQ(g.max_iterations(), 1000);
+  EXPECT_DOUBLE_EQ(g.tolerance(), 1e-6);
+}
+
+TEST_F(StudyFileTest, FewShotOnEveryKind) {
+  absl::StatusOr<v1::StudySpec> spec = Parse({Protocols(
+      "  - name: knn\n"
+      "    few_shot:\n"
+      "      shots: [1, 5, 10]\n"
+      "      fractions: [0.01, 0.1]\n"
+      "      seeds: [0, 1, 2, 9000000000]\n"
+      "  - name: linear\n"
+      "    few_shot: {shots: 5}\n"
+      "  - name: logreg\n"
+      "    few_shot:\n"
+      "      fractions: [0.5]\n"
+      "      seeds: [4]\n")});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const v1::FewShot& knn = spec->protocols(0).few_shot();
+  EXPECT_THAT(knn.shots(), ElementsAre(1, 5, 10));
+  EXPECT_THAT(knn.fractions(), ElementsAre(DoubleEq(0.01), DoubleEq(0.1)));
+  EXPECT_THAT(knn.seeds(), ElementsAre(0, 1, 2, 9000000000));
+  ASSERT_TRUE(spec->protocols(1).has_few_shot());
+  const v1::FewShot& linear = spec->protocols(1).few_shot();
+  EXPECT_THAT(linear.shots(), ElementsAre(5));
+  EXPECT_TRUE(linear.fractions().empty());
+  EXPECT_THAT(linear.seeds(), ElementsAre(0, 1, 2));  // the default
+  const v1::FewShot& logreg = spec->protocols(2).few_shot();
+  EXPECT_TRUE(logreg.shots().empty());
+  EXPECT_THAT(logreg.fractions(), ElementsAre(DoubleEq(0.5)));
+  EXPECT_THAT(logreg.seeds(), ElementsAre(4));
+}
+
+// Fine-tuning parameters are read the same way (strings included).
+TEST_F(StudyFileTest, FineTuneKind) {
+  absl::StatusOr<v1::StudySpec> spec = Parse({Protocols(
+      "  - name: ft\n    kind: finetune\n    optimizer: adamw\n    epochs: 2\n"
+      "    label_smoothing: -1\n    few_shot: {shots: 10}\n")});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(spec->protocols(0).has_finetune());
+  EXPECT_EQ(spec->protocols(0).finetune().optimizer(), "adamw");
+  EXPECT_EQ(spec->protocols(0).finetune().epochs(), 2);
+  EXPECT_DOUBLE_EQ(spec->protocols(0).finetune().label_smoothing(), -1);
+  EXPECT_THAT(spec->protocols(0).few_shot().shots(), ElementsAre(10));
+
+  EXPECT_THAT(Parse({Protocols("  - name: finetune\n    optimizer: [sgd]\n")}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "protocols[0].optimizer: expected a string, got a list"));
+  EXPECT_THAT(Parse({Protocols("  - name: finetune\n    label_smoothing: 0\n")}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "protocols[0].label_smoothing: 0 cannot be given"));
+  EXPECT_THAT(Parse({Protocols("  - name: finetune\n    ks: [1]\n")}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "protocols[0].ks: unknown key for a finetune protocol"));
+}
+
+// The study after the kNN protocol: `protocols[1]` is `second`.
+std::pair<std::string, std::string> Second(const std::string& second) {
+  return Protocols(std::string(kKnnLine) + second);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ProtocolErrors, StudyFileErrorTest,
+    ::testing::Values(
+        // Keys.
+        ErrorCase{"KnnKeyOnLinear", {Second("  - name: linear\n    ks: [1]\n")}, kInvalid,
+                  "protocols[1].ks: unknown key for a linear protocol (known: name, kind, "
+                  "few_shot, learning_rates, batch_norm"},
+        ErrorCase{"LinearKeyOnLogreg",
+                  {Second("  - name: lr\n    kind: logreg\n    epochs: 3\n")}, kInvalid,
+                  "protocols[1].epochs: unknown key for a logreg protocol"},
+        ErrorCase{"LogregKeyOnKnn", {Second("  - name: k2\n    kind: knn\n    cs: [1]\n")},
+                  kInvalid, "protocols[1].cs: unknown key for a knn protocol"},
+        ErrorCase{"MisspelledKey", {Second("  - name: linear\n    learning_rate: 0.1\n")},
+                  kInvalid, "protocols[1].learning_rate: unknown key for a linear protocol"},
+        ErrorCase{"ProtocolKeyGivenTwice",
+                  {Second("  - name: linear\n    epochs: 3\n    epochs: 4\n")}, kInvalid,
+                  "protocols[1].epochs: given twice"},
+        ErrorCase{"ProtocolNotAMapping", {Second("  - linear\n")}, kInvalid,
+                  "protocols[1]: expected a mapping with keys name, kind, few_shot"},
+        ErrorCase{"FewShotUnknownKey",
+                  {Second("  - name: linear\n    few_shot: {shot: [1]}\n")}, kInvalid,
+                  "protocols[1].few_shot.shot: unknown key (known: shots, fractions, "
+                  "seeds)"},
+        ErrorCase{"FewShotNotAMapping", {Second("  - name: linear\n    few_shot: 5\n")},
+                  kInvalid, "protocols[1].few_shot: expected a mapping with keys shots"},
+        // Types.
+        ErrorCase{"BoolNotABool", {Second("  - name: linear\n    batch_norm: maybe\n")},
+                  kInvalid, "protocols[1].batch_norm: \"maybe\" is not true or false"},
+        ErrorCase{"BoolIsAList", {Second("  - name: linear\n    standardize: [true]\n")},
+                  kInvalid, "protocols[1].standardize: expected true or false, got a list"},
+        ErrorCase{"LearningRateItem",
+                  {Second("  - name: linear\n    learning_rates: [0.1, fast]\n")}, kInvalid,
+                  "protocols[1].learning_rates[1]: \"fast\" is not a number (line 14)"},
+        ErrorCase{"EpochsFraction", {Second("  - name: linear\n    epochs: 2.5\n")},
+                  kInvalid, "protocols[1].epochs: \"2.5\" is not an integer"},
+        ErrorCase{"SeedNotAnInteger", {Second("  - name: logreg\n    seed: abc\n")},
+                  kInvalid, "protocols[1].seed: \"abc\" is not an integer"},
+        ErrorCase{"NotFinite", {Second("  - name: logreg\n    c_max: inf\n")}, kInvalid,
+                  "protocols[1].c_max: \"inf\" is not a finite number"},
+        ErrorCase{"NanTemperature", {Second("  - name: k2\n    kind: knn\n"
+                                            "    temperatures: [0.1, nan]\n")},
+                  kInvalid, "protocols[1].temperatures[1]: \"nan\" is not a finite number"},
+        ErrorCase{"ShotsItem", {Second("  - name: linear\n    few_shot: {shots: [1, x]}\n")},
+                  kInvalid, "protocols[1].few_shot.shots[1]: \"x\" is not an integer"},
+        ErrorCase{"SeedsAreAMapping",
+                  {Second("  - name: linear\n    few_shot: {shots: 1, seeds: {a: 1}}\n")},
+                  kInvalid,
+                  "protocols[1].few_shot.seeds: expected a list of numbers, got a mapping"},
+        // An explicit zero that would silently become the default.
+        ErrorCase{"EpochsZero", {Second("  - name: linear\n    epochs: 0\n")}, kInvalid,
+                  "protocols[1].epochs: must be in [1, 10000] (line 14)"},
+        ErrorCase{"MomentumZero", {Second("  - name: linear\n    momentum: 0\n")},
+                  kInvalid, "protocols[1].momentum: 0 cannot be given"},
+        ErrorCase{"WarmupZero", {Second("  - name: linear\n    warmup_epochs: 0\n")},
+                  kInvalid, "protocols[1].warmup_epochs: 0 cannot be given"},
+        ErrorCase{"LearningRatesEmpty", {Second("  - name: linear\n    learning_rates: []\n")},
+                  kInvalid, "protocols[1].learning_rates: at least one learning rate"},
+        ErrorCase{"LinearValFractionZero",
+                  {Second("  - name: linear\n    val_fraction: 0\n")}, kInvalid,
+                  "protocols[1].val_fraction: must be in (0, 1)"},
+        ErrorCase{"InitStdZero", {Second("  - name: linear\n    init_std: 0.0\n")},
+                  kInvalid, "protocols[1].init_std: must be positive"},
+        ErrorCase{"NumCsZero", {Second("  - name: logreg\n    num_cs: 0\n")}, kInvalid,
+                  "protocols[1].num_cs: must be in [1, 1000]"},
+        ErrorCase{"CMinZero", {Second("  - name: logreg\n    c_min: 0\n")}, kInvalid,
+                  "protocols[1].c_min: need 0 < c_min <= c_max"},
+        ErrorCase{"ToleranceZero", {Second("  - name: logreg\n    tolerance: 0\n")},
+                  kInvalid, "protocols[1].tolerance: must be positive"},
+        ErrorCase{"MaxIterationsZero", {Second("  - name: logreg\n    max_iterations: 0\n")},
+                  kInvalid, "protocols[1].max_iterations: must be >= 1"},
+        ErrorCase{"FewShotSeedsEmpty",
+                  {Second("  - name: logreg\n    few_shot: {shots: 1, seeds: []}\n")},
+                  kInvalid, "protocols[1].few_shot.seeds: at least one seed is required"},
+        // Impossible values, found after the defaults.
+        ErrorCase{"MomentumOne", {Second("  - name: linear\n    momentum: 1\n")}, kInvalid,
+                  "protocols[1].momentum: must be in [0, 1)"},
+        ErrorCase{"NegativeWeightDecay",
+                  {Second("  - name: linear\n    weight_decay: -0.1\n")}, kInvalid,
+                  "protocols[1].weight_decay: must be >= 0"},
+        ErrorCase{"NegativeLearningRate",
+                  {Second("  - name: linear\n    learning_rates: [0.1, -1]\n")}, kInvalid,
+                  "protocols[1].learning_rates: -1 must be a positive number"},
+        ErrorCase{"ValFractionOne", {Second("  - name: logreg\n    val_fraction: 1\n")},
+                  kInvalid, "protocols[1].val_fraction: must be in (0, 1)"},
+        ErrorCase{"CMinAboveCMax",
+                  {Second("  - name: logreg\n    c_min: 10\n    c_max: 1\n")}, kInvalid,
+                  "protocols[1].c_min: need 0 < c_min <= c_max"},
+        ErrorCase{"NegativeC", {Second("  - name: logreg\n    cs: [1, -2]\n")}, kInvalid,
+                  "protocols[1].cs: -2 must be a positive number"},
+        ErrorCase{"NegativeTemperatureInSweep",
+                  {Second("  - name: k2\n    kind: knn\n    temperatures: [0.1, -1]\n")},
+                  kInvalid, "protocols[1].temperatures: -1 must be a positive number"},
+        ErrorCase{"FewShotEmpty", {Second("  - name: linear\n    few_shot: {}\n")},
+                  kInvalid, "protocols[1].few_shot: give shots, fractions or both"},
+        ErrorCase{"ZeroShots", {Second("  - name: linear\n    few_shot: {shots: [0]}\n")},
+                  kInvalid, "protocols[1].few_shot.shots: 0 is not in [1, 100000]"},
+        ErrorCase{"FractionAboveOne",
+                  {Second("  - name: linear\n    few_shot: {fractions: [1.5]}\n")},
+                  kInvalid, "protocols[1].few_shot.fractions: 1.5 is not in (0, 1]"},
+        ErrorCase{"DuplicateProtocolName", {Second("  - name: lin\n    kind: linear\n"
+                                                   "  - name: lin\n    kind: logreg\n")},
+                  kInvalid, "protocols[2].name: duplicate protocol \"lin\""}),
+    [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.label; });
+
+// The example study in client/examples parses (with stand-ins for the model
+// files and the dataset).
+TEST_F(StudyFileTest, ExampleWithEveryProtocolParses) {
+  const std::string example =
+      ReadFile(std::string(SSLBENCH_SOURCE_DIR) + "/client/examples/study-all-protocols.yaml");
+  ASSERT_FALSE(example.empty());
+  const std::string root = "root: /usr/share/datasets/fashion-mnist\n";
+  ASSERT_NE(example.find(root), std::string::npos);
+  WriteFile(dir_ + "/models/identity.pt", "identity bytes");
+  WriteFile(dir_ + "/models/cnn.pt", "cnn bytes");
+  WriteFile(dir_ + "/study.yaml",
+            absl::StrReplaceAll(example, {{root, "root: data/ds\n"}}));
+
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(dir_ + "/study.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->models(0).path(), dir_ + "/models/identity.pt");
+  EXPECT_EQ(spec->models(1).path(), dir_ + "/models/cnn.pt");
+  ASSERT_EQ(spec->protocols_size(), 3);
+  EXPECT_TRUE(spec->protocols(0).has_knn());
+  EXPECT_TRUE(spec->protocols(1).has_linear());
+  EXPECT_TRUE(spec->protocols(2).has_logreg());
+  int few_shot = 0;
+  for (const auto& p : spec->protocols()) few_shot += p.has_few_shot();
+  EXPECT_GE(few_shot, 1);
+  EXPECT_THAT(spec->protocols(1).few_shot().shots(), ElementsAre(1, 5, 10));
+  EXPECT_THAT(spec->protocols(2).few_shot().fractions(),
+              ElementsAre(DoubleEq(0.01), DoubleEq(0.1)));
+  EXPECT_THAT(spec->protocols(2).few_shot().seeds(), ElementsAre(0, 1, 2));
 }
 
 }  // namespace

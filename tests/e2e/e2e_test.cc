@@ -130,14 +130,33 @@ class EndToEndTest : public ::testing::Test {
   }
 
   std::string WriteStudy(const std::string& name, const std::string& models_yaml,
-                         int64_t train_limit, int64_t test_limit) {
+                         int64_t train_limit, int64_t test_limit,
+                         const std::string& protocols_yaml = "  - name: knn\n    ks: [10, 20]\n") {
     const std::string path = absl::StrCat(dir_, "/", name, ".yaml");
     std::ofstream(path) << "name: " << name << "\nmodels:\n" << models_yaml
                         << "datasets:\n  - name: fashion-mnist\n    format: idx\n"
                         << "    root: " << kFashionMnist << "\n    role: in-domain\n"
                         << "    train_limit: " << train_limit << "\n    test_limit: " << test_limit
-                        << "\nprotocols:\n  - name: knn\n    ks: [10, 20]\n";
+                        << "\nprotocols:\n" << protocols_yaml;
     return path;
+  }
+
+  absl::StatusOr<v1::Artifact> Artifact(int64_t id) {
+    grpc::ClientContext context;
+    v1::GetArtifactRequest request;
+    request.set_artifact_id(id);
+    v1::Artifact artifact;
+    const grpc::Status status = studies_->GetArtifact(&context, request, &artifact);
+    if (!status.ok()) return absl::UnknownError(status.error_message());
+    return artifact;
+  }
+
+  bool HasCheckpoint(int64_t task_id) {
+    grpc::ClientContext context;
+    v1::GetCheckpointRequest request;
+    request.set_task_id(task_id);
+    v1::Checkpoint checkpoint;
+    return worker_api_->GetCheckpoint(&context, request, &checkpoint).ok();
   }
 
   static std::string TwoModels() {
@@ -358,6 +377,130 @@ TEST_F(EndToEndTest, WorkerKilledMidTaskIsReplacedWithoutLosingChunks) {
   EXPECT_EQ(Results(study).results_size(), 3);
   EXPECT_THAT(ReadFile(dir_ + "/coordinator.log"), HasSubstr("lease expired"));
   EXPECT_THAT(ReadFile(dir_ + "/rescuer.log"), HasSubstr("resumed"));
+}
+
+// Every protocol through the service on one model: kNN (full and few-shot),
+// linear probe, logistic regression and fine-tuning; the stored linear head
+// reproduces the reported accuracy; fine-tuning beats the frozen linear probe.
+TEST_F(EndToEndTest, AllProtocolsRunAndKeepTheirHeads) {
+  StartCoordinator();
+  StartWorker("worker-1");
+  const std::string study_file = WriteStudy(
+      "all-protocols", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n"
+                       "    mean: [0.2860]\n    std: [0.3530]\n",
+      10000, 2000,
+      "  - name: knn\n    ks: [10]\n    euclidean_k: -1\n"
+      "  - name: knn-fewshot\n    kind: knn\n    ks: [5]\n    euclidean_k: -1\n"
+      "    few_shot: {shots: [10], seeds: [0, 1]}\n"
+      "  - name: linear\n    epochs: 20\n    batch_size: 256\n    warmup_epochs: 2\n"
+      "    learning_rates: [0.1, 0.3, 1.0]\n    standardize: true\n"
+      "  - name: logreg\n    cs: [0.1, 1.0, 10.0]\n"
+      "  - name: finetune\n    epochs: 6\n    learning_rate: 0.4\n    batch_size: 64\n"
+      "    batch_norm: true\n    min_scale: 0.6\n    no_flip: true\n");
+  const int64_t study = Submit(study_file);
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/worker-1.log");
+
+  std::map<std::string, v1::ProbeResult> by_protocol;
+  const v1::ListResultsResponse all = Results(study);
+  for (const auto& r : all.results()) by_protocol[r.protocol()] = r;
+  ASSERT_EQ(by_protocol.size(), 5u);
+  const auto& fewshot = by_protocol["knn-fewshot"];
+  EXPECT_EQ(fewshot.subset(), "10-shot");
+  EXPECT_EQ(fewshot.num_seeds(), 2);
+  EXPECT_EQ(fewshot.seed_top1_size(), 2);
+  EXPECT_NEAR(fewshot.top1(), (fewshot.seed_top1(0) + fewshot.seed_top1(1)) / 2, 1e-12);
+  EXPECT_LT(fewshot.top1(), by_protocol["knn"].top1()) << "10 images per class beat 10,000";
+
+  // The linear head is stored and reproduces the reported test accuracy.
+  const auto& linear = by_protocol["linear"];
+  ASSERT_GT(linear.artifact_id(), 0);
+  EXPECT_THAT(linear.config_json(), HasSubstr("\"learning_rate\""));
+  EXPECT_THAT(linear.config_json(), HasSubstr("\"libtorch\""));
+  auto artifact = Artifact(linear.artifact_id());
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  const std::string& data = artifact->data();
+  const size_t newline = data.find('\n');
+  ASSERT_NE(newline, std::string::npos);
+  const std::string header = data.substr(0, newline);
+  EXPECT_THAT(header, HasSubstr("\"standardize\":true"));
+  const std::string config = linear.config_json();
+  const auto key_start = config.find("\"test_cache\":\"") + 14;
+  const auto test = Features(config.substr(key_start, config.find('"', key_start) - key_start));
+  const int64_t classes = 10, dim = test.dim;
+  const size_t values = (data.size() - newline - 1) / sizeof(float);
+  ASSERT_EQ(values, static_cast<size_t>(classes * dim + classes + 2 * dim)) << header;
+  std::vector<float> head(values);
+  std::memcpy(head.data(), data.data() + newline + 1, values * sizeof(float));
+  const float* weight = head.data();
+  const float* bias = weight + classes * dim;
+  const float* mean = bias + classes;
+  const float* stddev = mean + dim;
+  int64_t correct = 0;
+  for (int64_t i = 0; i < test.rows; ++i) {
+    int best = 0;
+    double best_score = -1e300;
+    for (int c = 0; c < classes; ++c) {
+      double score = bias[c];
+      for (int64_t d = 0; d < dim; ++d) {
+        score += static_cast<double>(weight[c * dim + d]) *
+                 ((test.data[i * dim + d] - mean[d]) / stddev[d]);
+      }
+      if (score > best_score) best_score = score, best = c;
+    }
+    correct += best == test.labels[i];
+  }
+  EXPECT_NEAR(static_cast<double>(correct) / test.rows, linear.top1(), 2.0 / test.rows);
+
+  ASSERT_GT(by_protocol["logreg"].artifact_id(), 0);
+  EXPECT_THAT(by_protocol["logreg"].config_json(), HasSubstr("\"c\":"));
+  const auto& finetune = by_protocol["finetune"];
+  std::printf("cnn on 10000/2000 Fashion-MNIST: knn %.4f, linear %.4f, logreg %.4f, "
+              "finetune %.4f\n",
+              by_protocol["knn"].top1(), linear.top1(), by_protocol["logreg"].top1(),
+              finetune.top1());
+  EXPECT_GT(finetune.top1(), linear.top1()) << "fine-tuning should beat the frozen probe";
+
+  const CommandResult table = Cli({"results", absl::StrCat(study)});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_THAT(table.output, HasSubstr("10-shot"));
+}
+
+// A fine-tuning task whose worker is killed after a checkpoint resumes from
+// it on another worker.
+TEST_F(EndToEndTest, FineTuningResumesFromItsCheckpointAfterAWorkerDies) {
+  StartCoordinator({"--lease_seconds=3", "--heartbeat_ms=500"});
+  const std::string worker_log = dir_ + "/victim.log";
+  auto victim = Subprocess::Start({Bin("sslbench-worker"), "--coordinator=" + address_,
+                                   "--name=victim", "--threads=1", "--metrics_listen="},
+                                  worker_log);
+  ASSERT_TRUE(victim.ok());
+  const std::string study_file = WriteStudy(
+      "finetune-preempted", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n",
+      20000, 1000,
+      "  - name: finetune\n    epochs: 3\n    learning_rate: 0.1\n    batch_size: 64\n"
+      "    checkpoint_every_steps: 10\n    no_flip: true\n");
+  const int64_t study = Submit(study_file);
+  // The study's only task is the fine-tuning; wait for its first checkpoint.
+  int64_t task_id = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (int64_t id = 1; id < 64 && task_id == 0; ++id) {
+      if (HasCheckpoint(id)) task_id = id;
+    }
+    if (task_id != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_NE(task_id, 0) << ReadFile(worker_log);
+  (*victim)->Kill();
+
+  StartWorker("rescuer");
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/rescuer.log");
+  const auto results = Results(study);
+  ASSERT_EQ(results.results_size(), 1);
+  EXPECT_THAT(ReadFile(dir_ + "/rescuer.log"), HasSubstr("resuming from a checkpoint"));
+  EXPECT_THAT(results.results(0).config_json(), ::testing::Not(HasSubstr("\"resumed_from_step\":0")));
 }
 
 }  // namespace

@@ -144,7 +144,7 @@ TEST_F(PgStoreTest, MigrationsAreIdempotentAndConcurrent) {
   for (const auto& s : results) EXPECT_TRUE(s.ok()) << s;
   auto version = store_->SchemaVersion();
   ASSERT_TRUE(version.ok());
-  EXPECT_EQ(*version, 1);
+  EXPECT_EQ(*version, 3);
 }
 
 TEST_F(PgStoreTest, UnreachableDatabaseIsUnavailable) {
@@ -437,6 +437,73 @@ TEST_F(PgStoreTest, FeatureChunksRoundTrip) {
   EXPECT_EQ(got->labels(), chunk->labels());
   get.set_chunk_index(1);
   EXPECT_EQ(coordinator_->GetFeatureChunk(get).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  auto probe = Lease(worker);
+  v1::CompleteTaskRequest complete;
+  complete.set_task_id(probe.task_id());
+  complete.set_lease_token(probe.lease_token());
+  auto* result = complete.add_results();
+  result->set_model("model0");
+  result->set_dataset("dataset0");
+  result->set_protocol("linear");
+  result->set_variant("linear");
+  result->set_subset("full");
+  const std::string head = std::string("{\"format\":\"x\"}\n") + std::string(400, '\x7f');
+  result->set_artifact(head);
+  ASSERT_TRUE(coordinator_->CompleteTask(complete).ok());
+  auto results = coordinator_->ListResults(study);
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->results_size(), 1);
+  const auto& stored = results->results(0);
+  EXPECT_TRUE(stored.artifact().empty()) << "heads are not inlined in results";
+  ASSERT_GT(stored.artifact_id(), 0);
+  auto artifact = coordinator_->GetArtifact(stored.artifact_id());
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  EXPECT_EQ(artifact->data(), head);
+  EXPECT_EQ(artifact->study_id(), study);
+  EXPECT_EQ(artifact->name(), "model0/dataset0/linear/linear/full");
+  EXPECT_EQ(coordinator_->GetArtifact(999).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(PgStoreTest, CheckpointsAreFencedAndReplaced) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.mutable_protocols(0)->Clear();
+  spec.mutable_protocols(0)->set_name("finetune");
+  Submit(spec);
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  ASSERT_EQ(lease.spec().kind(), v1::TASK_KIND_FINETUNE);
+  v1::GetCheckpointRequest get;
+  get.set_task_id(lease.task_id());
+  EXPECT_EQ(coordinator_->GetCheckpoint(get).status().code(), absl::StatusCode::kNotFound);
+  v1::PutCheckpointRequest put;
+  put.set_task_id(lease.task_id());
+  put.set_lease_token(lease.lease_token());
+  put.set_step(10);
+  put.set_data("state-at-10");
+  ASSERT_TRUE(coordinator_->PutCheckpoint(put).ok());
+  put.set_step(20);
+  put.set_data("state-at-20");
+  ASSERT_TRUE(coordinator_->PutCheckpoint(put).ok());
+  auto got = coordinator_->GetCheckpoint(get);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->step(), 20);
+  EXPECT_EQ(got->data(), "state-at-20");
+  // After expiry the old holder can no longer overwrite it; the new one reads it.
+  clock_.Advance(absl::Seconds(31));
+  ASSERT_EQ(*coordinator_->ReapExpiredLeases(), 1);
+  put.set_data("zombie");
+  EXPECT_EQ(coordinator_->PutCheckpoint(put).code(), absl::StatusCode::kFailedPrecondition);
+  clock_.Advance(absl::Minutes(5));
+  auto again = Lease(worker);
+  ASSERT_EQ(again.task_id(), lease.task_id());
+  EXPECT_EQ(coordinator_->GetCheckpoint(get)->data(), "state-at-20");
 }
 
 TEST_F(PgStoreTest, SurvivesADatabaseRestart) {

@@ -72,6 +72,49 @@ TEST(PlannerTest, CacheKeyChangesWithEveryInput) {
   EXPECT_EQ(key, key_after([](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->set_temperature(0.1); }));
 }
 
+TEST(PlannerTest, FewShotSettingsBecomeOneTaskEachWithAllSeeds) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  auto* linear = spec.add_protocols();
+  linear->set_name("linear-fs");
+  linear->mutable_linear();
+  linear->mutable_few_shot()->add_shots(5);
+  linear->mutable_few_shot()->add_shots(10);
+  linear->mutable_few_shot()->add_fractions(0.01);
+  auto plan = PlanStudy(spec, "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // knn on the full split + 3 few-shot settings of the linear probe.
+  ASSERT_EQ(plan->probes.size(), 4u);
+  EXPECT_EQ(plan->probes[0].spec.kind(), v1::TASK_KIND_KNN);
+  EXPECT_FALSE(plan->probes[0].spec.has_subset());
+  for (int i = 1; i < 4; ++i) {
+    const auto& task = plan->probes[i].spec;
+    EXPECT_EQ(task.kind(), v1::TASK_KIND_LINEAR);
+    EXPECT_EQ(task.subset().seeds_size(), 3);  // default seeds {0, 1, 2}
+  }
+  EXPECT_EQ(plan->probes[1].spec.subset().shots(), 5);
+  EXPECT_EQ(plan->probes[2].spec.subset().shots(), 10);
+  EXPECT_DOUBLE_EQ(plan->probes[3].spec.subset().fraction(), 0.01);
+  // The protocol defaults of DESIGN.md.
+  const auto& params = plan->probes[1].spec.protocol().linear();
+  EXPECT_EQ(params.learning_rates_size(), 8);
+  EXPECT_EQ(params.epochs(), 100);
+  EXPECT_EQ(params.batch_size(), 1024);
+  EXPECT_DOUBLE_EQ(params.momentum(), 0.9);
+}
+
+TEST(PlannerTest, FineTuningAloneNeedsNoFeatureExtraction) {
+  v1::StudySpec spec = testing::MakeStudy(2, 1);
+  spec.mutable_protocols(0)->Clear();
+  spec.mutable_protocols(0)->set_name("finetune");
+  auto plan = PlanStudy(spec, "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->extracts.empty());
+  ASSERT_EQ(plan->probes.size(), 2u);
+  EXPECT_EQ(plan->probes[0].spec.kind(), v1::TASK_KIND_FINETUNE);
+  EXPECT_TRUE(plan->probes[0].spec.train_cache_key().empty());
+  EXPECT_EQ(plan->probes[0].spec.protocol().finetune().optimizer(), "sgd");
+}
+
 TEST(PlannerTest, RejectsMalformedSpecsNamingTheField) {
   struct Case {
     std::function<void(v1::StudySpec&)> mutate;
@@ -89,7 +132,14 @@ TEST(PlannerTest, RejectsMalformedSpecsNamingTheField) {
       {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_train_limit(-1); }, "datasets[0].train_limit"},
       {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->set_temperature(-1); }, "protocols[0].temperature"},
       {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->add_ks(0); }, "protocols[0].ks"},
-      {[](v1::StudySpec& s) { s.mutable_protocols(0)->clear_knn(); s.mutable_protocols(0)->set_name("linear"); }, "protocols[0]"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->clear_knn(); s.mutable_protocols(0)->set_name("svm"); }, "protocols[0]"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_linear()->add_learning_rates(-1); }, "protocols[0].learning_rates"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_linear()->set_val_fraction(1.5); }, "protocols[0].val_fraction"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_logreg()->add_cs(0); }, "protocols[0].cs"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_finetune()->set_optimizer("lamb"); }, "protocols[0].optimizer"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_few_shot()->add_shots(0); }, "protocols[0].few_shot.shots"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_few_shot()->add_fractions(2); }, "protocols[0].few_shot.fractions"},
+      {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_few_shot(); }, "protocols[0].few_shot"},
   };
   for (const auto& c : cases) {
     v1::StudySpec spec = testing::MakeStudy(1, 1);

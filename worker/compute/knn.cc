@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -19,13 +20,23 @@
 
 // Two kNN variants over frozen features.
 //
-// Cosine (DINO): rows are L2-normalised (x / max(||x||, 1e-12)); for each
-// block of test rows the similarities to a block of train rows come from one
-// float32 matmul, and a running top-max(k) per test row is merged across train
-// blocks (concatenate the best so far with the block's top-k, take top-k
-// again). The vote of the i-th neighbour is exp(sim_i / T) added to its class,
-// exactly DINO's `(sim / T).exp()` summed per one-hot class; every k reuses the
-// same sorted neighbour list.
+// Both variants share one loop: for each block of test rows, for each
+// cache-sized tile of train rows (normalised or centred once into a buffer),
+// the block's rows are cut into tasks that threads take in turn; each task is
+// a single-threaded float32 GEMM of its rows against the tile followed at
+// once, while the result is still in cache, by a selection pass that updates
+// each row's running top list (TopK: one comparison per value against the
+// row's current threshold, nothing sorted until the end). Nothing
+// proportional to the train set is kept but one float per train row.
+//
+// Cosine (DINO): rows are L2-normalised (x / max(||x||, 1e-12)); the train
+// rows' norms are computed once and each tile is divided by them just before
+// its GEMM, which gives the same float32 similarities as normalising the
+// whole train set first. The top-max(k) neighbours are sorted by similarity
+// (ties to the lower train index). The vote of the i-th neighbour is
+// exp(sim_i / T) added to its class, exactly DINO's `(sim / T).exp()` summed
+// per one-hot class; every (k, T) pair reuses the same sorted neighbour list,
+// the scores for each k being prefix sums in neighbour order.
 //
 // Euclidean (scikit-learn KNeighborsClassifier(weights="distance",
 // algorithm="brute")): scikit-learn ranks by distances computed in float64
@@ -139,6 +150,12 @@ absl::Status ValidateMatrix(const FeatureMatrix& m, const char* name,
   return absl::OkStatus();
 }
 
+// The cosine temperatures in effect: the sweep, or the single temperature.
+std::vector<double> Temperatures(const KnnOptions& options) {
+  if (!options.temperatures.empty()) return options.temperatures;
+  return {options.temperature};
+}
+
 absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
                       int num_classes, const KnnOptions& options) {
   if (num_classes <= 0) {
@@ -166,9 +183,13 @@ absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
           "kNN: k = ", k, " must be in [1, ", train.rows, "] (train rows)"));
     }
   }
-  if (!options.ks.empty() && !(options.temperature > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kNN: temperature must be positive, got ", options.temperature));
+  if (!options.ks.empty()) {
+    for (double t : Temperatures(options)) {
+      if (!(t > 0) || !std::isfinite(t)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "kNN: temperature must be a positive number, got ", t));
+      }
+    }
   }
   if (options.euclidean_k < 0 || options.euclidean_k > train.rows) {
     return absl::InvalidArgumentError(
@@ -183,6 +204,29 @@ absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
   return absl::OkStatus();
 }
 
+// Counts test rows done over both variants and asks the caller whether to go
+// on.
+class ProgressTracker {
+ public:
+  ProgressTracker(const ProgressFn& fn, int64_t total) : fn_(fn), total_(total) {}
+
+  // False when the caller asked to stop.
+  bool Advance(int64_t rows) {
+    done_ += rows;
+    return !fn_ || fn_(done_, total_);
+  }
+
+  absl::Status Cancelled() const {
+    return absl::CancelledError(absl::StrCat("kNN cancelled after ", done_,
+                                             " of ", total_, " test rows"));
+  }
+
+ private:
+  const ProgressFn& fn_;
+  const int64_t total_;
+  int64_t done_ = 0;
+};
+
 at::Tensor Wrap(const FeatureMatrix& m) {
   // from_blob neither copies nor writes; every op below produces new tensors.
   return at::from_blob(const_cast<float*>(m.data.data()), {m.rows, m.dim},
@@ -193,75 +237,289 @@ at::Tensor L2Normalize(const at::Tensor& x) {
   return x / x.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
 }
 
-// Keeps the `k` best of (values, indices) and a new block's candidates.
-void MergeTopK(at::Tensor& best_values, at::Tensor& best_indices,
-               const at::Tensor& values, const at::Tensor& indices, int64_t k,
-               bool largest) {
-  if (!best_values.defined()) {
-    best_values = values;
-    best_indices = indices;
-    return;
-  }
-  at::Tensor all_values = at::cat({best_values, values}, 1);
-  at::Tensor all_indices = at::cat({best_indices, indices}, 1);
-  auto [top_values, positions] =
-      all_values.topk(std::min<int64_t>(k, all_values.size(1)), 1, largest,
-                      /*sorted=*/true);
-  best_values = top_values;
-  best_indices = all_indices.gather(1, positions);
+// Train rows per similarity tile. The tile's float32 block of similarities
+// (test rows x tile) and its normalised or centred train rows (tile x dim)
+// should stay in the last-level cache between the GEMM that writes them and
+// the selection pass that reads them; larger tiles gain nothing in GEMM speed.
+int64_t TileRows(const KnnOptions& options, int64_t dim) {
+  constexpr int64_t kTileBytes = int64_t{4} << 20;
+  const int64_t by_dim =
+      kTileBytes / (dim * static_cast<int64_t>(sizeof(float))) / 64 * 64;
+  const int64_t rows = std::clamp<int64_t>(by_dim, 512, 4096);
+  return std::min(rows, options.train_chunk_rows);
 }
 
-std::vector<KnnResult> RunCosine(const FeatureMatrix& train,
-                                 const FeatureMatrix& test, int num_classes,
-                                 const KnnOptions& options) {
+// The `capacity` best (largest value, ties to the lower index) of a stream of
+// (value, index) pairs whose indices arrive in increasing order. Values below
+// the current capacity-th best are rejected with one comparison; accepted ones
+// go to a buffer of 2 x capacity that is cut back to the best `capacity` when
+// full. Since later indices lose every tie, a value equal to the capacity-th
+// best can be rejected too.
+class TopK {
+ public:
+  struct Entry {
+    float value;
+    int64_t index;
+  };
+
+  void Reset(int64_t capacity) {
+    capacity_ = capacity;
+    entries_.resize(static_cast<size_t>(2 * capacity));
+    size_ = 0;
+    threshold_ = -std::numeric_limits<float>::infinity();
+  }
+
+  // Offers value(j) with index base + j for j in [0, n).
+  template <typename ValueAt>
+  void Scan(int64_t n, int64_t base, const ValueAt& value) {
+    constexpr int64_t kLanes = 16;
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      // Branch-free test of a whole group first: almost every group of a long
+      // row is rejected here once the threshold has settled.
+      const float thr = threshold_;
+      float v[kLanes];
+      int any = 0;
+      for (int64_t u = 0; u < kLanes; ++u) {
+        v[u] = value(j + u);
+        any |= v[u] > thr;
+      }
+      if (!any) continue;
+      for (int64_t u = 0; u < kLanes; ++u) Offer(v[u], base + j + u);
+    }
+    for (; j < n; ++j) Offer(value(j), base + j);
+  }
+
+  // The best min(capacity, offered) entries, best first. Ends the stream.
+  const Entry* Finish(int64_t* count) {
+    Cut();
+    std::sort(entries_.begin(), entries_.begin() + size_, Better());
+    *count = size_;
+    return entries_.data();
+  }
+
+  // The capacity-th best value so far (lowest kept value); -inf until full.
+  float threshold() const { return threshold_; }
+
+  int64_t capacity() const { return capacity_; }
+
+  // The order of the result: larger value first, ties to the lower index.
+  struct Better {
+    bool operator()(const Entry& a, const Entry& b) const {
+      return a.value > b.value || (a.value == b.value && a.index < b.index);
+    }
+  };
+
+ private:
+  void Offer(float value, int64_t index) {
+    if (!(value > threshold_)) return;
+    entries_[size_++] = {value, index};
+    if (size_ == 2 * capacity_) Cut();
+  }
+
+  // Keeps the best `capacity` entries and raises the threshold to the worst
+  // of them.
+  void Cut() {
+    if (size_ < capacity_) return;
+    if (size_ > capacity_) {
+      std::nth_element(entries_.begin(), entries_.begin() + (capacity_ - 1),
+                       entries_.begin() + size_, Better());
+      size_ = capacity_;
+    }
+    float lowest = entries_[0].value;
+    for (int64_t i = 1; i < size_; ++i) lowest = std::min(lowest, entries_[i].value);
+    threshold_ = lowest;
+  }
+
+  int64_t capacity_ = 0;
+  int64_t size_ = 0;
+  float threshold_ = 0;
+  std::vector<Entry> entries_;
+};
+
+// Runs `fn(begin, end)` over [0, n) on the intra-op pool.
+template <typename Fn>
+void ParallelRows(int64_t n, const Fn& fn) {
+  at::parallel_for(0, n, /*grain_size=*/8, fn);
+}
+
+// One thread's buffers and selection state for the tile loop: the tile's
+// prepared (normalised or centred) train rows, the block's products with
+// them, and a running top list per test row of the block.
+struct Worker {
+  at::Tensor tile;        // [tile rows, dim]
+  at::Tensor products;    // [block rows * tile rows]
+  std::vector<TopK> top;  // block rows
+};
+
+std::vector<Worker> MakeWorkers(int64_t block_rows, int64_t tile_rows,
+                                int64_t dim) {
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
+  std::vector<Worker> workers(std::max(1, at::get_num_threads()));
+  for (Worker& w : workers) {
+    w.tile = at::empty({tile_rows, dim}, f32);
+    w.products = at::empty({block_rows * tile_rows}, f32);
+    w.top.resize(static_cast<size_t>(block_rows));
+  }
+  return workers;
+}
+
+// Runs the tile loop for one block of test rows `q` ([b, dim]): the train
+// tiles are shared out among the threads, each taking the next tile when it
+// is free (so one slowed by other work simply takes fewer). For tile
+// [t, t + m) a thread calls prepare(t, m, x) to write the tile's rows into
+// its buffer x, multiplies q by x^T (one single-threaded GEMM: ATen and
+// OpenBLAS do not nest parallelism inside a parallel region) and passes each
+// test row's products to scan_row(top, r, products, t, m), its own TopK for
+// row r. One synchronisation per block; afterwards each worker's TopK for a
+// row holds the best of the tiles that worker took, which increase.
+template <typename Prepare, typename ScanRow>
+void TileLoop(std::vector<Worker>& workers, const at::Tensor& q,
+              int64_t train_rows, int64_t tile_rows, const Prepare& prepare,
+              const ScanRow& scan_row) {
+  const int64_t b = q.size(0);
+  const int64_t num_tiles = (train_rows + tile_rows - 1) / tile_rows;
+  std::atomic<int64_t> next_tile{0};
+  std::atomic<size_t> next_worker{0};
+  at::parallel_for(0, static_cast<int64_t>(workers.size()), 1,
+                   [&](int64_t, int64_t) {
+    Worker& w = workers[next_worker.fetch_add(1) % workers.size()];
+    for (int64_t i = next_tile.fetch_add(1); i < num_tiles;
+         i = next_tile.fetch_add(1)) {
+      const int64_t t = i * tile_rows;
+      const int64_t m = std::min(tile_rows, train_rows - t);
+      at::Tensor x = w.tile.narrow(0, 0, m);
+      prepare(t, m, x);
+      at::Tensor out = w.products.narrow(0, 0, b * m).view({b, m});
+      at::mm_out(out, q, x.t());
+      const float* p = out.data_ptr<float>();
+      for (int64_t r = 0; r < b; ++r) scan_row(w.top[r], r, p + r * m, t, m);
+    }
+  });
+}
+
+// Row r's best entries over all workers, best first (the exact top list of
+// the whole train set: each worker's list is exact for its tiles). `scratch`
+// is the caller's, reused across rows.
+const TopK::Entry* BestOf(std::vector<Worker>& workers, int64_t r,
+                          std::vector<TopK::Entry>& scratch, int64_t* count) {
+  if (workers.size() == 1) return workers[0].top[r].Finish(count);
+  scratch.clear();
+  for (Worker& w : workers) {
+    int64_t n = 0;
+    const TopK::Entry* e = w.top[r].Finish(&n);
+    scratch.insert(scratch.end(), e, e + n);
+  }
+  const int64_t keep = std::min<int64_t>(workers[0].top[r].capacity(),
+                                         static_cast<int64_t>(scratch.size()));
+  std::partial_sort(scratch.begin(), scratch.begin() + keep, scratch.end(),
+                    TopK::Better());
+  *count = keep;
+  return scratch.data();
+}
+
+absl::StatusOr<std::vector<KnnResult>> RunCosine(
+    const FeatureMatrix& train, const FeatureMatrix& test, int num_classes,
+    const KnnOptions& options, const std::vector<double>& temperatures,
+    ProgressTracker& progress) {
+  const int64_t dim = train.dim;
   const at::Tensor train_t = Wrap(train);
   const at::Tensor test_t = Wrap(test);
-  const at::Tensor train_labels =
-      at::from_blob(const_cast<int32_t*>(train.labels.data()), {train.rows},
-                    at::TensorOptions().dtype(at::kInt))
-          .to(at::kLong);
-  const int64_t kmax = *std::max_element(options.ks.begin(), options.ks.end());
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
+
+  // Each train row's norm, once: a tile is normalised by dividing by them,
+  // which is bit for bit DINO's x / max(||x||, 1e-12) without keeping a
+  // normalised copy of the whole train set.
+  const at::Tensor norms = at::empty({train.rows, 1}, f32);
+  for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
+    const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
+    norms.narrow(0, t, m).copy_(
+        train_t.narrow(0, t, m).norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12));
+  }
+
+  // Each distinct k once, ascending: the votes for all ks are prefix sums of
+  // one sorted neighbour list.
+  std::vector<int> sorted_ks = options.ks;
+  std::sort(sorted_ks.begin(), sorted_ks.end());
+  sorted_ks.erase(std::unique(sorted_ks.begin(), sorted_ks.end()),
+                  sorted_ks.end());
+  const int64_t num_ks = static_cast<int64_t>(sorted_ks.size());
+  const int64_t kmax = sorted_ks.back();
   std::vector<MetricsAccumulator<float>> acc(
-      options.ks.size(), MetricsAccumulator<float>(num_classes));
+      temperatures.size() * sorted_ks.size(),
+      MetricsAccumulator<float>(num_classes));
+
+  const int64_t tile = std::min(TileRows(options, dim), train.rows);
+  const int64_t block_rows = std::min(options.test_chunk_rows, test.rows);
+  std::vector<Worker> workers = MakeWorkers(block_rows, tile, dim);
+  const at::Tensor best_sim = at::empty({block_rows, kmax}, f32);
+  std::vector<int32_t> best_label(static_cast<size_t>(block_rows * kmax));
+  std::vector<float> scores(num_classes);
 
   for (int64_t s = 0; s < test.rows; s += options.test_chunk_rows) {
     const int64_t b = std::min(options.test_chunk_rows, test.rows - s);
     const at::Tensor q = L2Normalize(test_t.narrow(0, s, b));
-    at::Tensor best_sim, best_idx;
-    for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
-      const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
-      const at::Tensor sim =
-          at::mm(q, L2Normalize(train_t.narrow(0, t, m)).t());
-      auto [values, indices] = sim.topk(std::min(kmax, m), 1,
-                                        /*largest=*/true, /*sorted=*/true);
-      MergeTopK(best_sim, best_idx, values, indices.add_(t), kmax,
-                /*largest=*/true);
+    for (Worker& w : workers) {
+      for (int64_t r = 0; r < b; ++r) w.top[r].Reset(kmax);
     }
-    const at::Tensor neighbour_labels =
-        train_labels.index_select(0, best_idx.reshape({-1})).view_as(best_idx);
-    for (size_t ki = 0; ki < options.ks.size(); ++ki) {
-      const int64_t k = options.ks[ki];
+    TileLoop(
+        workers, q, train.rows, tile,
+        [&](int64_t t, int64_t m, at::Tensor& x) {
+          at::div_out(x, train_t.narrow(0, t, m), norms.narrow(0, t, m));
+        },
+        [](TopK& top, int64_t, const float* row, int64_t t, int64_t m) {
+          top.Scan(m, t, [row](int64_t j) { return row[j]; });
+        });
+
+    // Sorted neighbours: similarity descending, ties to the lower train index.
+    float* sim_out = best_sim.data_ptr<float>();
+    ParallelRows(b, [&](int64_t begin, int64_t end) {
+      std::vector<TopK::Entry> scratch;
+      for (int64_t r = begin; r < end; ++r) {
+        int64_t count = 0;
+        const TopK::Entry* e = BestOf(workers, r, scratch, &count);
+        for (int64_t i = 0; i < count; ++i) {
+          sim_out[r * kmax + i] = e[i].value;
+          best_label[r * kmax + i] = train.labels[e[i].index];
+        }
+      }
+    });
+
+    for (size_t ti = 0; ti < temperatures.size(); ++ti) {
+      // DINO's weights, (sim / T).exp(), by the same ATen kernels; the class
+      // scores add them in neighbour order, so every k's scores equal those
+      // of a search for that k alone.
       const at::Tensor weights =
-          (best_sim.narrow(1, 0, k) / options.temperature).exp();
-      const at::Tensor scores =
-          at::zeros({b, num_classes}, at::TensorOptions().dtype(at::kFloat))
-              .scatter_add_(1, neighbour_labels.narrow(1, 0, k).contiguous(),
-                            weights.contiguous());
-      const float* p = scores.data_ptr<float>();
+          best_sim.narrow(0, 0, b).div(temperatures[ti]).exp_().contiguous();
+      const float* w = weights.data_ptr<float>();
       for (int64_t r = 0; r < b; ++r) {
-        acc[ki].Add(p + r * num_classes, test.labels[s + r]);
+        std::fill(scores.begin(), scores.end(), 0.0f);
+        int64_t ki = 0;
+        for (int64_t i = 0; i < kmax; ++i) {
+          scores[best_label[r * kmax + i]] += w[r * kmax + i];
+          if (sorted_ks[ki] == i + 1) {
+            acc[ti * num_ks + ki].Add(scores.data(), test.labels[s + r]);
+            ++ki;
+          }
+        }
       }
     }
+    if (!progress.Advance(b)) return progress.Cancelled();
   }
 
   std::vector<KnnResult> results;
-  for (size_t ki = 0; ki < options.ks.size(); ++ki) {
-    KnnResult r;
-    r.variant = "cosine";
-    r.k = options.ks[ki];
-    r.temperature = options.temperature;
-    r.metrics = acc[ki].Finish();
-    results.push_back(std::move(r));
+  for (size_t ti = 0; ti < temperatures.size(); ++ti) {
+    for (int k : options.ks) {
+      const int64_t ki =
+          std::lower_bound(sorted_ks.begin(), sorted_ks.end(), k) -
+          sorted_ks.begin();
+      KnnResult r;
+      r.variant = "cosine";
+      r.k = k;
+      r.temperature = temperatures[ti];
+      r.metrics = acc[ti * num_ks + ki].Finish();
+      results.push_back(std::move(r));
+    }
   }
   return results;
 }
@@ -281,16 +539,47 @@ double ExactSqDistance(const float* x, const float* y, int64_t dim) {
   return sum;
 }
 
+// ExactSqDistance to four rows at once: four independent sums, each in index
+// order with the same operations, so each equals ExactSqDistance bit for bit.
+void ExactSqDistances4(const float* x, const float* const y[4], int64_t dim,
+                       double out[4]) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int64_t i = 0; i < dim; ++i) {
+    const double xi = static_cast<double>(x[i]);
+    const double d0 = xi - static_cast<double>(y[0][i]);
+    const double d1 = xi - static_cast<double>(y[1][i]);
+    const double d2 = xi - static_cast<double>(y[2][i]);
+    const double d3 = xi - static_cast<double>(y[3][i]);
+    s0 += d0 * d0;
+    s1 += d1 * d1;
+    s2 += d2 * d2;
+    s3 += d3 * d3;
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
 // Refines candidate indices to the k nearest by exact distance, ties by index.
 std::vector<Neighbour> Refine(const float* query, const FeatureMatrix& train,
                               const int64_t* candidates, int64_t count,
                               int64_t k) {
   std::vector<Neighbour> n(count);
-  for (int64_t j = 0; j < count; ++j) {
-    n[j] = {
-        ExactSqDistance(query, train.data.data() + candidates[j] * train.dim,
-                        train.dim),
-        candidates[j]};
+  const float* data = train.data.data();
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const float* const rows[4] = {data + candidates[j] * train.dim,
+                                  data + candidates[j + 1] * train.dim,
+                                  data + candidates[j + 2] * train.dim,
+                                  data + candidates[j + 3] * train.dim};
+    double d[4];
+    ExactSqDistances4(query, rows, train.dim, d);
+    for (int u = 0; u < 4; ++u) n[j + u] = {d[u], candidates[j + u]};
+  }
+  for (; j < count; ++j) {
+    n[j] = {ExactSqDistance(query, data + candidates[j] * train.dim, train.dim),
+            candidates[j]};
   }
   std::sort(n.begin(), n.end(), [](const Neighbour& a, const Neighbour& b) {
     return a.sq_distance < b.sq_distance ||
@@ -313,73 +602,94 @@ void Vote(const std::vector<Neighbour>& neighbours, const FeatureMatrix& train,
   }
 }
 
-KnnResult RunEuclidean(const FeatureMatrix& train, const FeatureMatrix& test,
-                       int num_classes, const KnnOptions& options) {
+absl::StatusOr<KnnResult> RunEuclidean(const FeatureMatrix& train,
+                                       const FeatureMatrix& test,
+                                       int num_classes,
+                                       const KnnOptions& options,
+                                       ProgressTracker& progress) {
   const int64_t k = options.euclidean_k;
   const int64_t num_candidates =
       std::min<int64_t>(train.rows, k + std::max<int64_t>(k, 16));
   const int64_t dim = train.dim;
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor train_t = Wrap(train);
   const at::Tensor test_t = Wrap(test);
-  const at::Tensor mean = train_t.to(at::kDouble).mean(0).to(at::kFloat);
+  const int64_t tile = std::min(TileRows(options, dim), train.rows);
+  const int64_t block_rows = std::min(options.test_chunk_rows, test.rows);
+  std::vector<Worker> workers = MakeWorkers(block_rows, tile, dim);
+  const at::Tensor& tile_buffer = workers[0].tile;
+
+  // The train mean in float64, chunk by chunk.
+  at::Tensor sum = at::zeros({dim}, at::TensorOptions().dtype(at::kDouble));
+  for (int64_t t = 0; t < train.rows; t += tile) {
+    const int64_t m = std::min(tile, train.rows - t);
+    sum += train_t.narrow(0, t, m).to(at::kDouble).sum(0);
+  }
+  const at::Tensor mean = (sum / static_cast<double>(train.rows)).to(at::kFloat);
 
   // Centred squared norms of the train rows, once.
-  std::vector<at::Tensor> norm_blocks;
-  for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
-    const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
-    const at::Tensor c = train_t.narrow(0, t, m) - mean;
-    norm_blocks.push_back((c * c).sum(1));
+  const at::Tensor train_sq = at::empty({train.rows}, f32);
+  for (int64_t t = 0; t < train.rows; t += tile) {
+    const int64_t m = std::min(tile, train.rows - t);
+    at::Tensor c = tile_buffer.narrow(0, 0, m);
+    at::sub_out(c, train_t.narrow(0, t, m), mean);
+    at::Tensor out = train_sq.narrow(0, t, m);
+    at::sum_out(out, c * c, at::IntArrayRef{1});
   }
-  const at::Tensor train_sq = at::cat(norm_blocks);
+  const float* train_sq_p = train_sq.data_ptr<float>();
   const double max_train_sq = train_sq.max().item<double>();
   const double eps = std::numeric_limits<float>::epsilon();
   const double tol_factor = (2.0 * static_cast<double>(dim) + 16.0) * eps;
 
-  // Float32 squared distances of centred query rows q to train block t.
-  auto block_distances = [&](const at::Tensor& q, const at::Tensor& q_sq,
-                             int64_t t, int64_t m) {
-    const at::Tensor c = train_t.narrow(0, t, m) - mean;
-    return at::addmm(q_sq.unsqueeze(1) + train_sq.narrow(0, t, m).unsqueeze(0),
-                     q, c.t(), /*beta=*/1, /*alpha=*/-2);
-  };
-
+  std::vector<int64_t> cand_idx(static_cast<size_t>(block_rows * num_candidates));
   MetricsAccumulator<double> acc(num_classes);
+  std::vector<double> scores(num_classes);
+
   for (int64_t s = 0; s < test.rows; s += options.test_chunk_rows) {
     const int64_t b = std::min(options.test_chunk_rows, test.rows - s);
-    const at::Tensor q = test_t.narrow(0, s, b) - mean;
-    const at::Tensor q_sq = (q * q).sum(1);
-    at::Tensor best_d, best_idx;
-    for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
-      const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
-      auto [values, indices] =
-          block_distances(q, q_sq, t, m)
-              .topk(std::min(num_candidates, m), 1, /*largest=*/false,
-                    /*sorted=*/true);
-      MergeTopK(best_d, best_idx, values, indices.add_(t), num_candidates,
-                /*largest=*/false);
-    }
-    best_d = best_d.contiguous();
-    best_idx = best_idx.contiguous();
-    const float* cand_d = best_d.data_ptr<float>();
-    const int64_t* cand_idx = best_idx.data_ptr<int64_t>();
+    const at::Tensor q = (test_t.narrow(0, s, b) - mean).contiguous();
+    const at::Tensor q_sq = (q * q).sum(1).contiguous();
     const float* q_sq_p = q_sq.data_ptr<float>();
+    for (Worker& w : workers) {
+      for (int64_t r = 0; r < b; ++r) w.top[r].Reset(num_candidates);
+    }
+    // The float32 squared distance of centred query q_r to centred train row
+    // c_j is (q_sq[r] + train_sq[j]) - 2 q_r . c_j; it is negated, so that
+    // the nearest is the largest.
+    TileLoop(
+        workers, q, train.rows, tile,
+        [&](int64_t t, int64_t m, at::Tensor& x) {
+          at::sub_out(x, train_t.narrow(0, t, m), mean);
+        },
+        [&](TopK& top, int64_t r, const float* row, int64_t t, int64_t m) {
+          const float qs = q_sq_p[r];
+          const float* tile_sq = train_sq_p + t;
+          top.Scan(m, t, [row, qs, tile_sq](int64_t j) {
+            return 2.0f * row[j] - (qs + tile_sq[j]);
+          });
+        });
 
     std::vector<std::vector<Neighbour>> neighbours(b);
     std::vector<double> tolerance(b);
     std::vector<char> recheck(b, 0);
-    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+    ParallelRows(b, [&](int64_t begin, int64_t end) {
+      std::vector<TopK::Entry> scratch;
       for (int64_t r = begin; r < end; ++r) {
+        int64_t count = 0;
+        const TopK::Entry* e = BestOf(workers, r, scratch, &count);
+        int64_t* idx = cand_idx.data() + r * num_candidates;
+        for (int64_t i = 0; i < count; ++i) idx[i] = e[i].index;
+        // The largest float32 distance among the candidates.
+        const double last = -static_cast<double>(e[count - 1].value);
         const float* query = test.data.data() + (s + r) * dim;
-        neighbours[r] = Refine(query, train, cand_idx + r * num_candidates,
-                               num_candidates, k);
+        neighbours[r] = Refine(query, train, idx, count, k);
         tolerance[r] = tol_factor *
                            (static_cast<double>(q_sq_p[r]) + max_train_sq) *
                            1.01 +
                        std::numeric_limits<float>::min();
-        const double last_candidate = cand_d[(r + 1) * num_candidates - 1];
         recheck[r] =
             num_candidates < train.rows &&
-            !(last_candidate - tolerance[r] > neighbours[r].back().sq_distance);
+            !(last - tolerance[r] > neighbours[r].back().sq_distance);
       }
     });
 
@@ -399,27 +709,28 @@ KnnResult RunEuclidean(const FeatureMatrix& train, const FeatureMatrix& test,
               .clone();
       const at::Tensor qg = q.index_select(0, group_rows);
       const at::Tensor qg_sq = q_sq.index_select(0, group_rows);
-      std::vector<double> limit_values(n);
+      std::vector<double> limit(n);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t r = rows[g + i];
-        limit_values[i] = neighbours[r].back().sq_distance + tolerance[r];
+        limit[i] = neighbours[r].back().sq_distance + tolerance[r];
       }
-      const at::Tensor limit =
-          at::tensor(limit_values, at::TensorOptions().dtype(at::kDouble))
-              .unsqueeze(1);
       std::vector<std::vector<int64_t>> extra(n);
-      for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
-        const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
-        const at::Tensor within =
-            (block_distances(qg, qg_sq, t, m).to(at::kDouble) <= limit)
-                .nonzero()
-                .contiguous();
-        const int64_t* p = within.data_ptr<int64_t>();
-        for (int64_t h = 0; h < within.size(0); ++h) {
-          extra[p[2 * h]].push_back(t + p[2 * h + 1]);
+      for (int64_t t = 0; t < train.rows; t += tile) {
+        const int64_t m = std::min(tile, train.rows - t);
+        at::Tensor c = workers[0].tile.narrow(0, 0, m);
+        at::sub_out(c, train_t.narrow(0, t, m), mean);
+        at::Tensor dots = workers[0].products.narrow(0, 0, n * m).view({n, m});
+        at::mm_out(dots, qg, c.t());
+        const float* p = dots.data_ptr<float>();
+        const float* qg_sq_p = qg_sq.data_ptr<float>();
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < m; ++j) {
+            const float d = (qg_sq_p[i] + train_sq_p[t + j]) - 2.0f * p[i * m + j];
+            if (static_cast<double>(d) <= limit[i]) extra[i].push_back(t + j);
+          }
         }
       }
-      at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      ParallelRows(n, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t r = rows[g + i];
           const float* query = test.data.data() + (s + r) * dim;
@@ -430,12 +741,12 @@ KnnResult RunEuclidean(const FeatureMatrix& train, const FeatureMatrix& test,
       });
     }
 
-    std::vector<double> scores(num_classes);
     for (int64_t r = 0; r < b; ++r) {
       std::fill(scores.begin(), scores.end(), 0.0);
       Vote(neighbours[r], train, scores.data());
       acc.Add(scores.data(), test.labels[s + r]);
     }
+    if (!progress.Advance(b)) return progress.Cancelled();
   }
 
   KnnResult result;
@@ -463,18 +774,29 @@ ClassificationMetrics MetricsFromScores(const std::vector<float>& scores,
 absl::StatusOr<std::vector<KnnResult>> RunKnn(const FeatureMatrix& train,
                                               const FeatureMatrix& test,
                                               int num_classes,
-                                              const KnnOptions& options) {
+                                              const KnnOptions& options,
+                                              const ProgressFn& progress) {
   if (absl::Status s = Validate(train, test, num_classes, options); !s.ok()) {
     return s;
   }
+  const bool cosine = !options.ks.empty();
+  const bool euclidean = options.euclidean_k > 0;
+  ProgressTracker tracker(progress,
+                          test.rows * ((cosine ? 1 : 0) + (euclidean ? 1 : 0)));
   try {
     c10::InferenceMode inference;
     std::vector<KnnResult> results;
-    if (!options.ks.empty()) {
-      results = RunCosine(train, test, num_classes, options);
+    if (cosine) {
+      absl::StatusOr<std::vector<KnnResult>> r = RunCosine(
+          train, test, num_classes, options, Temperatures(options), tracker);
+      if (!r.ok()) return r.status();
+      results = *std::move(r);
     }
-    if (options.euclidean_k > 0) {
-      results.push_back(RunEuclidean(train, test, num_classes, options));
+    if (euclidean) {
+      absl::StatusOr<KnnResult> r =
+          RunEuclidean(train, test, num_classes, options, tracker);
+      if (!r.ok()) return r.status();
+      results.push_back(*std::move(r));
     }
     return results;
   } catch (const c10::Error& e) {

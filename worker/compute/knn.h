@@ -3,6 +3,7 @@
 // reference implementations define it. LibTorch-free header.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,20 +26,37 @@ struct ClassificationMetrics {
   std::vector<double> per_class;  // num_classes entries; NaN for absent ones
 };
 
+}  // namespace sslbench::compute
+
+// probe_common.h defines ProgressFn and itself uses FeatureMatrix, so it is
+// included only once FeatureMatrix is defined.
+#include "worker/compute/probe_common.h"  // IWYU pragma: export
+
+namespace sslbench::compute {
+
+// As probe_common.h declares it. Repeated (an identical alias may be declared
+// again) so that this header also compiles when probe_common.h, which
+// includes it, is the one included first.
+using ProgressFn = std::function<bool(int64_t done, int64_t total)>;
+
 struct KnnOptions {
   // Cosine variant (DINO): L2-normalised features, cosine similarity, vote of
-  // each of the k nearest neighbours = exp(sim / temperature). All ks are
-  // computed from one top-max(k) search.
+  // each of the k nearest neighbours = exp(sim / temperature). Every
+  // (k, temperature) pair is computed from one top-max(k) search.
   std::vector<int> ks = {10, 20, 100, 200};
   double temperature = 0.07;
+  // Temperature sweep: when non-empty it replaces `temperature`.
+  std::vector<double> temperatures;
   // Euclidean variant (scikit-learn KNeighborsClassifier(weights="distance",
   // algorithm="brute")): vote = 1 / distance; a zero distance takes all the
   // weight. 0 disables it.
   int euclidean_k = 20;
-  // Memory bound: similarities are computed for blocks of test_chunk_rows
-  // test rows x train_chunk_rows train rows at a time, so peak extra memory is
-  // O(test_chunk_rows * (train_chunk_rows + max k)), independent of the
-  // dataset size.
+  // Memory bound: similarities are computed for blocks of at most
+  // test_chunk_rows test rows x train_chunk_rows train rows at a time (the
+  // train side is split further into cache-sized tiles), so peak extra memory
+  // is O(test_chunk_rows * (train_chunk_rows + max k) + train_chunk_rows *
+  // dim), plus one float per train row (norms); independent of the number of
+  // test rows and, but for those 4 bytes per row, of the number of train rows.
   int64_t test_chunk_rows = 1024;
   int64_t train_chunk_rows = 16384;
 };
@@ -50,14 +68,23 @@ struct KnnResult {
   ClassificationMetrics metrics;
 };
 
-// One KnnResult per k of the cosine variant (in the order of options.ks),
-// then one for the Euclidean variant if enabled. INVALID_ARGUMENT for empty
-// inputs, mismatched dims, a k larger than train.rows, labels outside
-// [0, num_classes), or a non-positive temperature.
+// Cosine results first: for each temperature (options.temperatures in order,
+// or options.temperature alone), one KnnResult per k in the order of
+// options.ks; then one for the Euclidean variant if enabled.
+// INVALID_ARGUMENT for empty inputs, mismatched dims, a k larger than
+// train.rows, labels outside [0, num_classes), or a temperature that is not a
+// positive finite number.
+//
+// `progress`, if set, is called on the calling thread after each block of test
+// rows with (test rows done, total), where total counts the test rows once per
+// enabled variant. When it returns false, RunKnn starts no further block and
+// returns CANCELLED. Threads: uses the LibTorch intra-op pool (see
+// SetComputeThreads) and the BLAS threads.
 absl::StatusOr<std::vector<KnnResult>> RunKnn(const FeatureMatrix& train,
                                               const FeatureMatrix& test,
                                               int num_classes,
-                                              const KnnOptions& options);
+                                              const KnnOptions& options,
+                                              const ProgressFn& progress = {});
 
 // Metrics from per-class scores: `scores` is row-major [labels.size(),
 // num_classes]; ties resolve to the lowest class index (as numpy's argmax).

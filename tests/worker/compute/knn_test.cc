@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -157,6 +158,129 @@ TEST_F(KnnTest, MultipleKsFromOnePassEqualSeparateRuns) {
     ExpectSameMetrics((*together)[i].metrics, (*alone)[0].metrics);
   }
   EXPECT_GT((*together)[0].metrics.top1, 0.5);  // far better than 1/6
+}
+
+TEST_F(KnnTest, TemperatureSweepFromOnePassEqualsSeparateRuns) {
+  const FeatureMatrix train = Random(300, 12, 6, 7);
+  const FeatureMatrix test = Random(90, 12, 6, 8);
+  const std::vector<int> ks = {20, 1, 50};
+  const std::vector<double> temperatures = {0.02, 0.07, 0.5, 3.0};
+  KnnOptions sweep = CosineOnly(ks, /*temperature=*/0.3);  // replaced
+  sweep.temperatures = temperatures;
+  sweep.euclidean_k = 5;
+  sweep.test_chunk_rows = 32;
+  sweep.train_chunk_rows = 100;
+  absl::StatusOr<std::vector<KnnResult>> together =
+      RunKnn(train, test, 6, sweep);
+  ASSERT_TRUE(together.ok()) << together.status();
+  // Temperature-major, ks in the given order, then the Euclidean result.
+  ASSERT_EQ(together->size(), temperatures.size() * ks.size() + 1);
+  EXPECT_EQ(together->back().variant, "euclidean");
+  for (size_t ti = 0; ti < temperatures.size(); ++ti) {
+    for (size_t ki = 0; ki < ks.size(); ++ki) {
+      SCOPED_TRACE(::testing::Message() << "T " << temperatures[ti] << " k "
+                                      << ks[ki]);
+      const KnnResult& r = (*together)[ti * ks.size() + ki];
+      EXPECT_EQ(r.variant, "cosine");
+      EXPECT_EQ(r.k, ks[ki]);
+      EXPECT_EQ(r.temperature, temperatures[ti]);
+      absl::StatusOr<std::vector<KnnResult>> alone =
+          RunKnn(train, test, 6, CosineOnly({ks[ki]}, temperatures[ti]));
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      ASSERT_EQ(alone->size(), 1u);
+      EXPECT_EQ((*alone)[0].temperature, temperatures[ti]);
+      ExpectSameMetrics(r.metrics, (*alone)[0].metrics);
+    }
+  }
+}
+
+TEST_F(KnnTest, TemperatureSweepHandComputed) {
+  // CosineTrain() with k = 3: class 0 wins at T = 1 and loses at T = 0.07
+  // (see CosineVoteIsExpOfSimilarityOverTemperature).
+  KnnOptions o = CosineOnly({3}, 1.0);
+  o.temperatures = {1.0, 0.07};
+  absl::StatusOr<std::vector<KnnResult>> r =
+      RunKnn(CosineTrain(), Matrix(2, {1, 0}, {0}), 2, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[0].temperature, 1.0);
+  EXPECT_EQ((*r)[0].metrics.top1, 1.0);
+  EXPECT_EQ((*r)[1].temperature, 0.07);
+  EXPECT_EQ((*r)[1].metrics.top1, 0.0);
+}
+
+TEST_F(KnnTest, ProgressCountsTestRowsOverBothVariants) {
+  const FeatureMatrix train = Random(120, 6, 3, 9);
+  const FeatureMatrix test = Random(61, 6, 3, 10);
+  KnnOptions o = CosineOnly({5}, 0.07);
+  o.euclidean_k = 5;
+  o.test_chunk_rows = 20;
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  absl::StatusOr<std::vector<KnnResult>> r =
+      RunKnn(train, test, 3, o, [&](int64_t done, int64_t total) {
+        calls.emplace_back(done, total);
+        return true;
+      });
+  ASSERT_TRUE(r.ok()) << r.status();
+  using P = std::pair<int64_t, int64_t>;
+  EXPECT_THAT(calls, ElementsAre(P(20, 122), P(40, 122), P(60, 122),
+                                 P(61, 122), P(81, 122), P(101, 122),
+                                 P(121, 122), P(122, 122)));
+
+  // One variant: the total counts the test rows once.
+  calls.clear();
+  r = RunKnn(train, test, 3, EuclideanOnly(5), [&](int64_t done,
+                                                    int64_t total) {
+    calls.emplace_back(done, total);
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(calls, ElementsAre(P(61, 61)));
+}
+
+TEST_F(KnnTest, ProgressReturningFalseCancelsAtTheNextBlock) {
+  const FeatureMatrix train = Random(120, 6, 3, 11);
+  const FeatureMatrix test = Random(61, 6, 3, 12);
+  KnnOptions o = CosineOnly({5}, 0.07);
+  o.euclidean_k = 5;
+  o.test_chunk_rows = 20;
+  // Stop during the cosine pass, during the Euclidean pass, and after the
+  // last block.
+  for (int stop_at : {1, 2, 5, 8}) {
+    SCOPED_TRACE(stop_at);
+    int calls = 0;
+    absl::StatusOr<std::vector<KnnResult>> r =
+        RunKnn(train, test, 3, o, [&](int64_t, int64_t) {
+          return ++calls < stop_at;
+        });
+    EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kCancelled, "cancelled"));
+    EXPECT_EQ(calls, stop_at);  // no block started after the refusal
+  }
+}
+
+TEST_F(KnnTest, CosineNeighboursTieToTheLowerTrainIndex) {
+  // Many exact duplicates at the k-th place: the lowest train indices win.
+  // Rows 0..39 are copies of u (label 0 for even indices below 10, else 1),
+  // row 40.. copies of a vector farther away. k = 5 takes rows 0..4 (labels
+  // 0, 1, 0, 1, 0): class 0; the same rows in any other tie order would be
+  // a majority of class 1 (30 of the 40 copies are class 1).
+  FeatureMatrix train;
+  train.dim = 3;
+  for (int i = 0; i < 60; ++i) {
+    const bool near = i < 40;
+    train.data.insert(train.data.end(),
+                      {1.0f, near ? 0.5f : 2.0f, 0.25f});
+    train.labels.push_back(i < 10 ? (i % 2) : 1);
+  }
+  train.rows = 60;
+  const FeatureMatrix test = Matrix(3, {1.0f, 0.5f, 0.25f}, {0});
+  for (int64_t chunk : {1, 3, 7, 1000}) {
+    KnnOptions o = CosineOnly({5}, 0.07);
+    o.train_chunk_rows = chunk;
+    absl::StatusOr<std::vector<KnnResult>> r = RunKnn(train, test, 2, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)[0].metrics.top1, 1.0) << "chunk " << chunk;
+  }
 }
 
 TEST_F(KnnTest, EuclideanVotesInverseDistance) {
@@ -390,6 +514,15 @@ TEST_F(KnnTest, RejectsInvalidInput) {
   EXPECT_THAT(RunKnn(train, Matrix(2, {0, 1}, {-1}), 2, k2).status(),
               StatusIs(StatusCode::kInvalidArgument, "label -1"));
   EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({2}, 0.0)).status(),
+              StatusIs(StatusCode::kInvalidArgument, "temperature"));
+  KnnOptions sweep = CosineOnly({2}, 0.0);  // replaced by the sweep: fine
+  sweep.temperatures = {0.07, 1.0};
+  EXPECT_TRUE(RunKnn(train, test, 2, sweep).ok());
+  sweep.temperatures = {0.07, -1.0};
+  EXPECT_THAT(RunKnn(train, test, 2, sweep).status(),
+              StatusIs(StatusCode::kInvalidArgument, "temperature"));
+  sweep.temperatures = {std::numeric_limits<double>::infinity()};
+  EXPECT_THAT(RunKnn(train, test, 2, sweep).status(),
               StatusIs(StatusCode::kInvalidArgument, "temperature"));
   EXPECT_THAT(RunKnn(train, test, 2, CosineOnly({}, 0.07)).status(),
               StatusIs(StatusCode::kInvalidArgument));

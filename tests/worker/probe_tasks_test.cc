@@ -1,0 +1,134 @@
+#include "worker/probe_tasks.h"
+
+#include <cmath>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sslbench::worker {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Two well-separated 2-D clusters per class, `per_class` points each.
+compute::FeatureMatrix Clusters(int classes, int per_class, float noise_seed) {
+  compute::FeatureMatrix m;
+  m.dim = 2;
+  for (int c = 0; c < classes; ++c) {
+    for (int i = 0; i < per_class; ++i) {
+      const float angle = 6.2831853f * static_cast<float>(c) / static_cast<float>(classes);
+      const float jitter = 0.05f * std::sin(noise_seed + static_cast<float>(i * 7 + c));
+      m.data.push_back(std::cos(angle) * 10 + jitter);
+      m.data.push_back(std::sin(angle) * 10 - jitter);
+      m.labels.push_back(c);
+      ++m.rows;
+    }
+  }
+  return m;
+}
+
+v1::TaskSpec KnnTask() {
+  v1::TaskSpec spec;
+  spec.set_kind(v1::TASK_KIND_KNN);
+  spec.mutable_model()->set_name("m");
+  spec.mutable_dataset()->set_name("d");
+  auto* protocol = spec.mutable_protocol();
+  protocol->set_name("knn");
+  protocol->mutable_knn()->add_ks(3);
+  protocol->mutable_knn()->set_temperature(0.07);
+  protocol->mutable_knn()->set_euclidean_k(3);
+  protocol->mutable_knn()->set_test_chunk_rows(16);
+  protocol->mutable_knn()->set_train_chunk_rows(16);
+  return spec;
+}
+
+TEST(ProbeTasksTest, KnnOnTheFullSplitReportsEveryVariantWithItsConfig) {
+  const auto train = Clusters(4, 20, 0.f);
+  const auto test = Clusters(4, 5, 1.f);
+  auto results = RunProbeTask(KnnTask(), train, test, nullptr);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 2u);
+  EXPECT_EQ((*results)[0].variant(), "cosine k=3 T=0.07");
+  EXPECT_EQ((*results)[1].variant(), "euclidean k=3");
+  for (const auto& r : *results) {
+    EXPECT_DOUBLE_EQ(r.top1(), 1.0);
+    EXPECT_EQ(r.subset(), "full");
+    EXPECT_EQ(r.num_seeds(), 1);
+    EXPECT_EQ(r.per_class_size(), 4);
+    EXPECT_THAT(r.config_json(), HasSubstr("\"train_rows\":80"));
+    EXPECT_THAT(r.config_json(), HasSubstr("\"libtorch\":\""));
+    EXPECT_THAT(r.config_json(), HasSubstr("\"temperature\":0.07"));
+  }
+}
+
+TEST(ProbeTasksTest, FewShotRunsEverySeedOnClassBalancedSubsets) {
+  v1::TaskSpec spec = KnnTask();
+  spec.mutable_subset()->set_shots(3);
+  for (int seed : {0, 1, 2, 3}) spec.mutable_subset()->add_seeds(seed);
+  const auto train = Clusters(4, 20, 0.f);
+  const auto test = Clusters(4, 5, 1.f);
+  auto results = RunProbeTask(spec, train, test, nullptr);
+  ASSERT_TRUE(results.ok()) << results.status();
+  const auto& r = (*results)[0];
+  EXPECT_EQ(r.subset(), "3-shot");
+  EXPECT_EQ(r.num_seeds(), 4);
+  ASSERT_EQ(r.seed_top1_size(), 4);
+  double mean = 0;
+  for (double t : r.seed_top1()) mean += t / 4;
+  EXPECT_NEAR(r.top1(), mean, 1e-12);
+  // 3 images per class x 4 classes on every seed.
+  EXPECT_THAT(r.config_json(), HasSubstr("\"train_rows_used\":[12,12,12,12]"));
+  EXPECT_THAT(r.config_json(), HasSubstr("\"seeds\":[0,1,2,3]"));
+}
+
+TEST(ProbeTasksTest, AggregateReportsSampleStandardDeviation) {
+  v1::TaskSpec spec = KnnTask();
+  std::vector<SeedOutcome> runs(3);
+  const double top1[] = {0.5, 0.6, 0.7};
+  for (int i = 0; i < 3; ++i) {
+    runs[i].variant = "v";
+    runs[i].metrics.top1 = top1[i];
+    runs[i].metrics.per_class = {top1[i], 1.0};
+  }
+  runs[0].head = "head-of-seed-0";
+  const v1::ProbeResult r = AggregateSeeds(spec, "v", {0, 1, 2}, runs, {10, 10, 10}, 100, 50, 8, 2);
+  EXPECT_NEAR(r.top1(), 0.6, 1e-12);
+  EXPECT_NEAR(r.top1_std(), 0.1, 1e-12);  // sqrt(((0.1)^2 * 2) / 2)
+  EXPECT_NEAR(r.per_class(0), 0.6, 1e-12);
+  EXPECT_EQ(r.artifact(), "head-of-seed-0");
+}
+
+TEST(ProbeTasksTest, KindThatDoesNotFitTheProtocolIsRejected) {
+  v1::TaskSpec spec = KnnTask();
+  spec.set_kind(v1::TASK_KIND_LINEAR);
+  const auto data = Clusters(2, 4, 0.f);
+  auto results = RunProbeTask(spec, data, data, nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ProbeTasksTest, ProgressCanCancel) {
+  const auto train = Clusters(4, 20, 0.f);
+  auto results = RunProbeTask(KnnTask(), train, train,
+                              [](int64_t, int64_t) { return false; });
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST(ProbeTasksTest, SubsetNamesAndRowSelection) {
+  v1::Subset subset;
+  EXPECT_EQ(SubsetName(subset), "full");
+  subset.set_shots(5);
+  EXPECT_EQ(SubsetName(subset), "5-shot");
+  subset.set_shots(0);
+  subset.set_fraction(0.1);
+  EXPECT_EQ(SubsetName(subset), "10%");
+  const auto m = Clusters(2, 3, 0.f);
+  const auto picked = SelectRows(m, {4, 1});
+  ASSERT_EQ(picked.rows, 2);
+  EXPECT_EQ(picked.labels[0], 1);
+  EXPECT_EQ(picked.labels[1], 0);
+  EXPECT_EQ(picked.data[0], m.data[8]);
+  EXPECT_EQ(EncodeHead("{}", {1.0f}).size(), 3u + sizeof(float));
+}
+
+}  // namespace
+}  // namespace sslbench::worker
