@@ -20,14 +20,16 @@
 
 // Two kNN variants over frozen features.
 //
-// Both variants share one loop: for each block of test rows, for each
-// cache-sized tile of train rows (normalised or centred once into a buffer),
-// the block's rows are cut into tasks that threads take in turn; each task is
-// a single-threaded float32 GEMM of its rows against the tile followed at
-// once, while the result is still in cache, by a selection pass that updates
-// each row's running top list (TopK: one comparison per value against the
-// row's current threshold, nothing sorted until the end). Nothing
-// proportional to the train set is kept but one float per train row.
+// Both variants share one loop (TileLoop): for each block of test rows, the
+// train set's cache-sized tiles are shared out among the threads; a thread
+// prepares a tile (normalises or centres it into its own buffer), computes
+// the block's products with it in one single-threaded float32 GEMM, and at
+// once, while they are still in cache, passes them through each row's
+// running top list (TopK: one comparison per value against the row's current
+// threshold, nothing sorted until the end). The threads' lists are merged
+// per row after the block. One synchronisation per block, no idle thread
+// while tiles remain, and nothing proportional to the train set kept but one
+// float per train row.
 //
 // Cosine (DINO): rows are L2-normalised (x / max(||x||, 1e-12)); the train
 // rows' norms are computed once and each tile is divided by them just before
@@ -237,7 +239,7 @@ at::Tensor L2Normalize(const at::Tensor& x) {
   return x / x.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
 }
 
-// Train rows per similarity tile. The tile's float32 block of similarities
+// Train rows per similarity tile. Each thread's float32 block of similarities
 // (test rows x tile) and its normalised or centred train rows (tile x dim)
 // should stay in the last-level cache between the GEMM that writes them and
 // the selection pass that reads them; larger tiles gain nothing in GEMM speed.

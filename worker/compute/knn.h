@@ -51,12 +51,13 @@ struct KnnOptions {
   // algorithm="brute")): vote = 1 / distance; a zero distance takes all the
   // weight. 0 disables it.
   int euclidean_k = 20;
-  // Memory bound: similarities are computed for blocks of at most
-  // test_chunk_rows test rows x train_chunk_rows train rows at a time (the
-  // train side is split further into cache-sized tiles), so peak extra memory
-  // is O(test_chunk_rows * (train_chunk_rows + max k) + train_chunk_rows *
-  // dim), plus one float per train row (norms); independent of the number of
-  // test rows and, but for those 4 bytes per row, of the number of train rows.
+  // Memory bound: each thread computes similarities for a block of at most
+  // test_chunk_rows test rows x train_chunk_rows train rows at a time (fewer
+  // train rows when a cache-sized tile is smaller), so peak extra memory is
+  // O(threads * (test_chunk_rows * (train_chunk_rows + max k) +
+  // train_chunk_rows * dim)) plus one float per train row (norms):
+  // independent of the number of test rows and, but for those 4 bytes per
+  // row, of the number of train rows.
   int64_t test_chunk_rows = 1024;
   int64_t train_chunk_rows = 16384;
 };
