@@ -8,36 +8,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/compute/features.h"
 
 namespace sslbench::compute {
-
-// Row-major float32 features with integer labels.
-struct FeatureMatrix {
-  int64_t rows = 0;
-  int64_t dim = 0;
-  std::vector<float> data;      // rows * dim
-  std::vector<int32_t> labels;  // rows
-};
-
-struct ClassificationMetrics {
-  double top1 = 0;            // fraction in [0, 1]
-  double top5 = 0;            // fraction in [0, 1]
-  double mean_per_class = 0;  // mean over classes present in the test set
-  std::vector<double> per_class;  // num_classes entries; NaN for absent ones
-};
-
-}  // namespace sslbench::compute
-
-// probe_common.h defines ProgressFn and itself uses FeatureMatrix, so it is
-// included only once FeatureMatrix is defined.
-#include "worker/compute/probe_common.h"  // IWYU pragma: export
-
-namespace sslbench::compute {
-
-// As probe_common.h declares it. Repeated (an identical alias may be declared
-// again) so that this header also compiles when probe_common.h, which
-// includes it, is the one included first.
-using ProgressFn = std::function<bool(int64_t done, int64_t total)>;
 
 struct KnnOptions {
   // Cosine variant (DINO): L2-normalised features, cosine similarity, vote of

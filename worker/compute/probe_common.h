@@ -7,14 +7,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "worker/compute/features.h"
 
 namespace sslbench::compute {
 
-struct FeatureMatrix;  // worker/compute/knn.h, which includes this header
-
-// Called now and then with (done, total) work units; returning false asks the
-// computation to stop, which it does with CANCELLED at its next checkpoint.
-using ProgressFn = std::function<bool(int64_t done, int64_t total)>;
 
 // A class-stratified split of row indices: from each class,
 // round(fraction * count) rows (at least 1 when the class has 2 or more) go
