@@ -114,6 +114,28 @@ std::unique_ptr<grpc::ClientContext> WorkerDaemon::NewContext() const {
   return context;
 }
 
+absl::Status WorkerDaemon::Call(const TaskContext* ctx, const char* what,
+                                const std::function<grpc::Status(grpc::ClientContext*)>& rpc) {
+  // Transient failures (a coordinator restarting, a replica going away) are
+  // retried for a while, so a task survives them; the lease outlives the gap.
+  absl::Duration backoff = absl::Milliseconds(200);
+  const absl::Time give_up = absl::Now() + options_.rpc_retry_window;
+  for (;;) {
+    auto context = NewContext();
+    const absl::Status status = FromGrpcStatus(rpc(context.get()));
+    const bool transient = absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
+                           absl::IsAborted(status);
+    if (!transient || absl::Now() + backoff > give_up || stop_.HasBeenNotified() ||
+        (ctx != nullptr && ctx->ShouldStop())) {
+      return status;
+    }
+    LogWarning("worker", what, " failed, retrying in ", absl::FormatDuration(backoff), ": ",
+               status.message());
+    stop_.WaitForNotificationWithTimeout(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
 void WorkerDaemon::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
 }
@@ -258,9 +280,9 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
       request.set_feature_chunks(ctx.chunks);
     }
     v1::CompleteTaskResponse response;
-    auto context = NewContext();
-    const absl::Status sent =
-        FromGrpcStatus(stub_->CompleteTask(context.get(), request, &response));
+    const absl::Status sent = Call(nullptr, "CompleteTask", [&](grpc::ClientContext* c) {
+      return stub_->CompleteTask(c, request, &response);
+    });
     outcome = sent.ok() ? "succeeded" : "report_failed";
     if (!sent.ok()) {
       LogWarning("worker", "task ", ctx.task_id, ": completion not accepted: ", sent.ToString());
@@ -278,8 +300,9 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
     request.set_error(status.ToString());
     request.set_retryable(Retryable(status));
     v1::FailTaskResponse response;
-    auto context = NewContext();
-    const absl::Status sent = FromGrpcStatus(stub_->FailTask(context.get(), request, &response));
+    const absl::Status sent = Call(nullptr, "FailTask", [&](grpc::ClientContext* c) {
+      return stub_->FailTask(c, request, &response);
+    });
     if (!sent.ok()) LogWarning("worker", "task ", ctx.task_id, ": failure not recorded: ", sent.ToString());
   }
   metrics_.tasks->Add({{"kind", kind}, {"outcome", outcome}}).Increment();
@@ -334,8 +357,9 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
     v1::GetFeatureCacheRequest request;
     request.set_cache_key(spec.cache_key());
     v1::FeatureCacheInfo info;
-    auto context = NewContext();
-    RETURN_IF_ERROR(FromGrpcStatus(stub_->GetFeatureCache(context.get(), request, &info)));
+    RETURN_IF_ERROR(Call(&ctx, "GetFeatureCache", [&](grpc::ClientContext* c) {
+      return stub_->GetFeatureCache(c, request, &info);
+    }));
     stored_chunk_rows = info.chunk_rows();
     for (int32_t index : info.present_chunks()) {
       if (index >= static_cast<int32_t>(present.size())) present.resize(index + 1, false);
@@ -386,8 +410,9 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
     chunk->set_labels(std::string(reinterpret_cast<const char*>(images.labels.data() + begin),
                                   (end - begin) * sizeof(int32_t)));
     v1::PutFeatureChunkResponse response;
-    auto context = NewContext();
-    RETURN_IF_ERROR(FromGrpcStatus(stub_->PutFeatureChunk(context.get(), request, &response)));
+    RETURN_IF_ERROR(Call(&ctx, "PutFeatureChunk", [&](grpc::ClientContext* c) {
+      return stub_->PutFeatureChunk(c, request, &response);
+    }));
     metrics_.images->Increment(static_cast<double>(end - begin));
     metrics_.feature_bytes_uploaded->Increment(static_cast<double>(features.size() * 4));
     ctx.work_done += end - begin;
@@ -407,8 +432,9 @@ absl::Status WorkerDaemon::FetchFeatures(TaskContext& ctx, const std::string& ke
   v1::GetFeatureCacheRequest request;
   request.set_cache_key(key);
   v1::FeatureCacheInfo info;
-  auto context = NewContext();
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetFeatureCache(context.get(), request, &info)));
+  RETURN_IF_ERROR(Call(&ctx, "GetFeatureCache", [&](grpc::ClientContext* c) {
+    return stub_->GetFeatureCache(c, request, &info);
+  }));
   if (!info.complete()) {
     return absl::UnavailableError(absl::StrCat("feature cache ", key, " is not complete yet"));
   }
@@ -423,9 +449,9 @@ absl::Status WorkerDaemon::FetchFeatures(TaskContext& ctx, const std::string& ke
     chunk_request.set_cache_key(key);
     chunk_request.set_chunk_index(c);
     v1::FeatureChunk chunk;
-    auto chunk_context = NewContext();
-    RETURN_IF_ERROR(
-        FromGrpcStatus(stub_->GetFeatureChunk(chunk_context.get(), chunk_request, &chunk)));
+    RETURN_IF_ERROR(Call(&ctx, "GetFeatureChunk", [&](grpc::ClientContext* c) {
+      return stub_->GetFeatureChunk(c, chunk_request, &chunk);
+    }));
     const int64_t start = chunk.row_start();
     if (chunk.dim() != info.dim() || start < 0 || start + chunk.num_rows() > info.num_rows() ||
         chunk.features().size() != static_cast<size_t>(chunk.num_rows()) * chunk.dim() * 4 ||
@@ -478,9 +504,9 @@ absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
     v1::GetCheckpointRequest request;
     request.set_task_id(ctx.task_id);
     v1::Checkpoint checkpoint;
-    auto context = NewContext();
-    const absl::Status got =
-        FromGrpcStatus(stub_->GetCheckpoint(context.get(), request, &checkpoint));
+    const absl::Status got = Call(&ctx, "GetCheckpoint", [&](grpc::ClientContext* c) {
+      return stub_->GetCheckpoint(c, request, &checkpoint);
+    });
     if (got.ok()) {
       if (!saved.ParseFromString(checkpoint.data())) {
         return absl::DataLossError(absl::StrCat("task ", ctx.task_id, ": checkpoint does not parse"));
@@ -595,8 +621,9 @@ absl::Status WorkerDaemon::PutCheckpoint(TaskContext& ctx, int64_t step, std::st
   request.set_step(step);
   request.set_data(std::move(data));
   v1::PutCheckpointResponse response;
-  auto context = NewContext();
-  return FromGrpcStatus(stub_->PutCheckpoint(context.get(), request, &response));
+  return Call(&ctx, "PutCheckpoint", [&](grpc::ClientContext* c) {
+    return stub_->PutCheckpoint(c, request, &response);
+  });
 }
 
 }  // namespace sslbench::worker

@@ -4,6 +4,7 @@
 // through the LibTorch-free headers of worker/compute.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -28,6 +29,8 @@ struct WorkerOptions {
   absl::Duration rpc_timeout = absl::Seconds(60);
   // Target size of one uploaded feature chunk.
   int64_t chunk_bytes = 4 << 20;
+  // How long a task's RPCs retry transient failures (coordinator restarts).
+  absl::Duration rpc_retry_window = absl::Seconds(60);
 };
 
 class WorkerMetrics {
@@ -65,6 +68,11 @@ class WorkerDaemon {
                              compute::FeatureMatrix* out);
   void HeartbeatLoop(TaskContext& ctx);
   std::unique_ptr<grpc::ClientContext> NewContext() const;
+  // Runs `rpc` with a fresh context, retrying UNAVAILABLE, DEADLINE_EXCEEDED
+  // and ABORTED with backoff for up to rpc_retry_window, unless the daemon or
+  // the task (`ctx`, may be null) is stopping.
+  absl::Status Call(const TaskContext* ctx, const char* what,
+                    const std::function<grpc::Status(grpc::ClientContext*)>& rpc);
 
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   const WorkerOptions options_;

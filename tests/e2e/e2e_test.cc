@@ -3,6 +3,9 @@
 // Fashion-MNIST as Debian ships it.
 
 #include <grpcpp/grpcpp.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -107,13 +110,15 @@ class EndToEndTest : public ::testing::Test {
   }
 
   // Returns the worker's metrics port.
-  int StartWorker(const std::string& name) {
+  int StartWorker(const std::string& name, std::vector<std::string> extra = {}) {
     const std::string port_file = absl::StrCat(dir_, "/", name, ".metrics-port");
     const std::string log = absl::StrCat(dir_, "/", name, ".log");
-    auto started = Subprocess::Start(
-        {Bin("sslbench-worker"), "--coordinator=" + address_, "--name=" + name, "--threads=2",
-         "--metrics_listen=127.0.0.1:0", "--metrics_port_file=" + port_file},
-        log);
+    std::vector<std::string> argv = {Bin("sslbench-worker"), "--coordinator=" + address_,
+                                     "--name=" + name, "--threads=2",
+                                     "--metrics_listen=127.0.0.1:0",
+                                     "--metrics_port_file=" + port_file};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto started = Subprocess::Start(argv, log);
     EXPECT_TRUE(started.ok()) << started.status();
     if (!started.ok()) return 0;
     workers_.push_back(*std::move(started));
@@ -337,6 +342,48 @@ TEST_F(EndToEndTest, CorruptModelFailsTheStudyWithAClearError) {
   EXPECT_EQ(watched.exit_code, 1) << watched.output;
   EXPECT_THAT(watched.output, HasSubstr("failed to load model"));
   EXPECT_THAT(watched.output, HasSubstr("broken.pt"));
+}
+
+// The coordinator is killed mid-study and restarted on the same database:
+// the worker rides out the gap and the study completes with nothing lost.
+TEST_F(EndToEndTest, CoordinatorRestartMidStudyLosesNothing) {
+  // A fixed port, so the worker finds the restarted coordinator.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const std::string listen = absl::StrCat("--listen=127.0.0.1:", ntohs(addr.sin_port));
+  close(fd);
+
+  StartCoordinator({listen, "--lease_seconds=10", "--heartbeat_ms=500"});
+  StartWorker("worker-1", {"--chunk_kib=64", "--threads=1"});
+  const int64_t study = Submit(WriteStudy(
+      "restart", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n", 30000, 2000));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  bool progressed = false;
+  while (!progressed && std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext context;
+    v1::GetStudyRequest request;
+    request.set_study_id(study);
+    v1::StudyStatus status;
+    ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
+    for (const auto& p : status.progress()) {
+      if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > 2000) progressed = true;
+    }
+    if (!progressed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(progressed);
+  coordinator_->Kill();
+  fs::remove(dir_ + "/coordinator.port");
+  StartCoordinator({listen, "--lease_seconds=10", "--heartbeat_ms=500"});
+
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/worker-1.log");
+  EXPECT_EQ(Results(study).results_size(), 3);
+  EXPECT_THAT(ReadFile(dir_ + "/worker-1.log"), HasSubstr("retrying"));
 }
 
 // A worker killed mid-extraction: its lease expires, another worker resumes
