@@ -231,4 +231,15 @@ int ExitCodeForState(v1::StudyState state) {
   }
 }
 
+absl::StatusOr<v1::CorrelateResponse> Correlate(CoordinatorClient& client,
+                                                const v1::CorrelateRequest& request,
+                                                absl::Duration timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::CorrelateResponse response;
+  const grpc::Status status = client.stub()->Correlate(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 }  // namespace sslbench::client

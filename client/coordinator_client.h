@@ -90,4 +90,12 @@ class StudyWatcher {
 // Exit status of `sslbench watch`: 0 SUCCEEDED, 1 FAILED, 2 CANCELLED.
 int ExitCodeForState(v1::StudyState state);
 
+// StudyService.Correlate. Bootstrap intervals take time on large studies, so
+// the call has its own deadline, `timeout` from now. NOT_FOUND: no such
+// study; INVALID_ARGUMENT: unknown metric; FAILED_PRECONDITION: fewer than 3
+// models have results.
+absl::StatusOr<v1::CorrelateResponse> Correlate(CoordinatorClient& client,
+                                                const v1::CorrelateRequest& request,
+                                                absl::Duration timeout = absl::Minutes(5));
+
 }  // namespace sslbench::client

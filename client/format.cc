@@ -271,4 +271,122 @@ std::vector<std::string> ProgressBars::Lines(const v1::StudyStatus& status,
   return lines;
 }
 
+namespace {
+
+std::string Coef(double v) {
+  return std::isnan(v) ? "n/a" : absl::StrFormat("%.3f", v);
+}
+
+// "0.812 [0.701, 0.903]"; the bare value when there is no interval.
+std::string CoefWithInterval(const v1::Coefficient& c) {
+  if (std::isnan(c.value())) return "n/a";
+  if (std::isnan(c.ci_low()) || std::isnan(c.ci_high())) return Coef(c.value());
+  return absl::StrCat(Coef(c.value()), " [", Coef(c.ci_low()), ", ", Coef(c.ci_high()),
+                      "]");
+}
+
+std::string CsvNumber(double v) {
+  return std::isnan(v) ? "" : absl::StrFormat("%.17g", v);
+}
+
+const v1::CorrelationColumn& ColumnAt(const v1::CorrelateResponse& response, int index) {
+  static const v1::CorrelationColumn* const kEmpty = new v1::CorrelationColumn();
+  return index >= 0 && index < response.columns_size() ? response.columns(index) : *kEmpty;
+}
+
+std::string ColumnCsv(const v1::CorrelationColumn& c) {
+  return absl::StrCat(CsvField(c.protocol()), ",", CsvField(c.variant()), ",",
+                      CsvField(c.subset()), ",", CsvField(c.dataset()));
+}
+
+}  // namespace
+
+std::string FormatCorrelationTable(const v1::CorrelateResponse& response) {
+  std::string out = absl::StrCat("study ", response.study_id(), ": ", response.metric(),
+                                 " over ", response.models_size(), " models, ",
+                                 response.columns_size(), " columns");
+  if (response.bootstrap_resamples() > 0) {
+    absl::StrAppend(&out, "; 95% bootstrap intervals from ", response.bootstrap_resamples(),
+                    " resamples of the models (seed ", response.seed(), ")");
+  }
+  out += "\n\nin-domain columns as predictors of out-of-domain accuracy\n";
+  std::vector<std::vector<std::string>> rows;
+  int rank = 0;
+  for (const auto& p : response.predictors()) {
+    rows.push_back({absl::StrCat(++rank), ColumnAt(response, p.column()).label(),
+                    Coef(p.mean_kendall()), Coef(p.mean_spearman()), Coef(p.min_kendall()),
+                    Coef(p.max_kendall()), absl::StrCat(p.targets())});
+  }
+  if (rows.empty()) {
+    out += "  (none: the study needs datasets with role in-domain and out-of-domain)\n";
+  } else {
+    out += Table({"rank", "in-domain column", "mean tau-b", "mean rho", "min tau-b",
+                  "max tau-b", "targets"},
+                 {true, false, true, true, true, true, true}, rows);
+  }
+  out += "\npairs of columns (models in common: n)\n";
+  rows.clear();
+  for (const auto& pair : response.pairs()) {
+    rows.push_back({ColumnAt(response, pair.x()).label(), ColumnAt(response, pair.y()).label(),
+                    absl::StrCat(pair.n()), CoefWithInterval(pair.pearson()),
+                    CoefWithInterval(pair.spearman()), CoefWithInterval(pair.kendall())});
+  }
+  if (rows.empty()) {
+    out += "  (none: no two columns have 3 models in common)\n";
+  } else {
+    out += Table({"x", "y", "n", "pearson", "spearman", "kendall tau-b"},
+                 {false, false, true, true, true, true}, rows);
+  }
+  return out;
+}
+
+std::string FormatCorrelationCsv(const v1::CorrelateResponse& response) {
+  std::string out =
+      "rank,protocol,variant,subset,dataset,mean_kendall,mean_spearman,min_kendall,"
+      "max_kendall,targets\n";
+  int rank = 0;
+  for (const auto& p : response.predictors()) {
+    absl::StrAppend(&out, ++rank, ",", ColumnCsv(ColumnAt(response, p.column())), ",",
+                    CsvNumber(p.mean_kendall()), ",", CsvNumber(p.mean_spearman()), ",",
+                    CsvNumber(p.min_kendall()), ",", CsvNumber(p.max_kendall()), ",",
+                    p.targets(), "\n");
+  }
+  out +=
+      "\nx_protocol,x_variant,x_subset,x_dataset,y_protocol,y_variant,y_subset,y_dataset,n,"
+      "pearson,pearson_ci_low,pearson_ci_high,spearman,spearman_ci_low,spearman_ci_high,"
+      "kendall,kendall_ci_low,kendall_ci_high\n";
+  for (const auto& pair : response.pairs()) {
+    absl::StrAppend(&out, ColumnCsv(ColumnAt(response, pair.x())), ",",
+                    ColumnCsv(ColumnAt(response, pair.y())), ",", pair.n());
+    for (const v1::Coefficient* c : {&pair.pearson(), &pair.spearman(), &pair.kendall()}) {
+      absl::StrAppend(&out, ",", CsvNumber(c->value()), ",", CsvNumber(c->ci_low()), ",",
+                      CsvNumber(c->ci_high()));
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+std::string FormatCorrelationJson(const v1::CorrelateResponse& response) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(response, &out, options).ok()) {
+    return "{}\n";
+  }
+  if (out.empty() || out.back() != '\n') out += "\n";
+  return out;
+}
+
+absl::StatusOr<std::string> FormatCorrelation(const v1::CorrelateResponse& response,
+                                              const std::string& format) {
+  if (format == "table") return FormatCorrelationTable(response);
+  if (format == "csv") return FormatCorrelationCsv(response);
+  if (format == "json") return FormatCorrelationJson(response);
+  return absl::InvalidArgumentError(
+      absl::StrCat("--format=", format, " is not one of table, csv, json"));
+}
+
 }  // namespace sslbench::client

@@ -62,4 +62,22 @@ class ProgressBars {
   std::map<int, Origin> origins_;  // by TaskKind
 };
 
+// The answer of `sslbench correlate`: the in-domain columns ranked as
+// predictors of out-of-domain accuracy first (mean Kendall tau-b and
+// Spearman rho over the out-of-domain columns), then one line per pair of
+// columns with n and each coefficient with its bootstrap interval.
+// Coefficients have 3 decimals; an undefined one reads "n/a".
+std::string FormatCorrelationTable(const v1::CorrelateResponse& response);
+// Two CSV tables separated by one empty line: the predictors (header
+// "rank,protocol,variant,subset,dataset,mean_kendall,mean_spearman,
+// min_kendall,max_kendall,targets"), then the pairs (each column's four
+// fields for x and for y, n, then value, ci_low, ci_high for pearson,
+// spearman and kendall). Full precision; undefined values are empty fields.
+std::string FormatCorrelationCsv(const v1::CorrelateResponse& response);
+// The response as JSON with the proto field names (NaN reads "NaN").
+std::string FormatCorrelationJson(const v1::CorrelateResponse& response);
+// `format` is "table", "csv" or "json"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::string> FormatCorrelation(const v1::CorrelateResponse& response,
+                                              const std::string& format);
+
 }  // namespace sslbench::client

@@ -38,7 +38,11 @@ ABSL_FLAG(std::string, coordinator, "",
           "./.sslbench/coordinator.addr, else localhost:7070)");
 ABSL_FLAG(std::string, request_id, "",
           "submit: idempotency key; the same key returns the same study");
-ABSL_FLAG(std::string, format, "table", "results: table, csv or json");
+ABSL_FLAG(std::string, format, "table", "results, correlate: table, csv or json");
+ABSL_FLAG(std::string, metric, "top1", "correlate: top1, top5 or mean_per_class");
+ABSL_FLAG(int32_t, bootstrap, 1000,
+          "correlate: bootstrap resamples for the confidence intervals (0: none)");
+ABSL_FLAG(uint64_t, seed, 0, "correlate: seed of the bootstrap");
 ABSL_FLAG(std::string, output, "",
           "artifact: write the bytes to this file (short: -o FILE); unset or '-': "
           "standard output, unless it is a terminal");
@@ -70,6 +74,13 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         3 could not follow it)
   status ID                             the study's state, once
   results ID [--format=table|csv|json]  the study's results
+  correlate ID [--metric=top1|top5|mean_per_class] [--bootstrap=1000]
+            [--format=table|csv|json]   Kendall tau-b, Spearman and Pearson
+                                        between every two result columns over
+                                        the models, with bootstrap intervals;
+                                        in-domain columns ranked as predictors
+                                        of out-of-domain accuracy first;
+                                        --seed=N fixes the resamples
   artifact ID -o FILE                   write a stored artefact (a trained head;
                                         ids in the results' artifact column) to
                                         FILE (or --output=FILE; without it, to
@@ -200,6 +211,36 @@ int CmdResults(const std::vector<std::string>& args) {
     std::fprintf(stderr, "sslbench: study %lld has no results yet\n",
                  static_cast<long long>(id));
   }
+  return kExitOk;
+}
+
+int CmdCorrelate(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string format = absl::GetFlag(FLAGS_format);
+  if (format != "table" && format != "csv" && format != "json") {
+    return Usage(absl::StrCat("--format=", format, " is not one of table, csv, json"));
+  }
+  const std::string metric = absl::GetFlag(FLAGS_metric);
+  if (metric != "top1" && metric != "top5" && metric != "mean_per_class") {
+    return Usage(
+        absl::StrCat("--metric=", metric, " is not one of top1, top5, mean_per_class"));
+  }
+  const int32_t bootstrap = absl::GetFlag(FLAGS_bootstrap);
+  if (bootstrap < 0) return Usage("--bootstrap must be 0 (no intervals) or more");
+  v1::CorrelateRequest request;
+  request.set_study_id(id);
+  request.set_metric(metric);
+  request.set_bootstrap_resamples(bootstrap);
+  request.set_seed(absl::GetFlag(FLAGS_seed));
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address);
+  absl::StatusOr<v1::CorrelateResponse> response = Correlate(client, request);
+  if (!response.ok()) return Fail(response.status(), address);
+  absl::StatusOr<std::string> text = FormatCorrelation(*response, format);
+  if (!text.ok()) return Fail(text.status(), address);
+  std::fputs(text->c_str(), stdout);
   return kExitOk;
 }
 
@@ -563,6 +604,7 @@ int Main(int argc, char** argv) {
   if (command == "watch") return CmdWatch(args);
   if (command == "status") return CmdStatus(args);
   if (command == "results") return CmdResults(args);
+  if (command == "correlate") return CmdCorrelate(args);
   if (command == "cancel") return CmdCancel(args);
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,8 +46,14 @@ int ExitCodeOf(int wait_status) {
 // SIGINT/SIGTERM to sigwait for them; gRPC ignores SIGPIPE); both survive
 // exec, so restore the defaults for the child. On failure, errno goes to
 // `error_fd` (close-on-exec, so the parent reads EOF when exec succeeds).
+// With `parent` set, the child gets SIGTERM when that process dies, so a
+// crashed test or CLI leaves no coordinator or worker behind.
 [[noreturn]] void ExecChild(char* const* argv, int stdin_fd, int out_fd,
-                            int error_fd) {
+                            int error_fd, pid_t parent = 0) {
+  if (parent != 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(127);  // the parent died before prctl
+  }
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -164,9 +171,10 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(
     return SpawnError(argv, e);
   }
   const int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
-    ExecChild(cargv.get(), devnull, log_fd, err_pipe[1]);
+    ExecChild(cargv.get(), devnull, log_fd, err_pipe[1], parent);
   }
   const int fork_errno = errno;
   if (devnull >= 0) close(devnull);

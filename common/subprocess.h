@@ -23,7 +23,8 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv);
 
 // A long-lived child. Its stdout/stderr go to `log_path` (appended) or are
 // inherited when log_path is empty. The destructor stops it (SIGTERM, then
-// SIGKILL after 10 s).
+// SIGKILL after 10 s). If the parent process dies first, the child receives
+// SIGTERM (PR_SET_PDEATHSIG): nothing is left running after a crash.
 class Subprocess {
  public:
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(

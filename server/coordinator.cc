@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "server/analysis/study_analysis.h"
 #include "server/planner.h"
 
 namespace sslbench::server {
@@ -192,6 +193,34 @@ absl::Status Coordinator::RefreshGauges() {
   for (const auto& w : workers) alive += w.alive() ? 1 : 0;
   metrics_->SetWorkersAlive(alive);
   return absl::OkStatus();
+}
+
+absl::StatusOr<v1::CorrelateResponse> Coordinator::Correlate(
+    const v1::CorrelateRequest& request) {
+  analysis::AnalysisOptions options;
+  ASSIGN_OR_RETURN(options.metric, analysis::ParseMetric(request.metric()));
+  options.bootstrap_resamples = request.has_bootstrap_resamples()
+                                    ? request.bootstrap_resamples()
+                                    : kDefaultBootstrapResamples;
+  if (options.bootstrap_resamples < 0 ||
+      options.bootstrap_resamples > kMaxBootstrapResamples) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bootstrap_resamples: ", options.bootstrap_resamples, " is not in [0, ",
+        kMaxBootstrapResamples, "]"));
+  }
+  options.seed = request.seed();
+  ASSIGN_OR_RETURN(v1::StudySpec spec, store_.GetStudySpec(request.study_id()));
+  ASSIGN_OR_RETURN(std::vector<v1::ProbeResult> results,
+                   store_.ListResults(request.study_id()));
+  absl::StatusOr<v1::CorrelateResponse> response =
+      analysis::AnalyzeStudy(spec, results, options);
+  if (!response.ok()) {
+    return absl::Status(response.status().code(),
+                        absl::StrCat("study ", request.study_id(), ": ",
+                                     response.status().message()));
+  }
+  response->set_study_id(request.study_id());
+  return response;
 }
 
 }  // namespace sslbench::server

@@ -34,6 +34,13 @@ class Coordinator {
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
   absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);
+  // Correlations between the study's result columns (see AnalyzeStudy in
+  // server/analysis/study_analysis.h). INVALID_ARGUMENT: unknown metric or
+  // bootstrap_resamples outside [0, kMaxBootstrapResamples]; NOT_FOUND: no
+  // such study; FAILED_PRECONDITION: fewer than 3 models have results.
+  absl::StatusOr<v1::CorrelateResponse> Correlate(const v1::CorrelateRequest& request);
+  static constexpr int kDefaultBootstrapResamples = 1000;
+  static constexpr int kMaxBootstrapResamples = 100000;
 
   // Worker API.
   absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(

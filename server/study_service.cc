@@ -123,4 +123,11 @@ grpc::ServerUnaryReactor* StudyServiceImpl::GetArtifact(
                   [this, request] { return coordinator_.GetArtifact(request->artifact_id()); });
 }
 
+grpc::ServerUnaryReactor* StudyServiceImpl::Correlate(
+    grpc::CallbackServerContext* context, const v1::CorrelateRequest* request,
+    v1::CorrelateResponse* response) {
+  return RunUnary(context, "Correlate", pool_, metrics_, response,
+                  [this, request] { return coordinator_.Correlate(*request); });
+}
+
 }  // namespace sslbench::server

@@ -35,6 +35,9 @@ class StudyServiceImpl final : public v1::StudyService::CallbackService {
   grpc::ServerUnaryReactor* GetArtifact(grpc::CallbackServerContext* context,
                                         const v1::GetArtifactRequest* request,
                                         v1::Artifact* response) override;
+  grpc::ServerUnaryReactor* Correlate(grpc::CallbackServerContext* context,
+                                      const v1::CorrelateRequest* request,
+                                      v1::CorrelateResponse* response) override;
 
  private:
   Coordinator& coordinator_;

@@ -916,4 +916,21 @@ absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> PgStore::CountTasksByS
   return counts;
 }
 
+absl::StatusOr<v1::StudySpec> PgStore::GetStudySpec(int64_t study_id) {
+  v1::StudySpec spec;
+  RETURN_IF_ERROR(Transact("get_study_spec", [&](Txn& t) -> absl::Status {
+    spec.Clear();
+    const auto r = t.work.exec_params("SELECT spec FROM studies WHERE id = $1", study_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
+    }
+    if (!spec.ParseFromString(FromBytes(r[0][0]))) {
+      return absl::DataLossError(
+          absl::StrCat("study ", study_id, ": stored spec does not parse"));
+    }
+    return absl::OkStatus();
+  }));
+  return spec;
+}
+
 }  // namespace sslbench::server

@@ -75,6 +75,7 @@ class PgStore final : public Store {
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id) override;
   absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState()
       override;
+  absl::StatusOr<v1::StudySpec> GetStudySpec(int64_t study_id) override;
 
   class Txn;
 

@@ -135,6 +135,10 @@ class Store {
   // For metrics: tasks by state name ("PENDING", ...).
   virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
   CountTasksByState() = 0;
+
+  // The spec the study was submitted with (as planned, defaults filled in).
+  // NOT_FOUND for an unknown id; DATA_LOSS when the stored spec does not parse.
+  virtual absl::StatusOr<v1::StudySpec> GetStudySpec(int64_t study_id) = 0;
 };
 
 }  // namespace sslbench::server
