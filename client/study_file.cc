@@ -463,12 +463,6 @@ const std::map<std::string, std::string>& ZeroMeansDefault() {
       {"linear.learning_rates", "at least one learning rate is required"},
       {"linear.epochs", "must be in [1, 10000]"},
       {"linear.batch_size", "must be in [1, 1048576]"},
-      {"linear.warmup_epochs",
-       "0 cannot be given: an unset or zero value selects the default, 5 epochs; "
-       "use 1 for the shortest warmup"},
-      {"linear.momentum",
-       "0 cannot be given: an unset or zero value selects the default, 0.9; use a "
-       "small positive value such as 1e-9 for plain SGD"},
       {"linear.val_fraction", "must be in (0, 1)"},
       {"linear.init_std", "must be positive"},
       {"logreg.num_cs", "must be in [1, 1000]"},
@@ -478,16 +472,8 @@ const std::map<std::string, std::string>& ZeroMeansDefault() {
       {"logreg.max_iterations", "must be >= 1"},
       {"logreg.tolerance", "must be positive"},
       {"finetune.learning_rate", "must be a positive number"},
-      {"finetune.momentum",
-       "0 cannot be given: an unset or zero value selects the default, 0.9 with "
-       "sgd; use a small positive value such as 1e-9 for plain SGD"},
       {"finetune.epochs", "must be in [1, 10000]"},
       {"finetune.batch_size", "must be in [1, 65536]"},
-      {"finetune.warmup_epochs",
-       "0 cannot be given: an unset or zero value selects the default, 1 epoch"},
-      {"finetune.label_smoothing",
-       "0 cannot be given: an unset or zero value selects the default, 0.1; use -1 "
-       "for none"},
       {"finetune.min_scale", "must be in (0, 1]"},
       {"few_shot.seeds", "at least one seed is required"},
   };

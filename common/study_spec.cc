@@ -56,11 +56,11 @@ void ApplyStudyDefaults(v1::StudySpec& spec) {
       auto* ft = protocol.mutable_finetune();
       if (ft->optimizer().empty()) ft->set_optimizer("sgd");
       if (ft->learning_rate() == 0) ft->set_learning_rate(0.01);
-      if (ft->momentum() == 0 && ft->optimizer() == "sgd") ft->set_momentum(0.9);
+      if (!ft->has_momentum() && ft->optimizer() == "sgd") ft->set_momentum(0.9);
       if (ft->epochs() == 0) ft->set_epochs(10);
       if (ft->batch_size() == 0) ft->set_batch_size(256);
-      if (ft->warmup_epochs() == 0) ft->set_warmup_epochs(1);
-      if (ft->label_smoothing() == 0) ft->set_label_smoothing(0.1);
+      if (!ft->has_warmup_epochs()) ft->set_warmup_epochs(1);
+      if (!ft->has_label_smoothing()) ft->set_label_smoothing(0.1);
       if (ft->min_scale() == 0) ft->set_min_scale(0.35);
     }
     if (protocol.has_linear()) {
@@ -72,8 +72,8 @@ void ApplyStudyDefaults(v1::StudySpec& spec) {
       }
       if (linear->epochs() == 0) linear->set_epochs(100);
       if (linear->batch_size() == 0) linear->set_batch_size(1024);
-      if (linear->warmup_epochs() == 0) linear->set_warmup_epochs(5);
-      if (linear->momentum() == 0) linear->set_momentum(0.9);
+      if (!linear->has_warmup_epochs()) linear->set_warmup_epochs(5);
+      if (!linear->has_momentum()) linear->set_momentum(0.9);
       if (linear->val_fraction() == 0) linear->set_val_fraction(0.1);
       if (linear->init_std() == 0) linear->set_init_std(0.01);
     }
@@ -243,8 +243,8 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
         return Invalid(f + ".batch_size", "must be in [1, 65536]");
       }
       if (ft.warmup_epochs() < 0) return Invalid(f + ".warmup_epochs", "must be >= 0");
-      if (ft.label_smoothing() != -1 && (ft.label_smoothing() < 0 || ft.label_smoothing() >= 1)) {
-        return Invalid(f + ".label_smoothing", "must be in [0, 1), or -1 for none");
+      if (ft.label_smoothing() < 0 || ft.label_smoothing() >= 1) {
+        return Invalid(f + ".label_smoothing", "must be in [0, 1)");
       }
       if (!(ft.min_scale() > 0 && ft.min_scale() <= 1)) {
         return Invalid(f + ".min_scale", "must be in (0, 1]");

@@ -527,7 +527,7 @@ absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
   options.epochs = params.epochs();
   options.batch_size = params.batch_size();
   options.warmup_epochs = std::min(params.warmup_epochs(), std::max(0, params.epochs() - 1));
-  options.label_smoothing = params.label_smoothing() < 0 ? 0.0 : params.label_smoothing();
+  options.label_smoothing = params.label_smoothing();
   options.batch_norm = params.batch_norm();
   options.min_scale = params.min_scale();
   options.flip = !params.no_flip();

@@ -457,20 +457,24 @@ TEST_F(StudyFileTest, FewShotOnEveryKind) {
 TEST_F(StudyFileTest, FineTuneKind) {
   absl::StatusOr<v1::StudySpec> spec = Parse({Protocols(
       "  - name: ft\n    kind: finetune\n    optimizer: adamw\n    epochs: 2\n"
-      "    label_smoothing: -1\n    few_shot: {shots: 10}\n")});
+      "    label_smoothing: 0\n    warmup_epochs: 0\n    few_shot: {shots: 10}\n")});
   ASSERT_TRUE(spec.ok()) << spec.status();
   ASSERT_TRUE(spec->protocols(0).has_finetune());
   EXPECT_EQ(spec->protocols(0).finetune().optimizer(), "adamw");
   EXPECT_EQ(spec->protocols(0).finetune().epochs(), 2);
-  EXPECT_DOUBLE_EQ(spec->protocols(0).finetune().label_smoothing(), -1);
+  // Explicit zeros are kept (and distinguishable from "unset").
+  EXPECT_TRUE(spec->protocols(0).finetune().has_label_smoothing());
+  EXPECT_DOUBLE_EQ(spec->protocols(0).finetune().label_smoothing(), 0);
+  EXPECT_TRUE(spec->protocols(0).finetune().has_warmup_epochs());
+  EXPECT_EQ(spec->protocols(0).finetune().warmup_epochs(), 0);
   EXPECT_THAT(spec->protocols(0).few_shot().shots(), ElementsAre(10));
 
   EXPECT_THAT(Parse({Protocols("  - name: finetune\n    optimizer: [sgd]\n")}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        "protocols[0].optimizer: expected a string, got a list"));
-  EXPECT_THAT(Parse({Protocols("  - name: finetune\n    label_smoothing: 0\n")}).status(),
+  EXPECT_THAT(Parse({Protocols("  - name: finetune\n    label_smoothing: 1.5\n")}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       "protocols[0].label_smoothing: 0 cannot be given"));
+                       "protocols[0].label_smoothing: must be in [0, 1)"));
   EXPECT_THAT(Parse({Protocols("  - name: finetune\n    ks: [1]\n")}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        "protocols[0].ks: unknown key for a finetune protocol"));
@@ -532,10 +536,8 @@ INSTANTIATE_TEST_SUITE_P(
         // An explicit zero that would silently become the default.
         ErrorCase{"EpochsZero", {Second("  - name: linear\n    epochs: 0\n")}, kInvalid,
                   "protocols[1].epochs: must be in [1, 10000] (line 14)"},
-        ErrorCase{"MomentumZero", {Second("  - name: linear\n    momentum: 0\n")},
-                  kInvalid, "protocols[1].momentum: 0 cannot be given"},
-        ErrorCase{"WarmupZero", {Second("  - name: linear\n    warmup_epochs: 0\n")},
-                  kInvalid, "protocols[1].warmup_epochs: 0 cannot be given"},
+        ErrorCase{"LinearWarmupNegative", {Second("  - name: linear\n    warmup_epochs: -1\n")},
+                  kInvalid, "protocols[1].warmup_epochs: must be >= 0"},
         ErrorCase{"LearningRatesEmpty", {Second("  - name: linear\n    learning_rates: []\n")},
                   kInvalid, "protocols[1].learning_rates: at least one learning rate"},
         ErrorCase{"LinearValFractionZero",
@@ -555,7 +557,7 @@ INSTANTIATE_TEST_SUITE_P(
                   {Second("  - name: logreg\n    few_shot: {shots: 1, seeds: []}\n")},
                   kInvalid, "protocols[1].few_shot.seeds: at least one seed is required"},
         // Impossible values, found after the defaults.
-        ErrorCase{"MomentumOne", {Second("  - name: linear\n    momentum: 1\n")}, kInvalid,
+        ErrorCase{"LinearMomentumOne", {Second("  - name: linear\n    momentum: 1\n")}, kInvalid,
                   "protocols[1].momentum: must be in [0, 1)"},
         ErrorCase{"NegativeWeightDecay",
                   {Second("  - name: linear\n    weight_decay: -0.1\n")}, kInvalid,

@@ -102,6 +102,19 @@ TEST(PlannerTest, FewShotSettingsBecomeOneTaskEachWithAllSeeds) {
   EXPECT_DOUBLE_EQ(params.momentum(), 0.9);
 }
 
+TEST(PlannerTest, ExplicitZeroIsKeptWhereZeroIsMeaningful) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  auto* linear = spec.add_protocols();
+  linear->set_name("plain-sgd");
+  linear->mutable_linear()->set_momentum(0);
+  linear->mutable_linear()->set_warmup_epochs(0);
+  auto plan = PlanStudy(spec, "");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const auto& params = plan->probes[1].spec.protocol().linear();
+  EXPECT_DOUBLE_EQ(params.momentum(), 0);
+  EXPECT_EQ(params.warmup_epochs(), 0);
+}
+
 TEST(PlannerTest, FineTuningAloneNeedsNoFeatureExtraction) {
   v1::StudySpec spec = testing::MakeStudy(2, 1);
   spec.mutable_protocols(0)->Clear();
