@@ -13,7 +13,7 @@ PACKAGES=(
   postgresql postgresql-client
   dataset-fashion-mnist
   # Reference implementations for parity tests and benchmarks only.
-  python3 python3-numpy python3-scipy python3-sklearn
+  python3 python3-numpy python3-scipy python3-sklearn python3-torch
 )
 
 missing=()
