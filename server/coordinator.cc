@@ -169,8 +169,11 @@ absl::StatusOr<int> Coordinator::ReapExpiredLeases() {
         absl::StrCat("lease expired: worker ", lease.worker_id,
                      " stopped sending heartbeats"),
         now);
-    const absl::Status status = store_.ReleaseTask(lease.task_id, lease.token, release, now);
-    if (absl::IsFailedPrecondition(status)) continue;  // another replica got there
+    Release checked = release;
+    checked.only_if_expired_at = now;
+    const absl::Status status = store_.ReleaseTask(lease.task_id, lease.token, checked, now);
+    // Another replica got there, or a heartbeat renewed the lease meanwhile.
+    if (absl::IsFailedPrecondition(status)) continue;
     RETURN_IF_ERROR(status);
     ++released;
     if (metrics_) metrics_->LeaseExpired();

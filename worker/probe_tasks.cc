@@ -35,10 +35,12 @@ std::string Doubles(const std::vector<double>& values) {
                       }), "]");
 }
 
+// `max_k` caps every k: the smallest train set over the task's seeds, so all
+// seeds report the same variants.
 absl::StatusOr<std::vector<Outcome>> RunKnnOnce(const v1::KnnParams& params,
                                                 const compute::FeatureMatrix& train,
                                                 const compute::FeatureMatrix& test,
-                                                int num_classes,
+                                                int num_classes, int64_t max_k,
                                                 const compute::ProgressFn& progress) {
   compute::KnnOptions options;
   options.ks.assign(params.ks().begin(), params.ks().end());
@@ -49,10 +51,10 @@ absl::StatusOr<std::vector<Outcome>> RunKnnOnce(const v1::KnnParams& params,
   options.train_chunk_rows = params.train_chunk_rows();
   // A k larger than the (few-shot) train set is clamped; the result's config
   // records the k actually used.
-  for (int& k : options.ks) k = static_cast<int>(std::min<int64_t>(k, train.rows));
+  for (int& k : options.ks) k = static_cast<int>(std::min<int64_t>(k, max_k));
   std::sort(options.ks.begin(), options.ks.end());
   options.ks.erase(std::unique(options.ks.begin(), options.ks.end()), options.ks.end());
-  options.euclidean_k = static_cast<int>(std::min<int64_t>(options.euclidean_k, train.rows));
+  options.euclidean_k = static_cast<int>(std::min<int64_t>(options.euclidean_k, max_k));
   ASSIGN_OR_RETURN(auto results, compute::RunKnn(train, test, num_classes, options, progress));
   std::vector<Outcome> outcomes;
   for (auto& r : results) {
@@ -289,14 +291,21 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
   std::map<std::string, std::vector<Outcome>> by_variant;
   std::vector<std::string> order;
   std::vector<int64_t> train_rows_used;
+  std::vector<std::vector<int64_t>> subset_rows(seeds.size());
+  int64_t max_k = train.rows;
+  if (few_shot) {
+    for (size_t s = 0; s < seeds.size(); ++s) {
+      subset_rows[s] = compute::SelectFewShot(train.labels, num_classes, spec.subset().shots(),
+                                              spec.subset().fraction(),
+                                              static_cast<uint64_t>(seeds[s]));
+      max_k = std::min<int64_t>(max_k, static_cast<int64_t>(subset_rows[s].size()));
+    }
+  }
   for (size_t s = 0; s < seeds.size(); ++s) {
     const compute::FeatureMatrix* fit = &train;
     compute::FeatureMatrix subset;
     if (few_shot) {
-      const auto rows = compute::SelectFewShot(train.labels, num_classes, spec.subset().shots(),
-                                               spec.subset().fraction(),
-                                               static_cast<uint64_t>(seeds[s]));
-      subset = SelectRows(train, rows);
+      subset = SelectRows(train, subset_rows[s]);
       fit = &subset;
     }
     train_rows_used.push_back(fit->rows);
@@ -311,7 +320,7 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     }
     absl::StatusOr<std::vector<Outcome>> outcomes;
     if (protocol.has_knn()) {
-      outcomes = RunKnnOnce(protocol.knn(), *fit, test, num_classes, seed_progress);
+      outcomes = RunKnnOnce(protocol.knn(), *fit, test, num_classes, max_k, seed_progress);
     } else if (protocol.has_linear()) {
       outcomes = RunLinearOnce(protocol.linear(), seeds[s], *fit, test, num_classes, seed_progress);
     } else {

@@ -210,7 +210,11 @@ void WorkerDaemon::HeartbeatLoop(TaskContext& ctx) {
     request.set_work_done(ctx.work_done);
     request.set_work_total(ctx.work_total);
     v1::HeartbeatResponse response;
-    auto context = NewContext();
+    // A heartbeat stuck on an unresponsive replica must not outlast the
+    // lease: give it no longer than the interval, then try again.
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoMilliseconds(heartbeat_interval_));
     const absl::Status status =
         FromGrpcStatus(stub_->Heartbeat(context.get(), request, &response));
     if (absl::IsFailedPrecondition(status) || absl::IsNotFound(status)) {
@@ -258,13 +262,26 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
     status = absl::InvalidArgumentError(absl::StrCat("task kind ", ctx.spec.kind(),
                                                      " is not supported by this worker"));
   }
-  ctx.finished.Notify();
-  heartbeat.join();
-  metrics_.busy->Set(0);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+  // Heartbeats go on until the outcome is acknowledged: reporting may retry
+  // through a coordinator restart, and the lease must outlive that.
   std::string outcome;
+  auto report_failure = [&](const absl::Status& failure, bool retryable) {
+    v1::FailTaskRequest request;
+    request.set_task_id(ctx.task_id);
+    request.set_lease_token(ctx.token);
+    request.set_error(failure.ToString());
+    request.set_retryable(retryable);
+    v1::FailTaskResponse response;
+    const absl::Status sent = Call(&ctx, "FailTask", [&](grpc::ClientContext* c) {
+      return stub_->FailTask(c, request, &response);
+    });
+    if (!sent.ok()) {
+      LogWarning("worker", "task ", ctx.task_id, ": failure not recorded: ", sent.ToString());
+    }
+  };
   if (ctx.lease_lost) {
     outcome = "lease_lost";
   } else if (ctx.cancelled) {
@@ -280,12 +297,18 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
       request.set_feature_chunks(ctx.chunks);
     }
     v1::CompleteTaskResponse response;
-    const absl::Status sent = Call(nullptr, "CompleteTask", [&](grpc::ClientContext* c) {
+    const absl::Status sent = Call(&ctx, "CompleteTask", [&](grpc::ClientContext* c) {
       return stub_->CompleteTask(c, request, &response);
     });
     outcome = sent.ok() ? "succeeded" : "report_failed";
     if (!sent.ok()) {
       LogWarning("worker", "task ", ctx.task_id, ": completion not accepted: ", sent.ToString());
+      // A rejection other than a lost lease is the task's real error: record
+      // it rather than let the lease expire and hide it.
+      if (!absl::IsFailedPrecondition(sent) && !absl::IsUnavailable(sent) &&
+          !absl::IsDeadlineExceeded(sent)) {
+        report_failure(sent, Retryable(sent));
+      }
     } else {
       LogInfo("worker", "task ", ctx.task_id, " done in ", absl::StrFormat("%.1f", seconds), " s");
     }
@@ -294,17 +317,11 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
   } else {
     outcome = "failed";
     LogWarning("worker", "task ", ctx.task_id, " failed: ", status.ToString());
-    v1::FailTaskRequest request;
-    request.set_task_id(ctx.task_id);
-    request.set_lease_token(ctx.token);
-    request.set_error(status.ToString());
-    request.set_retryable(Retryable(status));
-    v1::FailTaskResponse response;
-    const absl::Status sent = Call(nullptr, "FailTask", [&](grpc::ClientContext* c) {
-      return stub_->FailTask(c, request, &response);
-    });
-    if (!sent.ok()) LogWarning("worker", "task ", ctx.task_id, ": failure not recorded: ", sent.ToString());
+    report_failure(status, Retryable(status));
   }
+  ctx.finished.Notify();
+  heartbeat.join();
+  metrics_.busy->Set(0);
   metrics_.tasks->Add({{"kind", kind}, {"outcome", outcome}}).Increment();
   metrics_.task_duration
       ->Add({{"kind", kind}},

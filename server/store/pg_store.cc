@@ -158,6 +158,12 @@ std::unique_ptr<PgStore::Conn> PgStore::Acquire() {
   return nullptr;  // the caller opens a new connection in the slot it holds
 }
 
+void PgStore::DropIdleConnections() {
+  absl::MutexLock lock(&mu_);
+  open_ -= static_cast<int>(idle_.size());
+  idle_.clear();
+}
+
 void PgStore::Return(std::unique_ptr<Conn> conn) {
   absl::MutexLock lock(&mu_);
   if (conn && conn->c.is_open()) {
@@ -190,8 +196,10 @@ absl::Status PgStore::Transact(absl::string_view op,
           op, ": connection lost during commit; outcome unknown: ", e.what()));
     } catch (const pqxx::broken_connection& e) {
       conn.reset();
-      // A restarted database drops every pooled connection: retry once on a
-      // fresh one before reporting the database unreachable.
+      // A restarted database drops every pooled connection: forget the idle
+      // ones too, and retry once on a fresh one before reporting the
+      // database unreachable.
+      DropIdleConnections();
       if (!reconnected) {
         reconnected = true;
         retry = true;
@@ -206,9 +214,21 @@ absl::Status PgStore::Transact(absl::string_view op,
     } catch (const pqxx::unique_violation& e) {
       result = absl::AlreadyExistsError(absl::StrCat(op, ": ", e.what()));
     } catch (const pqxx::sql_error& e) {
-      result = absl::InternalError(
-          absl::StrCat(op, ": database error: ", e.what(), " (query: ",
-                       e.query().substr(0, 200), ")"));
+      // Class 57 (operator intervention, e.g. admin_shutdown) and 08
+      // (connection exception): the server went away mid-session.
+      const std::string& state = e.sqlstate();
+      if (state.rfind("57", 0) == 0 || state.rfind("08", 0) == 0) {
+        conn.reset();
+        DropIdleConnections();
+        retry = !reconnected;
+        reconnected = true;
+        result = absl::UnavailableError(
+            absl::StrCat(op, ": database unavailable: ", e.what()));
+      } else {
+        result = absl::InternalError(
+            absl::StrCat(op, ": database error: ", e.what(), " (query: ",
+                         e.query().substr(0, 200), ")"));
+      }
     } catch (const std::exception& e) {
       result = absl::InternalError(absl::StrCat(op, ": ", e.what()));
     }
@@ -322,7 +342,15 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
           extract.cache_key);
       const bool complete = cache[0][0].as<bool>();
       const int64_t producer = cache[0][1].as<int64_t>();
-      const std::string producer_state = cache[0][2].as<std::string>();
+      std::string producer_state = cache[0][2].as<std::string>();
+      if (producer != 0 && !complete) {
+        // Lock the producer so a concurrent CancelStudy waits for this
+        // transaction (and then sees the dependency on it), and read its
+        // state as of that lock.
+        const auto locked = w.exec_params(
+            "SELECT state FROM tasks WHERE id = $1 FOR SHARE", producer);
+        producer_state = locked.empty() ? std::string() : locked[0][0].as<std::string>();
+      }
       if (complete) {
         producers[extract.cache_key] = 0;
         ++created.reused_features;
@@ -425,6 +453,14 @@ absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id,
       return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
     }
     if (s[0][0].as<std::string>() != "RUNNING") return absl::OkStatus();
+    // Lock the study's unfinished tasks first: a CreateStudy that is adding
+    // a dependency on one of them holds it FOR SHARE, so this waits for it to
+    // commit, and the UPDATE below (a new statement, a new snapshot in READ
+    // COMMITTED) then sees that dependency.
+    w.exec_params(
+        "SELECT id FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED') "
+        "ORDER BY id FOR UPDATE",
+        study_id);
     // Keep extractions that a task of another running study waits for.
     w.exec_params(
         "UPDATE tasks t SET state = 'CANCELLED', finished_us = $2, "
@@ -630,7 +666,7 @@ absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
   return Transact("release_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     const auto r = w.exec_params(
-        "SELECT state, lease_token, study_id, lease_worker FROM tasks "
+        "SELECT state, lease_token, study_id, lease_worker, lease_deadline_us FROM tasks "
         "WHERE id = $1 FOR UPDATE",
         task_id);
     if (r.empty()) {
@@ -640,6 +676,11 @@ absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
     const int64_t current = r[0][1].as<int64_t>();
     if (current != token || state != "LEASED") {
       return StaleToken(task_id, token, current, state);
+    }
+    if (release.only_if_expired_at &&
+        r[0][4].as<int64_t>() >= Us(*release.only_if_expired_at)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("task ", task_id, ": lease was renewed; not expired"));
     }
     const int64_t study_id = r[0][2].as<int64_t>();
     w.exec_params(
@@ -697,6 +738,18 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
       const int min_dim = c[0][2].as<int>();
       const int max_dim = c[0][3].as<int>();
       const int64_t max_index = c[0][4].as<int64_t>();
+      // Chunks must tile the rows: each starts where the previous one ended.
+      const auto gaps = w.exec_params(
+          "SELECT count(*) FROM (SELECT row_start, COALESCE(sum(num_rows) OVER ("
+          "ORDER BY chunk_index ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
+          "AS expected FROM feature_chunks WHERE cache_key = $1) x "
+          "WHERE row_start <> expected",
+          cache_key);
+      if (gaps[0][0].as<int64_t>() != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task ", task_id, ": ", gaps[0][0].as<int64_t>(),
+            " feature chunks do not start where the previous chunk ends"));
+      }
       if (chunks != extract.chunks || rows != extract.rows ||
           max_index != chunks - 1 || min_dim != max_dim ||
           min_dim != extract.dim || chunks == 0) {

@@ -90,6 +90,8 @@ class PgStore final : public Store {
   explicit PgStore(PgStoreOptions options);
   std::unique_ptr<Conn> Acquire();
   void Return(std::unique_ptr<Conn> conn);
+  // Closes the idle pooled connections (after the server went away).
+  void DropIdleConnections();
 
   const PgStoreOptions options_;
   absl::Mutex mu_;

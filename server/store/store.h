@@ -57,6 +57,10 @@ struct Release {
   bool fail = false;
   absl::Time not_before;
   std::string error;
+  // Set by the lease reaper: release only if the lease's deadline is still
+  // before this time when the task is locked (a heartbeat may have renewed it
+  // since the expired leases were listed); FAILED_PRECONDITION otherwise.
+  std::optional<absl::Time> only_if_expired_at;
 };
 
 struct ExtractCompletion {

@@ -254,6 +254,58 @@ TEST_F(PgStoreTest, ExpiredLeaseIsRequeuedThenFailsAfterMaxAttempts) {
   EXPECT_EQ(failed_probes, 1);
 }
 
+TEST_F(PgStoreTest, ReaperLeavesALeaseRenewedAfterItWasListed) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  clock_.Advance(absl::Seconds(31));
+  auto expired = store_->FindExpiredLeases(clock_.Now(), 10);
+  ASSERT_TRUE(expired.ok());
+  ASSERT_EQ(expired->size(), 1u);
+  // A heartbeat lands between listing and releasing.
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+  ASSERT_TRUE(coordinator_->Heartbeat(hb).ok());
+  Release release;
+  release.error = "lease expired";
+  release.only_if_expired_at = clock_.Now();
+  EXPECT_EQ(store_->ReleaseTask(lease.task_id(), lease.lease_token(), release, clock_.Now()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // The worker still holds its lease.
+  EXPECT_TRUE(coordinator_->Heartbeat(hb).ok());
+}
+
+TEST_F(PgStoreTest, OverlappingChunksCannotComplete) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  for (int c = 0; c < 2; ++c) {
+    v1::PutFeatureChunkRequest put;
+    put.set_task_id(lease.task_id());
+    put.set_lease_token(lease.lease_token());
+    auto* chunk = put.mutable_chunk();
+    chunk->set_cache_key(lease.spec().cache_key());
+    chunk->set_chunk_index(c);
+    chunk->set_row_start(c);  // chunk 1 overlaps chunk 0 (rows 0-1)
+    chunk->set_num_rows(2);
+    chunk->set_dim(1);
+    chunk->set_features(std::string(8, '\0'));
+    chunk->set_labels(std::string(8, '\0'));
+    ASSERT_TRUE(coordinator_->PutFeatureChunk(put).ok());
+  }
+  v1::CompleteTaskRequest complete;
+  complete.set_task_id(lease.task_id());
+  complete.set_lease_token(lease.lease_token());
+  complete.set_feature_rows(4);
+  complete.set_feature_dim(1);
+  complete.set_feature_chunks(2);
+  const absl::Status status = coordinator_->CompleteTask(complete);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("do not start where"));
+}
+
 TEST_F(PgStoreTest, StaleFencingTokenIsRejected) {
   Submit(testing::MakeStudy(1, 1));
   const int64_t w1 = Register("w1");
