@@ -126,8 +126,17 @@ absl::StatusOr<v1::FailTaskResponse> Coordinator::FailTask(
   const absl::Time now = clock_.Now();
   const std::string error =
       request.error().empty() ? std::string("worker reported a failure") : request.error();
-  const Release release = DecideRelease(policy_, leased.attempts, leased.max_attempts,
-                                        request.retryable(), error, now);
+  Release release;
+  if (request.preempted()) {
+    // A worker shutting down (rolling restart, node drain) is not the task's
+    // fault: back to the queue now, and the attempt is not counted.
+    release.not_before = now;
+    release.error = absl::StrCat("preempted: ", error);
+    release.refund_attempt = true;
+  } else {
+    release = DecideRelease(policy_, leased.attempts, leased.max_attempts,
+                            request.retryable(), error, now);
+  }
   RETURN_IF_ERROR(store_.ReleaseTask(request.task_id(), request.lease_token(), release, now));
   LogWarning("coordinator", "task ", request.task_id(), " attempt ", leased.attempts,
              " failed", release.fail ? " for good" : ", will retry", ": ", error);

@@ -268,12 +268,14 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
   // Heartbeats go on until the outcome is acknowledged: reporting may retry
   // through a coordinator restart, and the lease must outlive that.
   std::string outcome;
-  auto report_failure = [&](const absl::Status& failure, bool retryable) {
+  auto report_failure = [&](const absl::Status& failure, bool retryable,
+                            bool preempted = false) {
     v1::FailTaskRequest request;
     request.set_task_id(ctx.task_id);
     request.set_lease_token(ctx.token);
     request.set_error(failure.ToString());
     request.set_retryable(retryable);
+    request.set_preempted(preempted);
     v1::FailTaskResponse response;
     const absl::Status sent = Call(&ctx, "FailTask", [&](grpc::ClientContext* c) {
       return stub_->FailTask(c, request, &response);
@@ -313,7 +315,10 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
       LogInfo("worker", "task ", ctx.task_id, " done in ", absl::StrFormat("%.1f", seconds), " s");
     }
   } else if (stop_.HasBeenNotified() && absl::IsCancelled(status)) {
-    outcome = "interrupted";  // the lease will expire and the task requeue
+    // Shutting down: hand the task back now instead of letting the lease
+    // expire (which would cost an attempt and the lease's duration).
+    outcome = "interrupted";
+    report_failure(absl::CancelledError("worker shutting down"), true, /*preempted=*/true);
   } else {
     outcome = "failed";
     LogWarning("worker", "task ", ctx.task_id, " failed: ", status.ToString());

@@ -689,8 +689,9 @@ absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
     if (!release.fail) {
       w.exec_params(
           "UPDATE tasks SET state = 'PENDING', lease_worker = 0, "
-          "not_before_us = $2, last_error = $3 WHERE id = $1",
-          task_id, Us(release.not_before), release.error);
+          "not_before_us = $2, last_error = $3, "
+          "attempts = GREATEST(attempts - $4, 0) WHERE id = $1",
+          task_id, Us(release.not_before), release.error, release.refund_attempt ? 1 : 0);
       return absl::OkStatus();
     }
     w.exec_params(

@@ -61,6 +61,8 @@ struct Release {
   // before this time when the task is locked (a heartbeat may have renewed it
   // since the expired leases were listed); FAILED_PRECONDITION otherwise.
   std::optional<absl::Time> only_if_expired_at;
+  // The attempt does not count towards max_attempts (a preempted worker).
+  bool refund_attempt = false;
 };
 
 struct ExtractCompletion {

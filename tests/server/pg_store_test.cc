@@ -373,6 +373,29 @@ TEST_F(PgStoreTest, RetryableFailureRequeuesPermanentFailureFailsStudy) {
   EXPECT_THAT(status.error(), HasSubstr("failed to load model"));
 }
 
+TEST_F(PgStoreTest, PreemptedWorkerHandsTheTaskBackWithoutUsingAnAttempt) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.set_max_attempts(1);
+  Submit(spec);
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  ASSERT_EQ(lease.attempt(), 1);
+  v1::FailTaskRequest fail;
+  fail.set_task_id(lease.task_id());
+  fail.set_lease_token(lease.lease_token());
+  fail.set_error("worker shutting down");
+  fail.set_retryable(true);
+  fail.set_preempted(true);
+  auto r = coordinator_->FailTask(fail);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->state(), v1::TASK_STATE_PENDING);  // despite max_attempts = 1
+  // Runnable at once (no backoff), as attempt 1 again.
+  auto again = Lease(worker);
+  while (again.task_id() != 0 && again.task_id() != lease.task_id()) again = Lease(worker);
+  ASSERT_EQ(again.task_id(), lease.task_id());
+  EXPECT_EQ(again.attempt(), 1);
+}
+
 TEST_F(PgStoreTest, SecondStudyReusesCompleteFeatureCaches) {
   const int64_t first = Submit(testing::MakeStudy(2, 1, "first"));
   const int64_t worker = Register();
