@@ -156,6 +156,24 @@ class EndToEndTest : public ::testing::Test {
     return artifact;
   }
 
+  // Polls the study until a running extraction reports more than `rows`
+  // images done (up to 2 minutes): the moment to interrupt something.
+  bool WaitForExtractedRows(int64_t study, int64_t rows) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline) {
+      grpc::ClientContext context;
+      v1::GetStudyRequest request;
+      request.set_study_id(study);
+      v1::StudyStatus status;
+      if (!studies_->GetStudy(&context, request, &status).ok()) return false;
+      for (const auto& p : status.progress()) {
+        if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > rows) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
   bool HasCheckpoint(int64_t task_id) {
     grpc::ClientContext context;
     v1::GetCheckpointRequest request;
@@ -362,19 +380,7 @@ TEST_F(EndToEndTest, CoordinatorRestartMidStudyLosesNothing) {
   StartWorker("worker-1", {"--chunk_kib=64", "--threads=1"});
   const int64_t study = Submit(WriteStudy(
       "restart", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n", 30000, 2000));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  bool progressed = false;
-  while (!progressed && std::chrono::steady_clock::now() < deadline) {
-    grpc::ClientContext context;
-    v1::GetStudyRequest request;
-    request.set_study_id(study);
-    v1::StudyStatus status;
-    ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
-    for (const auto& p : status.progress()) {
-      if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > 2000) progressed = true;
-    }
-    if (!progressed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const bool progressed = WaitForExtractedRows(study, 2000);
   ASSERT_TRUE(progressed);
   coordinator_->Kill();
   fs::remove(dir_ + "/coordinator.port");
@@ -402,19 +408,7 @@ TEST_F(EndToEndTest, WorkerKilledMidTaskIsReplacedWithoutLosingChunks) {
   const int64_t study = Submit(study_file);
 
   // Wait until the victim has stored some chunks of its extraction.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  bool progressed = false;
-  while (!progressed && std::chrono::steady_clock::now() < deadline) {
-    grpc::ClientContext context;
-    v1::GetStudyRequest request;
-    request.set_study_id(study);
-    v1::StudyStatus status;
-    ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
-    for (const auto& p : status.progress()) {
-      if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > 2000) progressed = true;
-    }
-    if (!progressed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const bool progressed = WaitForExtractedRows(study, 2000);
   ASSERT_TRUE(progressed) << ReadFile(worker_log);
   (*victim)->Kill();
 
