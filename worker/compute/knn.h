@@ -24,13 +24,23 @@ struct KnnOptions {
   // algorithm="brute")): vote = 1 / distance; a zero distance takes all the
   // weight. 0 disables it.
   int euclidean_k = 20;
+  // Euclidean search strategy: the dimension p of the principal subspace
+  // whose lower bound rules out most train rows before any exact distance is
+  // computed (-1: automatic: 127 up to dim 1279, 191 for dim 2048, at most
+  // 255, none below dim 256 or 4096 train rows; 0: none, every distance
+  // from the full float32 product; else 1 <= p < dim). The neighbours found
+  // are the same either way; only speed and memory differ.
+  int euclidean_projection_dim = -1;
   // Memory bound: each thread computes similarities for a block of at most
   // test_chunk_rows test rows x train_chunk_rows train rows at a time (fewer
   // train rows when a cache-sized tile is smaller), so peak extra memory is
   // O(threads * (test_chunk_rows * (train_chunk_rows + max k) +
   // train_chunk_rows * dim)) plus one float per train row (norms):
   // independent of the number of test rows and, but for those 4 bytes per
-  // row, of the number of train rows.
+  // row, of the number of train rows. The projected Euclidean search adds
+  // its projected train rows only while they fit in train_chunk_rows x dim
+  // floats (else it recomputes them per block of test rows), and lists of
+  // about 1024 candidates (16 bytes each) for each of at most 512 test rows.
   int64_t test_chunk_rows = 1024;
   int64_t train_chunk_rows = 16384;
 };
@@ -59,6 +69,31 @@ absl::StatusOr<std::vector<KnnResult>> RunKnn(const FeatureMatrix& train,
                                               int num_classes,
                                               const KnnOptions& options,
                                               const ProgressFn& progress = {});
+
+// A train row and its squared Euclidean distance (computed in float64) to a
+// test row.
+struct EuclideanNeighbour {
+  double sq_distance;
+  int64_t index;
+};
+
+// How EuclideanNeighbours (and the Euclidean variant of RunKnn) searched.
+struct EuclideanSearchStats {
+  int64_t projection_dim = 0;  // 0: the direct search only
+  int64_t projected_rows = 0;  // test rows settled by the projected search
+  int64_t rechecked_rows = 0;  // of which needed a second pass
+  int64_t direct_rows = 0;     // test rows searched with the full product
+  int64_t verified = 0;        // exact distances the projected search computed
+};
+
+// The options.euclidean_k nearest train rows of every test row, nearest
+// first, ties to the lower train index: the neighbours the Euclidean variant
+// votes with, exactly those of a float64 brute-force search. Labels are not
+// used. Memory: test.rows x k entries besides RunKnn's.
+absl::StatusOr<std::vector<std::vector<EuclideanNeighbour>>>
+EuclideanNeighbours(const FeatureMatrix& train, const FeatureMatrix& test,
+                    const KnnOptions& options,
+                    EuclideanSearchStats* stats = nullptr);
 
 // Metrics from per-class scores: `scores` is row-major [labels.size(),
 // num_classes]; ties resolve to the lowest class index (as numpy's argmax).

@@ -4,7 +4,7 @@
 //   sslbench-knn-bench --root DIR [--dim 784|D] [--threads N]
 //       [--train-rows N] [--test-rows N] [--write-features DIR]
 //       [--test-chunk-rows N] [--train-chunk-rows N] [--skip-matmul]
-//       [--only cosine|euclidean]
+//       [--only cosine|euclidean] [--projection-dim -1|0|P]
 //   sslbench-knn-bench --root DIR --memory [--dim D] [--threads N]
 //
 // Features: the raw pixels / 255 of an IDX dataset (Fashion-MNIST: D = 784),
@@ -72,6 +72,7 @@ struct Args {
   int64_t test_chunk_rows = KnnOptions().test_chunk_rows;
   int64_t train_chunk_rows = KnnOptions().train_chunk_rows;
   bool skip_matmul = false;
+  int projection_dim = -1;  // KnnOptions::euclidean_projection_dim
   std::string only;  // "cosine" or "euclidean": time that variant alone
   bool memory = false;
   bool memory_child = false;
@@ -83,7 +84,7 @@ int Usage() {
       "usage: sslbench-knn-bench [--root DIR] [--dim D] [--threads N] "
       "[--train-rows N] [--test-rows N] [--write-features DIR] "
       "[--test-chunk-rows N] [--train-chunk-rows N] [--skip-matmul] "
-      "[--only cosine|euclidean] [--memory]\n");
+      "[--only cosine|euclidean] [--projection-dim -1|0|P] [--memory]\n");
   return 2;
 }
 
@@ -220,6 +221,7 @@ KnnOptions Euclidean(const Args& args) {
   KnnOptions o = Cosine(args);
   o.ks.clear();
   o.euclidean_k = 20;
+  o.euclidean_projection_dim = args.projection_dim;
   return o;
 }
 
@@ -463,6 +465,8 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(argv[++i], &args.train_chunk_rows)) return Usage();
     } else if (arg == "--write-features" && has_value) {
       args.write_features = argv[++i];
+    } else if (arg == "--projection-dim" && has_value) {
+      if (!absl::SimpleAtoi(argv[++i], &args.projection_dim)) return Usage();
     } else if (arg == "--only" && has_value) {
       args.only = argv[++i];
       if (args.only != "cosine" && args.only != "euclidean") return Usage();

@@ -427,6 +427,184 @@ TEST_F(KnnTest, EuclideanMatchesTheNaiveReference) {
   }
 }
 
+// The k nearest by a float64 brute-force search: squared distances summed in
+// index order, sorted by (distance, train index).
+std::vector<std::vector<EuclideanNeighbour>> BruteForce(
+    const FeatureMatrix& train, const FeatureMatrix& test, int k) {
+  std::vector<std::vector<EuclideanNeighbour>> all;
+  std::vector<EuclideanNeighbour> d(train.rows);
+  for (int64_t q = 0; q < test.rows; ++q) {
+    for (int64_t t = 0; t < train.rows; ++t) {
+      double s = 0;
+      for (int64_t i = 0; i < train.dim; ++i) {
+        const double diff = double{test.data[q * test.dim + i]} -
+                            double{train.data[t * train.dim + i]};
+        s += diff * diff;
+      }
+      d[t] = {s, t};
+    }
+    std::partial_sort(d.begin(), d.begin() + k, d.end(),
+                      [](const EuclideanNeighbour& a, const EuclideanNeighbour& b) {
+                        return a.sq_distance < b.sq_distance ||
+                               (a.sq_distance == b.sq_distance && a.index < b.index);
+                      });
+    all.emplace_back(d.begin(), d.begin() + k);
+  }
+  return all;
+}
+
+void ExpectSameNeighbours(
+    const std::vector<std::vector<EuclideanNeighbour>>& got,
+    const std::vector<std::vector<EuclideanNeighbour>>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  int64_t wrong_rows = 0;
+  for (size_t q = 0; q < got.size(); ++q) {
+    bool same = got[q].size() == want[q].size();
+    for (size_t i = 0; same && i < got[q].size(); ++i) {
+      same = got[q][i].index == want[q][i].index &&
+             got[q][i].sq_distance == want[q][i].sq_distance;
+    }
+    if (!same && ++wrong_rows <= 3) {
+      ADD_FAILURE() << "test row " << q << ": first neighbour "
+                    << (got[q].empty() ? -1 : got[q][0].index) << " vs "
+                    << want[q][0].index;
+    }
+  }
+  EXPECT_EQ(wrong_rows, 0);
+}
+
+// Image-like features: most of the variance in a few directions (a random
+// rotation of `rank` latent factors of decreasing scale, plus class means),
+// a little spread over all others, and a large common offset that makes
+// float32 ||x||^2 + ||y||^2 - 2xy lossy.
+FeatureMatrix LowRank(int64_t rows, int64_t dim, int rank, int num_classes,
+                      uint32_t seed) {
+  std::mt19937 basis_gen(77);  // the same directions for train and test
+  std::normal_distribution<float> normal;
+  std::vector<float> directions(static_cast<size_t>(rank * dim));
+  for (float& v : directions) v = normal(basis_gen) / std::sqrt(float(dim));
+  std::vector<float> class_means(static_cast<size_t>(num_classes * rank));
+  for (float& v : class_means) v = 3 * normal(basis_gen);
+  std::mt19937 gen(seed);
+  FeatureMatrix m;
+  m.rows = rows;
+  m.dim = dim;
+  m.data.assign(static_cast<size_t>(rows * dim), 0.0f);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t label = static_cast<int32_t>(gen() % num_classes);
+    m.labels.push_back(label);
+    float* row = m.data.data() + i * dim;
+    for (int f = 0; f < rank; ++f) {
+      const float c = class_means[label * rank + f] + normal(gen) * 4.0f / (1 + f);
+      for (int64_t d = 0; d < dim; ++d) row[d] += c * directions[f * dim + d];
+    }
+    for (int64_t d = 0; d < dim; ++d) row[d] += 0.05f * normal(gen) + 40.0f;
+  }
+  return m;
+}
+
+TEST_F(KnnTest, ProjectedEuclideanSearchEqualsBruteForce) {
+  const FeatureMatrix train = LowRank(3000, 96, 10, 5, 11);
+  FeatureMatrix test = LowRank(150, 96, 10, 5, 12);
+  // Exact duplicates of train rows: zero distances.
+  std::copy_n(train.data.begin(), 5 * 96, test.data.begin());
+  const auto want = BruteForce(train, test, 10);
+  KnnOptions o = EuclideanOnly(10);
+  o.test_chunk_rows = 40;
+  for (int64_t train_chunk : {int64_t{16384}, int64_t{64}}) {
+    SCOPED_TRACE(train_chunk);
+    // The projections are kept (16384 x 96 floats hold them) or recomputed
+    // per block (64 x 96 do not).
+    o.train_chunk_rows = train_chunk;
+    o.euclidean_projection_dim = 15;
+    EuclideanSearchStats stats;
+    auto got = EuclideanNeighbours(train, test, o, &stats);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameNeighbours(*got, want);
+    EXPECT_EQ(stats.projection_dim, 15);
+    EXPECT_GT(stats.projected_rows, test.rows / 2);
+    EXPECT_GT(stats.verified, 0);
+    // Far fewer exact distances than train rows per test row.
+    EXPECT_LT(stats.verified, test.rows * train.rows / 10);
+  }
+  o.euclidean_projection_dim = 0;
+  EuclideanSearchStats stats;
+  auto direct = EuclideanNeighbours(train, test, o, &stats);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ExpectSameNeighbours(*direct, want);
+  EXPECT_EQ(stats.projection_dim, 0);
+  EXPECT_EQ(stats.direct_rows, test.rows);
+}
+
+TEST_F(KnnTest, ProjectedEuclideanSearchRechecksRowsTheBoundCannotSplit) {
+  // 2000 train rows share their first 8 coordinates, which carry almost all
+  // the variance of the set, and differ only by +-0.1 in the other 24: the
+  // bound from the principal subspace is about the same for all of them, so
+  // a test row in that group has far more candidates than its list holds
+  // and is searched again; the distances to the group are a few values
+  // (Hamming distances), so ties must go to the lower index.
+  const int64_t dim = 32;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal;
+  const auto make = [&](int64_t rows, int64_t group_rows) {
+    FeatureMatrix m;
+    m.rows = rows;
+    m.dim = dim;
+    for (int64_t i = 0; i < rows; ++i) {
+      const bool grouped = i < group_rows;
+      for (int64_t d = 0; d < dim; ++d) {
+        float v;
+        if (d < 8) {
+          v = grouped ? 1.0f + static_cast<float>(d) : 10.0f * normal(gen);
+        } else {
+          v = grouped ? ((gen() & 1) ? 0.1f : -0.1f) : 0.1f * normal(gen);
+        }
+        m.data.push_back(v);
+      }
+      m.labels.push_back(m.data[i * dim + 8] > 0 ? 1 : 0);
+    }
+    return m;
+  };
+  const FeatureMatrix train = make(5000, 2000);
+  const FeatureMatrix test = make(100, 6);
+  const auto want = BruteForce(train, test, 5);
+  KnnOptions o = EuclideanOnly(5);
+  o.euclidean_projection_dim = 8;
+  EuclideanSearchStats stats;
+  auto got = EuclideanNeighbours(train, test, o, &stats);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameNeighbours(*got, want);
+  EXPECT_GE(stats.rechecked_rows, 6);
+  EXPECT_EQ(stats.direct_rows, 0);
+}
+
+TEST_F(KnnTest, ProjectedEuclideanSearchHandsUnstructuredFeaturesToDirect) {
+  // Independent Gaussian coordinates: no direction dominates, the bound
+  // prunes almost nothing, and the search falls back to the full product.
+  const FeatureMatrix train = Random(3000, 128, 4, 21);
+  const FeatureMatrix test = Random(300, 128, 4, 22);
+  const auto want = BruteForce(train, test, 7);
+  KnnOptions o = EuclideanOnly(7);
+  o.euclidean_projection_dim = 15;
+  o.test_chunk_rows = 100;
+  EuclideanSearchStats stats;
+  auto got = EuclideanNeighbours(train, test, o, &stats);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameNeighbours(*got, want);
+  EXPECT_GT(stats.direct_rows, test.rows / 2);
+
+  // And the Euclidean metrics of RunKnn are the same either way.
+  KnnOptions off = o;
+  off.euclidean_projection_dim = 0;
+  const FeatureMatrix low_train = LowRank(3000, 64, 8, 4, 31);
+  const FeatureMatrix low_test = LowRank(200, 64, 8, 4, 32);
+  absl::StatusOr<std::vector<KnnResult>> a = RunKnn(low_train, low_test, 4, o);
+  absl::StatusOr<std::vector<KnnResult>> b = RunKnn(low_train, low_test, 4, off);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  ExpectSameMetrics((*a)[0].metrics, (*b)[0].metrics);
+}
+
 TEST_F(KnnTest, TopFiveMeanPerClassAndPerClass) {
   // Seven classes; class 5 never appears in the test labels.
   //   row 0, label 0: class 0 ranks first.                 top1, top5
@@ -528,6 +706,15 @@ TEST_F(KnnTest, RejectsInvalidInput) {
               StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(RunKnn(train, test, 0, k2).status(),
               StatusIs(StatusCode::kInvalidArgument, "num_classes"));
+  KnnOptions projected = EuclideanOnly(1);
+  projected.euclidean_projection_dim = 2;  // not below dim
+  EXPECT_THAT(RunKnn(train, test, 2, projected).status(),
+              StatusIs(StatusCode::kInvalidArgument, "euclidean_projection_dim"));
+  projected.euclidean_projection_dim = -2;
+  EXPECT_THAT(RunKnn(train, test, 2, projected).status(),
+              StatusIs(StatusCode::kInvalidArgument, "euclidean_projection_dim"));
+  EXPECT_THAT(EuclideanNeighbours(train, test, CosineOnly({1}, 0.07)).status(),
+              StatusIs(StatusCode::kInvalidArgument, "euclidean_k"));
   FeatureMatrix short_data = train;
   short_data.data.pop_back();
   EXPECT_THAT(RunKnn(short_data, test, 2, k2).status(),
