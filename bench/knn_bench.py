@@ -5,7 +5,9 @@ For each feature dimension D (784: Fashion-MNIST pixels / 255; any other D: a
 fixed random ReLU projection of them, see sslbench-knn-bench) this runs
 sslbench-knn-bench, which writes the features to .npy files and times
   - RunKnn, cosine variant, k in {10, 20, 100, 200}, T = 0.07, one call;
-  - RunKnn, Euclidean variant (scikit-learn's rule), k = 20, one call;
+  - RunKnn, Euclidean variant (scikit-learn's rule, exact), k = 20, one
+    call, with its default search (projected lower bound, then exact
+    distances; --projection-dim 0 to the tool gives the full product);
   - one at::mm of [10000, D] x [D, 60000] in float32, the product kNN cannot
     avoid;
 then runs a straightforward PyTorch implementation of the same algorithms on

@@ -363,11 +363,16 @@ class ProjectedSearch {
         capacity_(std::min<int64_t>(
             train.rows, std::max<int64_t>(2 * kListed, 4 * k_))),
         block_rows_(std::min({options.test_chunk_rows, kBlockRows, max_rows})),
-        tile_(std::min(train.rows, std::clamp<int64_t>(
-                                       kProductBytes / (block_rows_ * 4), 256,
-                                       std::max<int64_t>(
-                                           256, options.train_chunk_rows)))),
-        cached_(train.rows * (p + 1) <= options.train_chunk_rows * train.dim) {
+        cached_(train.rows * (p + 1) <= options.train_chunk_rows * train.dim),
+        // Tiles of projected rows whose products with a block take about
+        // kProductBytes; no larger than a raw tile when tiles are projected
+        // on the fly.
+        tile_(std::min({train.rows,
+                        std::clamp<int64_t>(kProductBytes / (block_rows_ * 4),
+                                            256,
+                                            std::max<int64_t>(
+                                                256, options.train_chunk_rows)),
+                        cached_ ? train.rows : TileRows(options, train.dim)})) {
     const double u = kUnit;
     const double d = static_cast<double>(dim_);
     const double pp = static_cast<double>(p_);
@@ -810,8 +815,8 @@ class ProjectedSearch {
   const int64_t k_;
   const int64_t capacity_;
   const int64_t block_rows_;
-  const int64_t tile_;
   const bool cached_;
+  const int64_t tile_;
   double dist_gamma_ = 0;
   double shrink_ = 1;
   double margin_ = 0;
