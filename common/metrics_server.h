@@ -4,7 +4,9 @@
 // prometheus-cpp's own exposer (civetweb) starts its threads with a fixed
 // 100 KiB stack, which fails in processes that also load LibTorch/OpenBLAS
 // (their thread-local storage leaves too little). This server runs on one
-// ordinary std::thread instead and is used by every sslbench process.
+// ordinary std::thread instead and is used by every sslbench process. It
+// multiplexes up to 32 connections, so a stalled client cannot hold up a
+// health check or a scrape.
 
 #include <atomic>
 #include <memory>
@@ -30,6 +32,7 @@ class MetricsServer {
  private:
   MetricsServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry);
   void Serve();
+  std::string Respond(const std::string& request);
 
   int fd_;
   int port_;

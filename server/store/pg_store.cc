@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
+#include <random>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -173,6 +176,16 @@ void PgStore::Return(std::unique_ptr<Conn> conn) {
   }
 }
 
+// Sleeps 1-2 ms, then 2-4, 4-8, ... before retry number attempt + 1.
+void PgStore::BackOff(int attempt) {
+  thread_local std::minstd_rand rng(static_cast<uint32_t>(
+      std::hash<std::thread::id>()(std::this_thread::get_id())));
+  const double base_ms = static_cast<double>(1 << std::min(attempt, 8));
+  std::uniform_real_distribution<double> jitter(1.0, 2.0);
+  std::this_thread::sleep_for(
+      std::chrono::duration<double, std::milli>(base_ms * jitter(rng)));
+}
+
 absl::Status PgStore::Transact(absl::string_view op,
                                const std::function<absl::Status(Txn&)>& fn) {
   const auto start = std::chrono::steady_clock::now();
@@ -181,6 +194,7 @@ absl::Status PgStore::Transact(absl::string_view op,
   for (int attempt = 0;; ++attempt) {
     std::unique_ptr<Conn> conn = Acquire();
     bool retry = false;
+    bool back_off = false;
     try {
       if (!conn) conn = std::make_unique<Conn>(options_.conninfo);
       Txn txn(conn->c);
@@ -207,10 +221,13 @@ absl::Status PgStore::Transact(absl::string_view op,
       result = absl::UnavailableError(
           absl::StrCat(op, ": database unavailable: ", e.what()));
     } catch (const pqxx::transaction_rollback& e) {
-      // Serialization failure or deadlock: the whole transaction may retry.
+      // Serialization failure or deadlock: the whole transaction may retry,
+      // after a jittered, growing pause so that the transactions that
+      // collided do not collide again in lockstep.
       retry = attempt < 5;
       result = absl::AbortedError(
           absl::StrCat(op, ": transaction conflict, retry: ", e.what()));
+      back_off = retry;
     } catch (const pqxx::unique_violation& e) {
       result = absl::AlreadyExistsError(absl::StrCat(op, ": ", e.what()));
     } catch (const pqxx::sql_error& e) {
@@ -234,6 +251,7 @@ absl::Status PgStore::Transact(absl::string_view op,
     }
     Return(std::move(conn));
     if (!retry) break;
+    if (back_off) BackOff(attempt);
   }
   if (options_.observer) {
     const double seconds =
@@ -469,6 +487,26 @@ absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id,
         " SELECT 1 FROM task_deps d JOIN tasks o ON o.id = d.task_id "
         " WHERE d.depends_on = t.id AND o.study_id <> $1 "
         " AND o.state IN ('PENDING', 'LEASED'))",
+        study_id, now_us);
+    // Extractions of other studies that are no longer running, kept only
+    // for this one: with it cancelled nothing waits for them. Locked first,
+    // as above, so that a CreateStudy borrowing one of them right now
+    // commits before the UPDATE (a new snapshot) decides.
+    constexpr const char* kBorrowed =
+        "t.study_id <> $1 AND t.state IN ('PENDING', 'LEASED') AND t.id IN ("
+        " SELECT d.depends_on FROM task_deps d JOIN tasks o ON o.id = d.task_id"
+        " WHERE o.study_id = $1)";
+    w.exec_params(absl::StrCat("SELECT t.id FROM tasks t WHERE ", kBorrowed,
+                               " ORDER BY t.id FOR UPDATE"),
+                  study_id);
+    w.exec_params(
+        absl::StrCat(
+            "UPDATE tasks t SET state = 'CANCELLED', finished_us = $2, "
+            "last_error = 'study cancelled' WHERE ", kBorrowed,
+            " AND NOT EXISTS (SELECT 1 FROM studies s WHERE s.id = t.study_id"
+            " AND s.state = 'RUNNING') AND NOT EXISTS ("
+            " SELECT 1 FROM task_deps d JOIN tasks o ON o.id = d.task_id"
+            " WHERE d.depends_on = t.id AND o.state IN ('PENDING', 'LEASED'))"),
         study_id, now_us);
     w.exec_params(
         "UPDATE studies SET state = 'CANCELLED', finished_us = $2 WHERE id = $1",

@@ -92,6 +92,7 @@ class PgStore final : public Store {
   void Return(std::unique_ptr<Conn> conn);
   // Closes the idle pooled connections (after the server went away).
   void DropIdleConnections();
+  static void BackOff(int attempt);
 
   const PgStoreOptions options_;
   absl::Mutex mu_;

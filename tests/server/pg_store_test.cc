@@ -456,6 +456,33 @@ TEST_F(PgStoreTest, CancelStopsTheStudyAndTellsTheWorker) {
   EXPECT_EQ(coordinator_->CancelStudy(424242).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(PgStoreTest, SharedExtractionOutlivesItsStudyOnlyWhileABorrowerRuns) {
+  const int64_t a = Submit(testing::MakeStudy(1, 1, "a"));
+  const int64_t b = Submit(testing::MakeStudy(1, 1, "b"));  // borrows a's two
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  ASSERT_EQ(lease.spec().kind(), v1::TASK_KIND_EXTRACT);
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+
+  // "b" waits for the extractions: cancelling "a" keeps them.
+  ASSERT_TRUE(coordinator_->CancelStudy(a).ok());
+  auto response = coordinator_->Heartbeat(hb);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_FALSE(response->cancelled());
+
+  // With "b" cancelled too, nothing does: both stop.
+  ASSERT_TRUE(coordinator_->CancelStudy(b).ok());
+  response = coordinator_->Heartbeat(hb);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_TRUE(response->cancelled());
+  EXPECT_EQ(Lease(worker).task_id(), 0);
+  EXPECT_EQ(Status(a).state(), v1::STUDY_STATE_CANCELLED);
+  EXPECT_EQ(Status(b).state(), v1::STUDY_STATE_CANCELLED);
+}
+
 TEST_F(PgStoreTest, IncompleteExtractionCannotComplete) {
   Submit(testing::MakeStudy(1, 1));
   const int64_t worker = Register();
