@@ -46,9 +46,12 @@
 #include "worker/compute/fine_tune.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
+#include "worker/tools/tool_util.h"
 #include "worker/compute/linear_probe.h"
 
 namespace {
+
+using sslbench::tools::JsonNumber;
 
 using sslbench::compute::ClassificationMetrics;
 using sslbench::compute::FeatureExtractor;
@@ -71,13 +74,6 @@ int Usage() {
 
 double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-std::string Number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
 }
 
 bool ParseFloats(const std::string& text, std::vector<float>* out) {
@@ -452,26 +448,26 @@ int main(int argc, char** argv) {
   std::string json = absl::StrCat(
       "{\"model\":\"", model.path, "\",\"train_rows\":", train->count,
       ",\"test_rows\":", test->count, ",\"epochs\":", options.epochs,
-      ",\"batch_size\":", options.batch_size, ",\"lr\":", Number(options.learning_rate),
+      ",\"batch_size\":", options.batch_size, ",\"lr\":", JsonNumber(options.learning_rate),
       ",\"optimizer\":\"", options.optimizer, "\",\"threads\":", threads,
       ",\"seed\":", options.seed, ",\"steps\":", result->steps,
       ",\"resumed_from_step\":", result->resumed_from_step,
-      ",\"final_train_loss\":", Number(result->final_train_loss), ",\"top1\":", Number(m.top1),
-      ",\"top5\":", Number(m.top5), ",\"mean_per_class\":", Number(m.mean_per_class),
-      ",\"seconds\":", Number(seconds));
+      ",\"final_train_loss\":", JsonNumber(result->final_train_loss), ",\"top1\":", JsonNumber(m.top1),
+      ",\"top5\":", JsonNumber(m.top5), ",\"mean_per_class\":", JsonNumber(m.mean_per_class),
+      ",\"seconds\":", JsonNumber(seconds));
   if (linear_baseline) {
     absl::StatusOr<Baseline> b = LinearBaseline(model, *train, *test, num_classes, options.seed);
     if (!b.ok()) {
       std::fprintf(stderr, "%s\n", b.status().ToString().c_str());
       return 1;
     }
-    absl::StrAppend(&json, ",\"linear_baseline\":{\"dim\":", b->dim, ",\"top1\":", Number(b->top1),
-                    ",\"best_lr\":", Number(b->best_lr),
-                    ",\"oracle_top1\":", Number(b->oracle_top1),
-                    ",\"seconds\":", Number(b->seconds - b->probe_seconds),
-                    ",\"study_probe_top1\":", Number(b->probe_top1),
-                    ",\"study_probe_bn_top1\":", Number(b->probe_bn_top1),
-                    ",\"study_probe_seconds\":", Number(b->probe_seconds), "}");
+    absl::StrAppend(&json, ",\"linear_baseline\":{\"dim\":", b->dim, ",\"top1\":", JsonNumber(b->top1),
+                    ",\"best_lr\":", JsonNumber(b->best_lr),
+                    ",\"oracle_top1\":", JsonNumber(b->oracle_top1),
+                    ",\"seconds\":", JsonNumber(b->seconds - b->probe_seconds),
+                    ",\"study_probe_top1\":", JsonNumber(b->probe_top1),
+                    ",\"study_probe_bn_top1\":", JsonNumber(b->probe_bn_top1),
+                    ",\"study_probe_seconds\":", JsonNumber(b->probe_seconds), "}");
   }
   std::printf("%s}\n", json.c_str());
   return 0;

@@ -52,6 +52,7 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
+#include "worker/tools/tool_util.h"
 
 extern char** environ;
 
@@ -103,28 +104,14 @@ double Seconds(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
-std::string Number(double v) {
-  if (std::isnan(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.10g", v);
-  return buf;
-}
+std::string Number(double v) { return sslbench::tools::JsonNumber(v, 10); }
 
 absl::StatusOr<FeatureMatrix> Pixels(const std::string& root,
                                      const std::string& split, int64_t limit) {
   absl::StatusOr<ImageSet> set =
       sslbench::compute::ReadIdxSplit(root, split, limit);
   if (!set.ok()) return set.status();
-  FeatureMatrix m;
-  m.rows = set->count;
-  m.dim = set->image_bytes();
-  m.data.resize(set->pixels.size());
-  // Same arithmetic as numpy's `uint8_array.astype(np.float32) / 255`.
-  for (size_t i = 0; i < set->pixels.size(); ++i) {
-    m.data[i] = static_cast<float>(set->pixels[i]) / 255.0f;
-  }
-  m.labels = set->labels;
-  return m;
+  return sslbench::tools::PixelFeatures(*set);
 }
 
 // max(0, x W), W[in, dim] ~ N(0, 1/in) from a fixed seed.

@@ -20,8 +20,11 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
+#include "worker/tools/tool_util.h"
 
 namespace {
+
+using sslbench::tools::JsonNumber;
 
 using sslbench::compute::FeatureMatrix;
 using sslbench::compute::ImageSet;
@@ -37,40 +40,21 @@ int Usage() {
 }
 
 // Same arithmetic as numpy's `uint8_array.astype(np.float32) / 255`.
-FeatureMatrix PixelFeatures(const ImageSet& set) {
-  FeatureMatrix m;
-  m.rows = set.count;
-  m.dim = set.image_bytes();
-  m.data.resize(set.pixels.size());
-  for (size_t i = 0; i < set.pixels.size(); ++i) {
-    m.data[i] = static_cast<float>(set.pixels[i]) / 255.0f;
-  }
-  m.labels = set.labels;
-  return m;
-}
-
-std::string Number(double v) {
-  if (std::isnan(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
-}
-
 void Print(const KnnResult& r, int64_t train_rows, int64_t test_rows,
            double seconds) {
   std::string per_class;
   for (double v : r.metrics.per_class) {
-    absl::StrAppend(&per_class, per_class.empty() ? "" : ",", Number(v));
+    absl::StrAppend(&per_class, per_class.empty() ? "" : ",", JsonNumber(v));
   }
   std::printf(
       "{\"variant\":\"%s\",\"k\":%d,\"temperature\":%s,\"train_rows\":%lld,"
       "\"test_rows\":%lld,\"top1\":%s,\"top5\":%s,\"mean_per_class\":%s,"
       "\"per_class\":[%s],\"seconds\":%s}\n",
-      r.variant.c_str(), r.k, Number(r.temperature).c_str(),
+      r.variant.c_str(), r.k, JsonNumber(r.temperature).c_str(),
       static_cast<long long>(train_rows), static_cast<long long>(test_rows),
-      Number(r.metrics.top1).c_str(), Number(r.metrics.top5).c_str(),
-      Number(r.metrics.mean_per_class).c_str(), per_class.c_str(),
-      Number(seconds).c_str());
+      JsonNumber(r.metrics.top1).c_str(), JsonNumber(r.metrics.top5).c_str(),
+      JsonNumber(r.metrics.mean_per_class).c_str(), per_class.c_str(),
+      JsonNumber(seconds).c_str());
 }
 
 }  // namespace
@@ -123,8 +107,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", test.status().ToString().c_str());
     return 1;
   }
-  const FeatureMatrix train_f = PixelFeatures(*train);
-  const FeatureMatrix test_f = PixelFeatures(*test);
+  const FeatureMatrix train_f = sslbench::tools::PixelFeatures(*train);
+  const FeatureMatrix test_f = sslbench::tools::PixelFeatures(*test);
   const int num_classes = std::max(train->num_classes, test->num_classes);
 
   // One call per variant, so that each is timed on its own.

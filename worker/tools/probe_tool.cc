@@ -37,10 +37,13 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
+#include "worker/tools/tool_util.h"
 #include "worker/compute/linear_probe.h"
 #include "worker/compute/logistic_regression.h"
 
 namespace {
+
+using sslbench::tools::JsonNumber;
 
 using sslbench::compute::ClassificationMetrics;
 using sslbench::compute::FeatureMatrix;
@@ -52,18 +55,6 @@ int Usage() {
       "usage: sslbench-probe logreg|linear (--root IDX_DIR | --train-file F "
       "--test-file F) [options]; see the header of probe_tool.cc\n");
   return 2;
-}
-
-FeatureMatrix PixelFeatures(const ImageSet& set) {
-  FeatureMatrix m;
-  m.rows = set.count;
-  m.dim = set.image_bytes();
-  m.data.resize(set.pixels.size());
-  for (size_t i = 0; i < set.pixels.size(); ++i) {
-    m.data[i] = static_cast<float>(set.pixels[i]) / 255.0f;
-  }
-  m.labels = set.labels;
-  return m;
 }
 
 absl::StatusOr<FeatureMatrix> ReadFeatureFile(const std::string& path,
@@ -94,17 +85,10 @@ absl::StatusOr<FeatureMatrix> ReadFeatureFile(const std::string& path,
   return m;
 }
 
-std::string Number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
-}
-
 std::string List(const std::vector<double>& v) {
   std::string out = "[";
   for (size_t i = 0; i < v.size(); ++i)
-    absl::StrAppend(&out, i ? "," : "", Number(v[i]));
+    absl::StrAppend(&out, i ? "," : "", JsonNumber(v[i]));
   return out + "]";
 }
 
@@ -119,8 +103,8 @@ bool ParseList(const std::string& s, std::vector<double>* out) {
 }
 
 std::string Metrics(const ClassificationMetrics& m) {
-  return absl::StrCat("\"top1\":", Number(m.top1), ",\"top5\":", Number(m.top5),
-                      ",\"mean_per_class\":", Number(m.mean_per_class));
+  return absl::StrCat("\"top1\":", JsonNumber(m.top1), ",\"top5\":", JsonNumber(m.top5),
+                      ",\"mean_per_class\":", JsonNumber(m.mean_per_class));
 }
 
 double Since(std::chrono::steady_clock::time_point start) {
@@ -215,8 +199,8 @@ int main(int argc, char** argv) {
                    (tr.ok() ? te.status() : tr.status()).ToString().c_str());
       return 1;
     }
-    train = PixelFeatures(*tr);
-    test = PixelFeatures(*te);
+    train = sslbench::tools::PixelFeatures(*tr);
+    test = sslbench::tools::PixelFeatures(*te);
   } else {
     absl::StatusOr<FeatureMatrix> tr = ReadFeatureFile(train_file, train_limit);
     absl::StatusOr<FeatureMatrix> te = ReadFeatureFile(test_file, test_limit);
@@ -253,9 +237,9 @@ int main(int argc, char** argv) {
         "{\"protocol\":\"logreg\",%s,\"best_c\":%s,\"cs\":%s,\"held_out_top1\":"
         "%s,"
         "\"iterations\":%d,%s,\"seconds\":%s}\n",
-        common.c_str(), Number(r->best_c).c_str(), List(r->cs).c_str(),
+        common.c_str(), JsonNumber(r->best_c).c_str(), List(r->cs).c_str(),
         List(r->held_out_top1).c_str(), r->iterations, Metrics(r->test).c_str(),
-        Number(seconds).c_str());
+        JsonNumber(seconds).c_str());
   } else {
     lp_options.seed = seed;
     lp_options.val_fraction = val_fraction >= 0 ? val_fraction
@@ -273,8 +257,8 @@ int main(int argc, char** argv) {
         "{\"protocol\":\"linear\",%s,\"heads\":%zu,\"best_learning_rate\":%s,"
         "\"held_out_top1\":%s,%s,\"seconds\":%s}\n",
         common.c_str(), lp_options.learning_rates.size(),
-        Number(r->best_learning_rate).c_str(), List(r->held_out_top1).c_str(),
-        Metrics(r->test).c_str(), Number(seconds).c_str());
+        JsonNumber(r->best_learning_rate).c_str(), List(r->held_out_top1).c_str(),
+        Metrics(r->test).c_str(), JsonNumber(seconds).c_str());
   }
   return 0;
 }
