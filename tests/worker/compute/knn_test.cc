@@ -367,13 +367,13 @@ TEST_F(KnnTest, EquidistantNeighboursGoToTheLowestTrainIndex) {
   }
 }
 
-// scikit-learn's rule, computed naively in float64 for every pair.
-std::vector<int32_t> ReferenceEuclidean(const FeatureMatrix& train,
-                                        const FeatureMatrix& test, int k,
-                                        int num_classes) {
-  std::vector<int32_t> predictions;
+// The k nearest by a float64 brute-force search: squared distances summed in
+// index order, sorted by (distance, train index).
+std::vector<std::vector<EuclideanNeighbour>> BruteForce(
+    const FeatureMatrix& train, const FeatureMatrix& test, int k) {
+  std::vector<std::vector<EuclideanNeighbour>> all;
+  std::vector<EuclideanNeighbour> d(train.rows);
   for (int64_t q = 0; q < test.rows; ++q) {
-    std::vector<std::pair<double, int64_t>> d;
     for (int64_t t = 0; t < train.rows; ++t) {
       double s = 0;
       for (int64_t i = 0; i < train.dim; ++i) {
@@ -381,15 +381,30 @@ std::vector<int32_t> ReferenceEuclidean(const FeatureMatrix& train,
                             double{train.data[t * train.dim + i]};
         s += diff * diff;
       }
-      d.emplace_back(std::sqrt(s), t);
+      d[t] = {s, t};
     }
-    std::sort(d.begin(), d.end());
+    std::partial_sort(d.begin(), d.begin() + k, d.end(),
+                      [](const EuclideanNeighbour& a, const EuclideanNeighbour& b) {
+                        return a.sq_distance < b.sq_distance ||
+                               (a.sq_distance == b.sq_distance && a.index < b.index);
+                      });
+    all.emplace_back(d.begin(), d.begin() + k);
+  }
+  return all;
+}
+
+// scikit-learn's rule on the brute-force neighbours.
+std::vector<int32_t> ReferenceEuclidean(const FeatureMatrix& train,
+                                        const FeatureMatrix& test, int k,
+                                        int num_classes) {
+  std::vector<int32_t> predictions;
+  for (const std::vector<EuclideanNeighbour>& d : BruteForce(train, test, k)) {
     std::vector<double> votes(num_classes, 0);
     bool zero = false;
-    for (int i = 0; i < k; ++i) zero |= d[i].first == 0;
-    for (int i = 0; i < k; ++i) {
-      votes[train.labels[d[i].second]] +=
-          zero ? (d[i].first == 0 ? 1 : 0) : 1 / d[i].first;
+    for (const EuclideanNeighbour& n : d) zero |= n.sq_distance == 0;
+    for (const EuclideanNeighbour& n : d) {
+      votes[train.labels[n.index]] +=
+          zero ? (n.sq_distance == 0 ? 1 : 0) : 1 / std::sqrt(n.sq_distance);
     }
     predictions.push_back(static_cast<int32_t>(
         std::max_element(votes.begin(), votes.end()) - votes.begin()));
@@ -425,32 +440,6 @@ TEST_F(KnnTest, EuclideanMatchesTheNaiveReference) {
     EXPECT_EQ((*r)[0].metrics.per_class[c],
               static_cast<double>(class_correct[c]) / class_total[c]);
   }
-}
-
-// The k nearest by a float64 brute-force search: squared distances summed in
-// index order, sorted by (distance, train index).
-std::vector<std::vector<EuclideanNeighbour>> BruteForce(
-    const FeatureMatrix& train, const FeatureMatrix& test, int k) {
-  std::vector<std::vector<EuclideanNeighbour>> all;
-  std::vector<EuclideanNeighbour> d(train.rows);
-  for (int64_t q = 0; q < test.rows; ++q) {
-    for (int64_t t = 0; t < train.rows; ++t) {
-      double s = 0;
-      for (int64_t i = 0; i < train.dim; ++i) {
-        const double diff = double{test.data[q * test.dim + i]} -
-                            double{train.data[t * train.dim + i]};
-        s += diff * diff;
-      }
-      d[t] = {s, t};
-    }
-    std::partial_sort(d.begin(), d.begin() + k, d.end(),
-                      [](const EuclideanNeighbour& a, const EuclideanNeighbour& b) {
-                        return a.sq_distance < b.sq_distance ||
-                               (a.sq_distance == b.sq_distance && a.index < b.index);
-                      });
-    all.emplace_back(d.begin(), d.begin() + k);
-  }
-  return all;
 }
 
 void ExpectSameNeighbours(
