@@ -4,6 +4,7 @@
 //   sslbench-knn-bench --root DIR [--dim 784|D] [--threads N]
 //       [--train-rows N] [--test-rows N] [--write-features DIR]
 //       [--test-chunk-rows N] [--train-chunk-rows N] [--skip-matmul]
+//       [--search-stats]
 //       [--only cosine|euclidean] [--projection-dim -1|0|P]
 //   sslbench-knn-bench --root DIR --memory [--dim D] [--threads N]
 //
@@ -73,6 +74,7 @@ struct Args {
   int64_t test_chunk_rows = KnnOptions().test_chunk_rows;
   int64_t train_chunk_rows = KnnOptions().train_chunk_rows;
   bool skip_matmul = false;
+  bool search_stats = false;  // how the Euclidean search went (untimed)
   int projection_dim = -1;  // KnnOptions::euclidean_projection_dim
   std::string only;  // "cosine" or "euclidean": time that variant alone
   bool memory = false;
@@ -84,7 +86,7 @@ int Usage() {
       stderr,
       "usage: sslbench-knn-bench [--root DIR] [--dim D] [--threads N] "
       "[--train-rows N] [--test-rows N] [--write-features DIR] "
-      "[--test-chunk-rows N] [--train-chunk-rows N] [--skip-matmul] "
+      "[--test-chunk-rows N] [--train-chunk-rows N] [--skip-matmul] [--search-stats] "
       "[--only cosine|euclidean] [--projection-dim -1|0|P] [--memory]\n");
   return 2;
 }
@@ -299,6 +301,35 @@ int TimeAll(const Args& args) {
     std::fflush(stdout);
   }
 
+  if (args.search_stats) {
+    // A separate, untimed search: how many rows the projected search settled,
+    // searched again or handed to the full product, and how many exact
+    // distances it computed.
+    sslbench::compute::EuclideanSearchStats stats;
+    absl::StatusOr<std::vector<std::vector<sslbench::compute::EuclideanNeighbour>>>
+        found = sslbench::compute::EuclideanNeighbours(*train, *test,
+                                                       Euclidean(args), &stats);
+    if (!found.ok()) {
+      std::fprintf(stderr, "%s\n", found.status().ToString().c_str());
+      return 1;
+    }
+    std::printf(
+        "{\"event\":\"euclidean_search\",\"projection_dim\":%lld,"
+        "\"projected_rows\":%lld,\"rechecked_rows\":%lld,"
+        "\"direct_rows\":%lld,\"verified\":%lld,"
+        "\"verified_per_projected_row\":%s}\n",
+        static_cast<long long>(stats.projection_dim),
+        static_cast<long long>(stats.projected_rows),
+        static_cast<long long>(stats.rechecked_rows),
+        static_cast<long long>(stats.direct_rows),
+        static_cast<long long>(stats.verified),
+        Number(stats.projected_rows > 0
+                   ? static_cast<double>(stats.verified) / stats.projected_rows
+                   : 0.0)
+            .c_str());
+    std::fflush(stdout);
+  }
+
   if (!args.skip_matmul) {
     c10::InferenceMode inference;
     const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
@@ -457,6 +488,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--only" && has_value) {
       args.only = argv[++i];
       if (args.only != "cosine" && args.only != "euclidean") return Usage();
+    } else if (arg == "--search-stats") {
+      args.search_stats = true;
     } else if (arg == "--skip-matmul") {
       args.skip_matmul = true;
     } else if (arg == "--memory") {
