@@ -3,6 +3,8 @@
 #include <grpcpp/alarm.h>
 
 #include <atomic>
+#include <memory>
+#include <mutex>
 
 #include "server/service_util.h"
 
@@ -22,23 +24,38 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
   void OnWriteDone(bool ok) override {
     if (!ok) {
       FinishOnce(grpc::Status(grpc::CANCELLED, "client went away"));
-    } else if (terminal_) {
-      FinishOnce(grpc::Status::OK);
-    } else {
-      alarm_.Set(std::chrono::system_clock::now() +
-                     absl::ToChronoMilliseconds(interval_),
-                 [this](bool fired) {
-                   if (fired && !cancelled_) {
-                     pool_.Schedule([this] { Poll(); });
-                   } else {
-                     FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
-                   }
-                 });
+      return;
     }
+    if (terminal_) {
+      FinishOnce(grpc::Status::OK);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancelled_) {
+        // A fresh alarm for every wait: setting the previous one again could
+        // replace its callback while that is still running on another
+        // thread. Dropping it is safe even then (gRPC keeps it alive until
+        // its callback returns).
+        alarm_ = std::make_unique<grpc::Alarm>();
+        alarm_->Set(std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(interval_),
+                    [this](bool fired) {
+                      if (fired && !cancelled_) {
+                        pool_.Schedule([this] { Poll(); });
+                      } else {
+                        FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
+                      }
+                    });
+        return;
+      }
+    }
+    FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
   }
   void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
     cancelled_ = true;
-    alarm_.Cancel();
+    if (alarm_) alarm_->Cancel();
   }
   void OnDone() override { delete this; }
 
@@ -65,7 +82,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
   ThreadPool& pool_;
   const int64_t study_id_;
   const absl::Duration interval_;
-  grpc::Alarm alarm_;
+  std::mutex mu_;
+  std::unique_ptr<grpc::Alarm> alarm_;  // guarded by mu_
   v1::StudyStatus status_;
   bool terminal_ = false;
   std::atomic<bool> cancelled_{false};
