@@ -83,11 +83,21 @@ absl::Status ValidateMatrix(const FeatureMatrix& m, const char* name,
                        " is outside [0, ", num_classes, ")"));
     }
   }
+  // Squared norms and distances are formed in float32: values this large
+  // would overflow them (features of trained networks are many orders of
+  // magnitude smaller).
+  constexpr float kMaxMagnitude = 1e15f;
   for (size_t i = 0; i < m.data.size(); ++i) {
     if (!std::isfinite(m.data[i])) {
       return absl::InvalidArgumentError(
           absl::StrCat("kNN: ", name, " features are not finite (row ",
                        static_cast<int64_t>(i) / m.dim, ")"));
+    }
+    if (std::fabs(m.data[i]) > kMaxMagnitude) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kNN: ", name, " feature ", m.data[i], " in row ",
+          static_cast<int64_t>(i) / m.dim,
+          " exceeds 1e15 in magnitude; squared distances would overflow"));
     }
   }
   return absl::OkStatus();

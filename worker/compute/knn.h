@@ -26,10 +26,11 @@ struct KnnOptions {
   int euclidean_k = 20;
   // Euclidean search strategy: the dimension p of the principal subspace
   // whose lower bound rules out most train rows before any exact distance is
-  // computed (-1: automatic: 127 up to dim 1279, 191 for dim 2048, at most
-  // 255, none below dim 256 or 4096 train rows; 0: none, every distance
-  // from the full float32 product; else 1 <= p < dim). The neighbours found
-  // are the same either way; only speed and memory differ.
+  // computed (-1: automatic: dim / 4 - 1 in steps of 16 for dim 256-511, 127
+  // up to dim 1279, 191 for dim 2048, at most 255, none below dim 256 or 4096
+  // train rows; 0: none, every distance from the full float32 product; else
+  // 1 <= p < dim). The neighbours found are the same either way; only speed
+  // and memory differ.
   int euclidean_projection_dim = -1;
   // Memory bound: each thread computes similarities for a block of at most
   // test_chunk_rows test rows x train_chunk_rows train rows at a time (fewer
@@ -38,9 +39,12 @@ struct KnnOptions {
   // train_chunk_rows * dim)) plus one float per train row (norms):
   // independent of the number of test rows and, but for those 4 bytes per
   // row, of the number of train rows. The projected Euclidean search adds
-  // its projected train rows only while they fit in train_chunk_rows x dim
-  // floats (else it recomputes them per block of test rows), and lists of
-  // about 1024 candidates (16 bytes each) for each of at most 512 test rows.
+  // its projected train rows (p + 1 floats each, and one more) only while
+  // they fit in train_chunk_rows x dim floats (else it recomputes them per
+  // block of test rows), and per thread a candidate list for each of at most
+  // 512 test rows: about 1024 entries of 16 bytes typically, at most
+  // 2 x max(2048, 4 k). Rows it searches a second time list at most 65536
+  // entries each, 64 rows at a time.
   int64_t test_chunk_rows = 1024;
   int64_t train_chunk_rows = 16384;
 };

@@ -1,5 +1,9 @@
 // The Euclidean kNN variant: scikit-learn's KNeighborsClassifier(
-// weights="distance", algorithm="brute"), reproduced exactly.
+// weights="distance", algorithm="brute"), reproduced exactly: the k nearest
+// are those of a float64 brute-force search (squared distances summed in
+// index order, ties to the lower train index). scikit-learn forms its float64
+// distances as |x|^2 + |y|^2 - 2 x.y, which could order two neighbours whose
+// distances agree to 1e-15 differently; on Fashion-MNIST it does not.
 //
 // scikit-learn ranks by distances computed in float64 and votes 1/d, giving
 // a row that has zero-distance neighbours weight 1 for those and 0 for the
@@ -384,14 +388,22 @@ class ProjectedSearch {
     const double g = 1.1 * (2 * (pp + 1) + 8) * u;
     shrink_ = 1.0 - kEta;
     margin_ = 1.25 * (shrink_ * g + 2 * (e_z * e_z + e_r * e_r) / kEta + 32 * u);
+    // Relative bounds fail where float32 values are subnormal: an absolute
+    // slack far above any error made there (each operation errs by at most
+    // 2^-150 in that range; FLT_MIN is 2^-126).
+    const double tiny = std::numeric_limits<float>::min();
+    dist_slack_ = (2 * d + 16) * tiny;
+    bound_slack_ = (d + 2 * pp + 32) * tiny;
 
     ComputeBasis();
     ProjectTrain();
     ProjectSample();
     workers_ = MakeWorkers(block_rows_, tile_, cached_ ? 1 : dim_);
-    for (Worker& w : workers_) {
-      w.aux = at::empty({tile_, p_ + 1}, at::TensorOptions().dtype(at::kFloat));
-      w.row_terms.resize(static_cast<size_t>(tile_));
+    if (!cached_) {
+      for (Worker& w : workers_) {
+        w.aux = at::empty({tile_, p_ + 1}, at::TensorOptions().dtype(at::kFloat));
+        w.row_terms.resize(static_cast<size_t>(tile_));
+      }
     }
   }
 
@@ -470,24 +482,41 @@ class ProjectedSearch {
     }
     stats_.unsettled = static_cast<int64_t>(again.size());
     if (again.empty()) return;
+    // The second pass needs the kept projections (re-projecting the train set
+    // per group costs more than the full product), a finite upper bound (a
+    // row that listed fewer than k rows has none) and few such rows.
+    std::vector<int64_t> to_direct;
     if (!cached_ || 4 * static_cast<int64_t>(again.size()) > b) {
-      // Re-projecting the train set per group, or scanning for most of a
-      // block, costs more than the full product.
-      stats_.sent_direct = static_cast<int64_t>(again.size());
-      DirectSearch* d = direct();
-      std::vector<int64_t> rows;
-      Neighbours found;
-      for (size_t g = 0; g < again.size(); g += d->block_rows()) {
-        const size_t n = std::min<size_t>(d->block_rows(), again.size() - g);
-        rows.clear();
-        for (size_t i = 0; i < n; ++i) rows.push_back(s + again[g + i]);
-        found.assign(n, {});
-        d->Search(test, rows, found);
-        for (size_t i = 0; i < n; ++i) out[again[g + i]] = std::move(found[i]);
+      to_direct = std::move(again);
+      again.clear();
+    } else {
+      std::vector<int64_t> finite;
+      for (int64_t r : again) {
+        (std::isfinite(upper[r]) ? finite : to_direct).push_back(r);
       }
-      return;
+      again = std::move(finite);
     }
-    Recheck(test, s, q, again, upper, out);
+    if (!again.empty()) Recheck(test, s, q, again, upper, out, &to_direct);
+    if (!to_direct.empty()) SendToDirect(test, s, to_direct, direct, out);
+  }
+
+  // Rows of the block that the full-product search takes.
+  void SendToDirect(const FeatureMatrix& test, int64_t s,
+                    const std::vector<int64_t>& block_rows,
+                    const std::function<DirectSearch*()>& direct,
+                    Neighbours& out) {
+    stats_.sent_direct += static_cast<int64_t>(block_rows.size());
+    DirectSearch* d = direct();
+    std::vector<int64_t> rows;
+    Neighbours found;
+    for (size_t g = 0; g < block_rows.size(); g += d->block_rows()) {
+      const size_t n = std::min<size_t>(d->block_rows(), block_rows.size() - g);
+      rows.clear();
+      for (size_t i = 0; i < n; ++i) rows.push_back(s + block_rows[g + i]);
+      found.assign(n, {});
+      d->Search(test, rows, found);
+      for (size_t i = 0; i < n; ++i) out[block_rows[g + i]] = std::move(found[i]);
+    }
   }
 
  private:
@@ -572,7 +601,8 @@ class ProjectedSearch {
         if (static_cast<int64_t>(nearest.size()) == k_) {
           // The k-th smallest exact distance among those found is at most
           // this (relative float32 error below dist_gamma_).
-          bound = static_cast<double>(nearest.front()) * (1 + 2 * dist_gamma_);
+          bound = static_cast<double>(nearest.front()) * (1 + 2 * dist_gamma_) +
+                  dist_slack_;
         }
       }
     }
@@ -599,7 +629,8 @@ class ProjectedSearch {
                        return a.sq_distance < b.sq_distance;
                      });
     const double limit =
-        static_cast<double>(found[kth].sq_distance) * (1 + 4 * dist_gamma_);
+        static_cast<double>(found[kth].sq_distance) * (1 + 4 * dist_gamma_) +
+        3 * dist_slack_;
     std::vector<int64_t> keep;
     for (const Candidate& c : found) {
       if (static_cast<double>(c.sq_distance) <= limit) keep.push_back(c.index);
@@ -688,7 +719,7 @@ class ProjectedSearch {
       const float rho = std::sqrt(SquaredNorm(c + j * dim_, dim_));
       z[j * cols + p_] = rho;
       terms[j] = static_cast<float>(shrink_ * SquaredNorm(z + j * cols, cols) -
-                                    margin_ * a_sq[j]);
+                                    margin_ * a_sq[j] - 0.5 * bound_slack_);
     }
   }
 
@@ -758,9 +789,12 @@ class ProjectedSearch {
   // Rows whose bound left more candidates than their list held: every train
   // row whose bound is within the row's upper bound is listed and verified
   // (cached projections only).
+  // Rows whose list would exceed kMaxRecheckList, or (which the bounds rule
+  // out) that do not settle, are added to `to_direct`.
   void Recheck(const FeatureMatrix& test, int64_t s, const Projected& q,
                const std::vector<int64_t>& again,
-               const std::vector<double>& upper, Neighbours& out) {
+               const std::vector<double>& upper, Neighbours& out,
+               std::vector<int64_t>* to_direct) {
     constexpr int64_t kGroup = 64;
     const float two_shrink = static_cast<float>(2 * shrink_);
     for (size_t g = 0; g < again.size(); g += kGroup) {
@@ -778,6 +812,9 @@ class ProjectedSearch {
           for (int64_t i = begin; i < end; ++i) {
             const float qt = q.terms[again[g + i]];
             const double limit = -upper[again[g + i]];
+            if (static_cast<int64_t>(lists[i].size()) > kMaxRecheckList) {
+              continue;  // too many: this row goes to the direct search
+            }
             for (int64_t j = 0; j < m; ++j) {
               const float value = two_shrink * p[i * m + j] - (qt + terms_[t + j]);
               if (static_cast<double>(value) >= limit) {
@@ -788,8 +825,10 @@ class ProjectedSearch {
         });
       }
       std::vector<int64_t> verified(n, 0);
+      std::vector<char> settled(n, 0);
       ParallelRows(n, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
+          if (static_cast<int64_t>(lists[i].size()) > kMaxRecheckList) continue;
           const int64_t r = again[g + i];
           const float* query = test.data.data() + (s + r) * dim_;
           // Rows not listed have bounds above the upper bound, which is at
@@ -799,13 +838,20 @@ class ProjectedSearch {
               std::nextafter(upper[r], std::numeric_limits<double>::infinity()),
               &out[r]);
           verified[i] = v.verified;
+          settled[i] = v.settled;
         }
       });
-      for (int64_t v : verified) stats_.verified += v;
+      for (int64_t i = 0; i < n; ++i) {
+        stats_.verified += verified[i];
+        if (!settled[i]) to_direct->push_back(again[g + i]);
+      }
     }
   }
 
   static constexpr int64_t kPassBytes = int64_t{8} << 20;
+  // A row of the second pass lists at most this many train rows (16 bytes
+  // each) before it is handed to the direct search.
+  static constexpr int64_t kMaxRecheckList = int64_t{1} << 16;
 
   const FeatureMatrix& train_;
   const at::Tensor train_t_;
@@ -818,6 +864,8 @@ class ProjectedSearch {
   const bool cached_;
   const int64_t tile_;
   double dist_gamma_ = 0;
+  double dist_slack_ = 0;   // absolute error of a float32 distance
+  double bound_slack_ = 0;  // absolute error of a lower bound (half per row)
   double shrink_ = 1;
   double margin_ = 0;
   at::Tensor basis32_;          // [dim, p + 1]: Q~ and a zero column

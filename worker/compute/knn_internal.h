@@ -267,8 +267,10 @@ inline std::vector<Worker> MakeWorkers(int64_t block_rows, int64_t tile_rows,
 // is free (so one slowed by other work simply takes fewer). For tile
 // [t, t + m) a thread calls prepare(w, t, m), which returns the tile's
 // prepared rows x ([m, dim], written into w.tile or a view of rows prepared
-// earlier), multiplies q by x^T (one single-threaded GEMM: ATen and OpenBLAS
-// do not nest parallelism inside a parallel region) and passes each test
+// earlier), multiplies q by x^T (one single-threaded GEMM: ATen, and an
+// OpenMP build of OpenBLAS such as Debian's libopenblas0-openmp, do not nest
+// parallelism inside a parallel region; a pthreads OpenBLAS would
+// oversubscribe the cores here) and passes each test
 // row's products to scan_row(w, r, products, t, m), w.top[r] being its own
 // TopK for row r. One synchronisation per block; afterwards each worker's TopK for a
 // row holds the best of the tiles that worker took, which increase.

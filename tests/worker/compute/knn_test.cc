@@ -525,6 +525,60 @@ TEST_F(KnnTest, ProjectedEuclideanSearchEqualsBruteForce) {
   EXPECT_EQ(stats.direct_rows, test.rows);
 }
 
+TEST_F(KnnTest, ProjectedEuclideanSearchIsExactForTinyFeatures) {
+  // Features around 1e-20: squared differences are subnormal floats, where
+  // float32 errors stop being relative.
+  FeatureMatrix train = LowRank(2000, 64, 6, 4, 41);
+  FeatureMatrix test = LowRank(100, 64, 6, 4, 42);
+  for (FeatureMatrix* m : {&train, &test}) {
+    for (float& v : m->data) v = (v - 40.0f) * 1e-20f;
+  }
+  std::copy_n(train.data.begin(), 3 * 64, test.data.begin());  // duplicates
+  const auto want = BruteForce(train, test, 6);
+  KnnOptions o = EuclideanOnly(6);
+  for (int p : {0, 11}) {
+    SCOPED_TRACE(p);
+    o.euclidean_projection_dim = p;
+    auto got = EuclideanNeighbours(train, test, o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameNeighbours(*got, want);
+  }
+}
+
+TEST_F(KnnTest, SubnormalDistancesAreRankedExactly) {
+  // From the origin, train row 1 (one coordinate 2.7386e-23: squared
+  // distance 7.5e-46) is nearer than row 0 (ten coordinates of 1e-23: 1e-45),
+  // but in float32 their squared distances round to 2^-149 and 0 (the
+  // squares are subnormal): only a margin with an absolute part keeps row 1
+  // among the candidates. The other rows are far.
+  const int64_t dim = 16;
+  FeatureMatrix train;
+  train.dim = dim;
+  std::mt19937 gen(9);
+  std::uniform_real_distribution<float> uniform(0.5f, 1.5f);
+  for (int64_t i = 0; i < 300; ++i) {
+    for (int64_t d = 0; d < dim; ++d) {
+      float v = uniform(gen);
+      if (i == 0) v = d < 10 ? 1e-23f : 0.0f;
+      if (i == 1) v = d == 0 ? 2.7386e-23f : 0.0f;
+      train.data.push_back(v);
+    }
+    train.labels.push_back(i == 1 ? 1 : 0);
+  }
+  train.rows = 300;
+  const FeatureMatrix test = Matrix(dim, std::vector<float>(dim, 0.0f), {1});
+  const auto want = BruteForce(train, test, 1);
+  ASSERT_EQ(want[0][0].index, 1);
+  KnnOptions o = EuclideanOnly(1);
+  for (int p : {0, 3}) {
+    SCOPED_TRACE(p);
+    o.euclidean_projection_dim = p;
+    auto got = EuclideanNeighbours(train, test, o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameNeighbours(*got, want);
+  }
+}
+
 TEST_F(KnnTest, ProjectedEuclideanSearchRechecksRowsTheBoundCannotSplit) {
   // 2000 train rows share their first 8 coordinates, which carry almost all
   // the variance of the set, and differ only by +-0.1 in the other 24: the
@@ -704,6 +758,10 @@ TEST_F(KnnTest, RejectsInvalidInput) {
               StatusIs(StatusCode::kInvalidArgument, "euclidean_projection_dim"));
   EXPECT_THAT(EuclideanNeighbours(train, test, CosineOnly({1}, 0.07)).status(),
               StatusIs(StatusCode::kInvalidArgument, "euclidean_k"));
+  EXPECT_THAT(RunKnn(Matrix(2, {0, 1, 1, 0, 1, 2e15f}, {0, 1, 0}), test, 2,
+                     EuclideanOnly(1))
+                  .status(),
+              StatusIs(StatusCode::kInvalidArgument, "exceeds 1e15"));
   FeatureMatrix short_data = train;
   short_data.data.pop_back();
   EXPECT_THAT(RunKnn(short_data, test, 2, k2).status(),
