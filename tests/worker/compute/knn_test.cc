@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <utility>
@@ -525,6 +526,21 @@ TEST_F(KnnTest, ProjectedEuclideanSearchEqualsBruteForce) {
   EXPECT_EQ(stats.direct_rows, test.rows);
 }
 
+// EuclideanNeighbours equals the brute force for each projection dim given.
+void ExpectBruteForceNeighbours(const FeatureMatrix& train,
+                                const FeatureMatrix& test, int k,
+                                std::initializer_list<int> projection_dims) {
+  const auto want = BruteForce(train, test, k);
+  KnnOptions o = EuclideanOnly(k);
+  for (int p : projection_dims) {
+    SCOPED_TRACE(p);
+    o.euclidean_projection_dim = p;
+    auto got = EuclideanNeighbours(train, test, o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameNeighbours(*got, want);
+  }
+}
+
 TEST_F(KnnTest, ProjectedEuclideanSearchIsExactForTinyFeatures) {
   // Features around 1e-20: squared differences are subnormal floats, where
   // float32 errors stop being relative.
@@ -534,15 +550,7 @@ TEST_F(KnnTest, ProjectedEuclideanSearchIsExactForTinyFeatures) {
     for (float& v : m->data) v = (v - 40.0f) * 1e-20f;
   }
   std::copy_n(train.data.begin(), 3 * 64, test.data.begin());  // duplicates
-  const auto want = BruteForce(train, test, 6);
-  KnnOptions o = EuclideanOnly(6);
-  for (int p : {0, 11}) {
-    SCOPED_TRACE(p);
-    o.euclidean_projection_dim = p;
-    auto got = EuclideanNeighbours(train, test, o);
-    ASSERT_TRUE(got.ok()) << got.status();
-    ExpectSameNeighbours(*got, want);
-  }
+  ExpectBruteForceNeighbours(train, test, 6, {0, 11});
 }
 
 TEST_F(KnnTest, SubnormalDistancesAreRankedExactly) {
@@ -567,16 +575,8 @@ TEST_F(KnnTest, SubnormalDistancesAreRankedExactly) {
   }
   train.rows = 300;
   const FeatureMatrix test = Matrix(dim, std::vector<float>(dim, 0.0f), {1});
-  const auto want = BruteForce(train, test, 1);
-  ASSERT_EQ(want[0][0].index, 1);
-  KnnOptions o = EuclideanOnly(1);
-  for (int p : {0, 3}) {
-    SCOPED_TRACE(p);
-    o.euclidean_projection_dim = p;
-    auto got = EuclideanNeighbours(train, test, o);
-    ASSERT_TRUE(got.ok()) << got.status();
-    ExpectSameNeighbours(*got, want);
-  }
+  ASSERT_EQ(BruteForce(train, test, 1)[0][0].index, 1);
+  ExpectBruteForceNeighbours(train, test, 1, {0, 3});
 }
 
 TEST_F(KnnTest, ProjectedEuclideanSearchRechecksRowsTheBoundCannotSplit) {
