@@ -4,7 +4,8 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
+
+#include "absl/synchronization/mutex.h"
 
 #include "server/service_util.h"
 
@@ -31,7 +32,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
       return;
     }
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (!cancelled_) {
         // A fresh alarm for every wait: setting the previous one again could
         // replace its callback while that is still running on another
@@ -53,7 +54,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
     FinishOnce(grpc::Status(grpc::CANCELLED, "watch cancelled"));
   }
   void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     cancelled_ = true;
     if (alarm_) alarm_->Cancel();
   }
@@ -82,8 +83,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
   ThreadPool& pool_;
   const int64_t study_id_;
   const absl::Duration interval_;
-  std::mutex mu_;
-  std::unique_ptr<grpc::Alarm> alarm_;  // guarded by mu_
+  absl::Mutex mu_;
+  std::unique_ptr<grpc::Alarm> alarm_ ABSL_GUARDED_BY(mu_);
   v1::StudyStatus status_;
   bool terminal_ = false;
   std::atomic<bool> cancelled_{false};
