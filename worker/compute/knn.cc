@@ -121,6 +121,10 @@ absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
   if (absl::Status s = ValidateMatrix(test, "test", num_classes); !s.ok()) {
     return s;
   }
+  if (train.rows > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kNN: ", train.rows, " train rows; at most 2^31 - 1 are supported"));
+  }
   if (train.dim != test.dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("kNN: train features have dim ", train.dim,

@@ -818,7 +818,7 @@ class ProjectedSearch {
             for (int64_t j = 0; j < m; ++j) {
               const float value = two_shrink * p[i * m + j] - (qt + terms_[t + j]);
               if (static_cast<double>(value) >= limit) {
-                lists[i].push_back({value, t + j});
+                lists[i].push_back({value, static_cast<int32_t>(t + j)});
               }
             }
           }

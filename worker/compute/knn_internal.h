@@ -132,9 +132,10 @@ inline int64_t TileRows(const KnnOptions& options, int64_t dim) {
 // from the start; the buffer grows only as far as values are accepted.
 class TopK {
  public:
+  // 8 bytes: train indices fit in 32 bits (RunKnn rejects larger sets).
   struct Entry {
     float value;
-    int64_t index;
+    int32_t index;
   };
 
   // Starts a stream that keeps the best `capacity` values above `threshold`.
@@ -198,7 +199,7 @@ class TopK {
  private:
   void Offer(float value, int64_t index) {
     if (!(value > threshold_)) return;
-    entries_.push_back({value, index});
+    entries_.push_back({value, static_cast<int32_t>(index)});
     if (static_cast<int64_t>(entries_.size()) == 2 * capacity_) Cut();
   }
 
