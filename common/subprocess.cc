@@ -1,9 +1,11 @@
 #include "common/subprocess.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -209,21 +211,39 @@ bool Subprocess::Running() {
   return false;
 }
 
+bool Subprocess::Wait(absl::Duration timeout) {
+  if (!Running()) return true;
+  // A pidfd becomes readable when the child exits: a blocking wait with a
+  // deadline, no polling.
+  const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (fd < 0) {
+    // Kernels before 5.3: fall back to short, growing naps.
+    const absl::Time deadline = absl::Now() + timeout;
+    absl::Duration nap = absl::Milliseconds(1);
+    while (Running() && absl::Now() < deadline) {
+      std::this_thread::sleep_for(
+          absl::ToChronoNanoseconds(std::min(nap, deadline - absl::Now())));
+      nap = std::min(nap * 2, absl::Milliseconds(50));
+    }
+    return !Running();
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  while (Running()) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) break;
+    pollfd p{fd, POLLIN, 0};
+    const int ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+    if (poll(&p, 1, ms) < 0 && errno != EINTR) break;
+  }
+  close(fd);
+  return !Running();
+}
+
 int Subprocess::Stop(absl::Duration grace) {
   if (!Running()) return exit_code_;
   kill(pid_, SIGTERM);
-  // Supervision, not synchronisation: poll with short, growing naps so a
-  // quick exit is noticed within milliseconds.
-  const absl::Time deadline = absl::Now() + grace;
-  absl::Duration nap = absl::Milliseconds(1);
-  while (absl::Now() < deadline) {
-    if (!Running()) return exit_code_;
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(
-        std::min(nap, deadline - absl::Now())));
-    nap = std::min(nap * 2, absl::Milliseconds(50));
-  }
-  if (!Running()) return exit_code_;
-  Kill();
+  if (!Wait(grace)) Kill();
   return exit_code_;
 }
 

@@ -34,6 +34,9 @@ class Subprocess {
   pid_t pid() const { return pid_; }
   // Non-blocking: true while the child runs.
   bool Running();
+  // Blocks until the child exits or `timeout` passes; true if it exited
+  // (its exit code is then Stop()'s).
+  bool Wait(absl::Duration timeout);
   // SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit code (-1 for
   // a signal).
   int Stop(absl::Duration grace = absl::Seconds(10));

@@ -57,6 +57,8 @@ class FakeStudyService final : public v1::StudyService::Service {
   std::vector<v1::StudyStatus> script;
   bool hang_after_script = false;
   absl::Notification streaming;
+  // With hang_after_script, the stream stays open until this is notified.
+  absl::Notification release;
   std::map<int64_t, v1::Artifact> artifacts;
 
   grpc::Status GetArtifact(grpc::ServerContext*, const v1::GetArtifactRequest* request,
@@ -79,7 +81,7 @@ class FakeStudyService final : public v1::StudyService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status WatchStudy(grpc::ServerContext* context,
+  grpc::Status WatchStudy(grpc::ServerContext* /*context*/,
                           const v1::WatchStudyRequest* request,
                           grpc::ServerWriter<v1::StudyStatus>* writer) override {
     if (request->study_id() != 7) {
@@ -88,10 +90,9 @@ class FakeStudyService final : public v1::StudyService::Service {
     for (const auto& s : script) writer->Write(s);
     if (!streaming.HasBeenNotified()) streaming.Notify();
     if (hang_after_script) {
-      // Until the client goes away (the watcher's Cancel).
-      while (!context->IsCancelled()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
+      // Open until the test has seen the client give up (the watcher's
+      // Cancel ends the call on the client side at once).
+      release.WaitForNotificationWithTimeout(absl::Seconds(60));
       return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
     }
     return grpc::Status::OK;
@@ -110,6 +111,7 @@ class WatcherTest : public ::testing::Test {
     address_ = "127.0.0.1:" + std::to_string(port);
   }
   void TearDown() override {
+    if (!service_.release.HasBeenNotified()) service_.release.Notify();
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
   }
 
@@ -179,6 +181,7 @@ TEST_F(WatcherTest, CancelEndsTheWatch) {
     watcher.Cancel();
   });
   EXPECT_THAT(watcher.Run().status(), StatusIs(absl::StatusCode::kCancelled));
+  service_.release.Notify();
   canceller.join();
   std::fclose(out);
 }

@@ -1,7 +1,10 @@
 #include "common/subprocess.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <thread>
@@ -19,15 +22,27 @@ using ::sslbench::client::testing::ReadFile;
 using ::sslbench::client::testing::StatusIs;
 using ::testing::HasSubstr;
 
-// Waits (with a deadline) until `condition` holds.
-template <typename Fn>
-bool WaitFor(Fn condition, absl::Duration timeout = absl::Seconds(10)) {
+// Reads what a child writes into the FIFO `path`, waiting up to `timeout`
+// for it to open the FIFO and write (or close it).
+std::string ReadFifo(const std::string& path, absl::Duration timeout) {
+  // Non-blocking open: a reader may open a FIFO before any writer has; poll
+  // then blocks until data arrives.
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string got;
   const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (got.find('\n') == std::string::npos) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) break;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(ms)) <= 0) break;
+    char buf[64];
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) got.append(buf, static_cast<size_t>(n));
+    if (n == 0) break;  // the writer closed it
   }
-  return condition();
+  close(fd);
+  return got;
 }
 
 int OpenFdCount() {
@@ -107,7 +122,7 @@ TEST_F(SubprocessTest, WritesToTheLogAndReportsTheExitCode) {
       Subprocess::Start({"sh", "-c", "echo hello; echo oops >&2; exit 7"}, log);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_GT((*p)->pid(), 0);
-  ASSERT_TRUE(WaitFor([&] { return !(*p)->Running(); }));
+  ASSERT_TRUE((*p)->Wait(absl::Seconds(10)));
   EXPECT_EQ((*p)->Stop(), 7);
   EXPECT_EQ((*p)->Stop(), 7);  // idempotent
   EXPECT_EQ(ReadFile(log), "hello\noops\n");
@@ -115,7 +130,7 @@ TEST_F(SubprocessTest, WritesToTheLogAndReportsTheExitCode) {
   // A second run appends.
   p = Subprocess::Start({"sh", "-c", "echo again"}, log);
   ASSERT_TRUE(p.ok()) << p.status();
-  ASSERT_TRUE(WaitFor([&] { return !(*p)->Running(); }));
+  ASSERT_TRUE((*p)->Wait(absl::Seconds(10)));
   EXPECT_EQ((*p)->Stop(), 0);
   EXPECT_EQ(ReadFile(log), "hello\noops\nagain\n");
 }
@@ -125,6 +140,7 @@ TEST_F(SubprocessTest, StopTerminatesPromptly) {
       Subprocess::Start({"sleep", "60"}, dir_ + "/sleep.log");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE((*p)->Running());
+  EXPECT_FALSE((*p)->Wait(absl::Milliseconds(20)));  // still running
   const absl::Time start = absl::Now();
   EXPECT_EQ((*p)->Stop(absl::Seconds(30)), -1);  // killed by SIGTERM
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
@@ -133,11 +149,13 @@ TEST_F(SubprocessTest, StopTerminatesPromptly) {
 
 TEST_F(SubprocessTest, StopEscalatesToSigkill) {
   const std::string log = dir_ + "/stubborn.log";
+  const std::string ready = dir_ + "/ready";
+  ASSERT_EQ(mkfifo(ready.c_str(), 0600), 0);
   absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
-      {"sh", "-c", "trap '' TERM; echo ready; exec sleep 60"}, log);
+      {"sh", "-c", "trap '' TERM; echo ready > \"$0\"; exec sleep 60", ready}, log);
   ASSERT_TRUE(p.ok()) << p.status();
   // SIGTERM is ignored only once the trap ran.
-  ASSERT_TRUE(WaitFor([&] { return ReadFile(log) == "ready\n"; }));
+  ASSERT_EQ(ReadFifo(ready, absl::Seconds(10)), "ready\n");
   const absl::Time start = absl::Now();
   EXPECT_EQ((*p)->Stop(absl::Milliseconds(300)), -1);
   const absl::Duration took = absl::Now() - start;

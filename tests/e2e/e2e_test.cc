@@ -4,6 +4,8 @@
 
 #include <grpcpp/grpcpp.h>
 #include <arpa/inet.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,14 +15,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
-#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/subprocess.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -50,21 +54,38 @@ std::string ReadFile(const std::string& path) {
 }
 
 // Waits for `path` to hold a port number written by a child, failing early
-// if the child dies. Polls: the condition is a file another process writes.
+// if the child dies: woken by inotify when a file in its folder is written,
+// and by the child's exit (Wait), with a deadline.
 absl::StatusOr<int> WaitForPortFile(const std::string& path, Subprocess& child,
                                     const std::string& log) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
+  const int watch = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (watch < 0) return absl::InternalError("inotify_init1 failed");
+  inotify_add_watch(watch, fs::path(path).parent_path().c_str(),
+                    IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  absl::StatusOr<int> result =
+      absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+  while (absl::Now() < deadline) {
     int port = 0;
     if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(path)), &port) && port > 0) {
-      return port;
+      result = port;
+      break;
+    }
+    // Until something in the folder is written; at most a second, so that a
+    // child that died is noticed.
+    pollfd p{watch, POLLIN, 0};
+    poll(&p, 1, static_cast<int>(std::min<int64_t>(
+                    absl::ToInt64Milliseconds(deadline - absl::Now()) + 1, 1000)));
+    char events[4096];
+    while (read(watch, events, sizeof(events)) > 0) {
     }
     if (!child.Running()) {
-      return absl::InternalError(absl::StrCat("process exited early; log:\n", ReadFile(log)));
+      result = absl::InternalError(absl::StrCat("process exited early; log:\n", ReadFile(log)));
+      break;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+  close(watch);
+  return result;
 }
 
 class EndToEndTest : public ::testing::Test {
@@ -156,22 +177,35 @@ class EndToEndTest : public ::testing::Test {
     return artifact;
   }
 
-  // Polls the study until a running extraction reports more than `rows`
-  // images done (up to 2 minutes): the moment to interrupt something.
+  // Follows the study's status stream (WatchStudy, an update every 50 ms)
+  // until `done` holds for an update; false if the study ends first or
+  // `timeout` passes.
+  bool WatchUntil(int64_t study, const std::function<bool(const v1::StudyStatus&)>& done,
+                  absl::Duration timeout = absl::Minutes(2)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    v1::WatchStudyRequest request;
+    request.set_study_id(study);
+    request.set_interval_ms(50);
+    std::unique_ptr<grpc::ClientReader<v1::StudyStatus>> stream =
+        studies_->WatchStudy(&context, request);
+    v1::StudyStatus status;
+    bool reached = false;
+    while (!reached && stream->Read(&status)) reached = done(status);
+    context.TryCancel();
+    stream->Finish().IgnoreError();
+    return reached;
+  }
+
+  // Until a running extraction reports more than `rows` images done: the
+  // moment to interrupt something.
   bool WaitForExtractedRows(int64_t study, int64_t rows) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (std::chrono::steady_clock::now() < deadline) {
-      grpc::ClientContext context;
-      v1::GetStudyRequest request;
-      request.set_study_id(study);
-      v1::StudyStatus status;
-      if (!studies_->GetStudy(&context, request, &status).ok()) return false;
+    return WatchUntil(study, [rows](const v1::StudyStatus& status) {
       for (const auto& p : status.progress()) {
         if (p.kind() == v1::TASK_KIND_EXTRACT && p.work_done() > rows) return true;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
+      return false;
+    });
   }
 
   bool HasCheckpoint(int64_t task_id) {
@@ -524,14 +558,12 @@ TEST_F(EndToEndTest, FineTuningResumesFromItsCheckpointAfterAWorkerDies) {
   const int64_t study = Submit(study_file);
   // The study's only task is the fine-tuning; wait for its first checkpoint.
   int64_t task_id = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline) {
+  WatchUntil(study, [&](const v1::StudyStatus&) {
     for (int64_t id = 1; id < 64 && task_id == 0; ++id) {
       if (HasCheckpoint(id)) task_id = id;
     }
-    if (task_id != 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+    return task_id != 0;
+  });
   ASSERT_NE(task_id, 0) << ReadFile(worker_log);
   (*victim)->Kill();
 
