@@ -167,6 +167,10 @@ bool ValidDatabaseName(const std::string& name) {
 
 }  // namespace
 
+absl::Status CheckServerCanReach(const std::string& dir, uid_t uid) {
+  return CheckTraversable(fs::path(dir), uid);
+}
+
 absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
     const LocalPostgresOptions& options) {
   std::unique_ptr<LocalPostgres> pg(new LocalPostgres());
@@ -201,7 +205,7 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
     uid = pw->pw_uid;
     gid = pw->pw_gid;
     pg->run_as_ = kSystemUser;
-    RETURN_IF_ERROR(CheckTraversable(dir, uid));
+    RETURN_IF_ERROR(CheckServerCanReach(dir.string(), uid));
   }
 
   // The port: the one asked for, else the one remembered from an earlier

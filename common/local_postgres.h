@@ -4,6 +4,8 @@
 // the cluster is created and run as the `postgres` system user, in a folder
 // that user owns.
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 
@@ -16,6 +18,11 @@ struct LocalPostgresOptions {
   int port = 0;             // 0: choose a free loopback port
   bool durable = true;      // false: fsync off (tests)
 };
+
+// OK when user `uid` can pass through every folder above `dir`;
+// FAILED_PRECONDITION naming the first that it cannot. Start checks this for
+// the `postgres` user, which runs the server when we are root.
+absl::Status CheckServerCanReach(const std::string& dir, uid_t uid);
 
 class LocalPostgres {
  public:

@@ -108,14 +108,17 @@ TEST_F(LocalPostgresTest, DurableByDefault) {
 }
 
 TEST_F(LocalPostgresTest, FolderTheServerUserCannotEnter) {
-  if (geteuid() != 0) GTEST_SKIP() << "only root runs the server as another user";
+  // A folder only its owner (us) may enter: another user (the `postgres`
+  // server user, when we are root) cannot reach a cluster inside it.
   const std::string closed = dir_ + "/closed";
-  std::filesystem::create_directories(closed);
-  chmod(closed.c_str(), 0700);
-  LocalPostgresOptions options;
-  options.dir = closed + "/pg";
-  EXPECT_THAT(LocalPostgres::Start(options).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, closed + "/pg"));
+  std::filesystem::create_directories(closed + "/pg");
+  ASSERT_EQ(chmod(closed.c_str(), 0700), 0);
+  const uid_t other = geteuid() + 4242;
+  EXPECT_THAT(CheckServerCanReach(closed + "/pg", other),
+              StatusIs(absl::StatusCode::kFailedPrecondition, closed));
+  EXPECT_TRUE(CheckServerCanReach(closed + "/pg", geteuid()).ok());
+  ASSERT_EQ(chmod(closed.c_str(), 0711), 0);
+  EXPECT_TRUE(CheckServerCanReach(closed + "/pg", other).ok());
 }
 
 }  // namespace

@@ -62,9 +62,4 @@ absl::StatusOr<std::string> FreshDatabase() {
   return absl::StrCat(*base, " dbname=", name);
 }
 
-LocalPostgres* TestCluster() {
-  absl::MutexLock lock(&mu);
-  return cluster ? cluster->get() : nullptr;
-}
-
 }  // namespace sslbench::testing

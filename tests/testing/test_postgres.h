@@ -16,8 +16,4 @@ namespace sslbench::testing {
 // Creates a new, empty database and returns its connection string.
 absl::StatusOr<std::string> FreshDatabase();
 
-// The private cluster, for tests that stop and restart the server; null when
-// SSLBENCH_TEST_PG points at an external server.
-LocalPostgres* TestCluster();
-
 }  // namespace sslbench::testing
