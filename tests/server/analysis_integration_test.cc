@@ -16,6 +16,7 @@
 #include "server/coordinator_server.h"
 #include "server/store/pg_store.h"
 #include "sslbench/v1/client_api.grpc.pb.h"
+#include "tests/server/grpc_test_util.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/study_fixtures.h"
 #include "tests/testing/test_postgres.h"
@@ -215,16 +216,9 @@ TEST_F(AnalysisIntegrationTest, ErrorCodes) {
 }
 
 TEST(CorrelateGrpcTest, AdapterMapsTheDomainsErrorCodes) {
-  auto db = testing::FreshDatabase();
-  ASSERT_TRUE(db.ok()) << db.status();
-  CoordinatorServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "127.0.0.1:0";
-  options.database = *db;
-  auto server = CoordinatorServer::Start(options);
+  auto server = testing::StartTestCoordinator();
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::StudyService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  auto stub = v1::StudyService::NewStub(testing::ChannelTo(**server));
 
   v1::CorrelateRequest request;
   request.set_study_id(999);

@@ -8,6 +8,7 @@
 #include "server/coordinator_server.h"
 #include "sslbench/v1/client_api.grpc.pb.h"
 #include "sslbench/v1/worker_api.grpc.pb.h"
+#include "tests/server/grpc_test_util.h"
 #include "tests/testing/http_get.h"
 #include "tests/testing/study_fixtures.h"
 #include "tests/testing/test_postgres.h"
@@ -20,17 +21,10 @@ using ::testing::HasSubstr;
 class CoordinatorGrpcTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto db = testing::FreshDatabase();
-    ASSERT_TRUE(db.ok()) << db.status();
-    CoordinatorServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.metrics_listen = "127.0.0.1:0";
-    options.database = *db;
-    auto server = CoordinatorServer::Start(options);
+    auto server = testing::StartTestCoordinator();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                       grpc::InsecureChannelCredentials());
+    auto channel = testing::ChannelTo(*server_);
     studies_ = v1::StudyService::NewStub(channel);
     workers_ = v1::WorkerService::NewStub(channel);
   }

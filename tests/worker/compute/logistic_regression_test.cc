@@ -16,23 +16,10 @@ namespace {
 
 using ::sslbench::compute::testing::StatusIs;
 
-// Gaussian blobs: class c has mean `separation` * e_(c mod dim).
+// The blobs shifted by 0.5 (not centred).
 FeatureMatrix Blobs(int64_t rows, int64_t dim, int num_classes,
                     double separation, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal;
-  FeatureMatrix m;
-  m.rows = rows;
-  m.dim = dim;
-  for (int64_t i = 0; i < rows; ++i) {
-    const int32_t label = static_cast<int32_t>(i % num_classes);
-    m.labels.push_back(label);
-    for (int64_t d = 0; d < dim; ++d) {
-      m.data.push_back(static_cast<float>(
-          normal(gen) + (d % num_classes == label ? separation : 0) + 0.5));
-    }
-  }
-  return m;
+  return testing::Blobs(rows, dim, num_classes, separation, seed, 1, 0.5);
 }
 
 // Gradient of C * sum CE + 0.5 ||W||^2 at `head` (weight [K, D] then bias),

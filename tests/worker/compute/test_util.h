@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
+#include <random>
 #include <filesystem>
 #include <string>
 
@@ -11,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/compute/features.h"
 
 namespace sslbench::compute::testing {
 
@@ -24,6 +27,28 @@ inline std::string MakeTempDir(const std::string& name) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
+}
+
+inline // Gaussian blobs: class c has mean `separation` * e_(c mod dim), then every
+// value is scaled by `scale` and shifted by `shift`.
+FeatureMatrix Blobs(int64_t rows, int64_t dim, int num_classes,
+                    double separation, uint32_t seed, double scale = 1,
+                    double shift = 0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> normal;
+  FeatureMatrix m;
+  m.rows = rows;
+  m.dim = dim;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t label = static_cast<int32_t>(i % num_classes);
+    m.labels.push_back(label);
+    for (int64_t d = 0; d < dim; ++d) {
+      const double v =
+          normal(gen) + (d % num_classes == label ? separation : 0);
+      m.data.push_back(static_cast<float>(v * scale + shift));
+    }
+  }
+  return m;
 }
 
 MATCHER_P(StatusIs, code, "") {
