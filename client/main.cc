@@ -192,14 +192,21 @@ int CmdStatus(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// --format, which must be table, csv or json; else the usage exit code.
+bool FormatFlag(std::string* format, int* exit_code) {
+  *format = absl::GetFlag(FLAGS_format);
+  if (*format == "table" || *format == "csv" || *format == "json") return true;
+  *exit_code =
+      Usage(absl::StrCat("--format=", *format, " is not one of table, csv, json"));
+  return false;
+}
+
 int CmdResults(const std::vector<std::string>& args) {
   int64_t id = 0;
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
-  const std::string format = absl::GetFlag(FLAGS_format);
-  if (format != "table" && format != "csv" && format != "json") {
-    return Usage(absl::StrCat("--format=", format, " is not one of table, csv, json"));
-  }
+  std::string format;
+  if (!FormatFlag(&format, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
   CoordinatorClient client(address);
   absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
@@ -218,10 +225,8 @@ int CmdCorrelate(const std::vector<std::string>& args) {
   int64_t id = 0;
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
-  const std::string format = absl::GetFlag(FLAGS_format);
-  if (format != "table" && format != "csv" && format != "json") {
-    return Usage(absl::StrCat("--format=", format, " is not one of table, csv, json"));
-  }
+  std::string format;
+  if (!FormatFlag(&format, &exit_code)) return exit_code;
   const std::string metric = absl::GetFlag(FLAGS_metric);
   if (metric != "top1" && metric != "top5" && metric != "mean_per_class") {
     return Usage(
