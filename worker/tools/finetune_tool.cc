@@ -46,12 +46,10 @@
 #include "worker/compute/fine_tune.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
-#include "worker/tools/tool_util.h"
 #include "worker/compute/linear_probe.h"
+#include "worker/tools/tool_util.h"
 
 namespace {
-
-using sslbench::tools::JsonNumber;
 
 using sslbench::compute::ClassificationMetrics;
 using sslbench::compute::FeatureExtractor;
@@ -59,6 +57,7 @@ using sslbench::compute::FineTuneOptions;
 using sslbench::compute::FineTuneResult;
 using sslbench::compute::ImageSet;
 using sslbench::compute::ModelOptions;
+using sslbench::tools::JsonNumber;
 
 int Usage() {
   std::fprintf(stderr,

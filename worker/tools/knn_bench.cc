@@ -63,6 +63,7 @@ using sslbench::compute::FeatureMatrix;
 using sslbench::compute::ImageSet;
 using sslbench::compute::KnnOptions;
 using sslbench::compute::KnnResult;
+using sslbench::tools::JsonNumber;
 
 struct Args {
   std::string root = "/usr/share/datasets/fashion-mnist";
@@ -240,15 +241,20 @@ bool WarmUp(const FeatureMatrix& train, const FeatureMatrix& test,
       .ok();
 }
 
+// Whether both loaded; prints why not.
+bool BothOk(const absl::StatusOr<FeatureMatrix>& train,
+            const absl::StatusOr<FeatureMatrix>& test) {
+  if (train.ok() && test.ok()) return true;
+  std::fprintf(stderr, "%s\n",
+               (train.ok() ? test.status() : train.status()).ToString().c_str());
+  return false;
+}
+
 int TimeAll(const Args& args) {
   auto start = std::chrono::steady_clock::now();
   absl::StatusOr<FeatureMatrix> train = Features(args, "train", args.train_rows);
   absl::StatusOr<FeatureMatrix> test = Features(args, "test", args.test_rows);
-  if (!train.ok() || !test.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 (train.ok() ? test.status() : train.status()).ToString().c_str());
-    return 1;
-  }
+  if (!BothOk(train, test)) return 1;
   const int num_classes = NumClasses(*train, *test);
   std::printf(
       "{\"event\":\"features\",\"source\":\"%s\",\"dim\":%lld,"
@@ -361,11 +367,7 @@ int MeasureMemory(const Args& args) {
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   absl::StatusOr<FeatureMatrix> train = Features(args, "train", args.train_rows);
   absl::StatusOr<FeatureMatrix> test = Features(args, "test", args.test_rows);
-  if (!train.ok() || !test.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 (train.ok() ? test.status() : train.status()).ToString().c_str());
-    return 1;
-  }
+  if (!BothOk(train, test)) return 1;
   const int num_classes = NumClasses(*train, *test);
   if (!WarmUp(*train, *test, num_classes, args)) return 1;
   KnnOptions options = Cosine(args);

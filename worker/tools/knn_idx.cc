@@ -24,12 +24,11 @@
 
 namespace {
 
-using sslbench::tools::JsonNumber;
-
 using sslbench::compute::FeatureMatrix;
 using sslbench::compute::ImageSet;
 using sslbench::compute::KnnOptions;
 using sslbench::compute::KnnResult;
+using sslbench::tools::JsonNumber;
 
 int Usage() {
   std::fprintf(stderr,

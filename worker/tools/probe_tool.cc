@@ -37,17 +37,16 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/knn.h"
-#include "worker/tools/tool_util.h"
 #include "worker/compute/linear_probe.h"
 #include "worker/compute/logistic_regression.h"
+#include "worker/tools/tool_util.h"
 
 namespace {
-
-using sslbench::tools::JsonNumber;
 
 using sslbench::compute::ClassificationMetrics;
 using sslbench::compute::FeatureMatrix;
 using sslbench::compute::ImageSet;
+using sslbench::tools::JsonNumber;
 
 int Usage() {
   std::fprintf(
