@@ -12,45 +12,14 @@ Run with Debian's /usr/bin/python3 (numpy, scikit-learn 1.2).
 """
 
 import argparse
-import gzip
 import json
-import os
 import subprocess
 import sys
 import time
 
-import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
-
-def read_idx(path):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[0:4], "big")
-    if magic >> 8 != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = magic & 0xFF
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
-             for i in range(ndim)]
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    return array.reshape(shape)
-
-
-def find(root, name):
-    for candidate in (os.path.join(root, name), os.path.join(root, name + ".gz")):
-        if os.path.exists(candidate):
-            return candidate
-    raise FileNotFoundError(os.path.join(root, name) + "[.gz]")
-
-
-def load_split(root, prefix, limit):
-    images = read_idx(find(root, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(find(root, f"{prefix}-labels-idx1-ubyte"))
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    features = images.reshape(len(images), -1).astype(np.float32) / 255
-    return np.ascontiguousarray(features), labels.astype(np.int64)
+from bench_util import load_split
 
 
 def main():

@@ -34,15 +34,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from knn_sklearn_parity import load_split  # noqa: E402
+from bench_util import load_split, run_json  # noqa: E402
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -148,8 +146,7 @@ def run_ours(args, lrs, batch_norm, val_fraction, train_limit):
         command += ["--train-limit", str(train_limit)]
     if batch_norm:
         command.append("--batch-norm")
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_json(command)
 
 
 def main():

@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from knn_sklearn_parity import load_split  # noqa: E402
+from bench_util import load_split, run_json  # noqa: E402
 
 
 def write_features(path, x, y):
@@ -78,8 +77,7 @@ def run_sklearn(x_train, y_train, x_test, y_test, c, max_iter, tol, threads):
 def run_ours(binary, data_args, c, max_iter, tol, threads, extra):
     command = [binary, "logreg", *data_args, "--c", repr(c), "--max-iter", str(max_iter),
                "--tol", repr(tol), "--threads", str(threads), *extra]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_json(command)
 
 
 def main():
