@@ -349,6 +349,23 @@ absl::Status VerifyModel(const v1::ModelSpec& model) {
   return absl::OkStatus();
 }
 
+// A fine-tuning checkpoint for seed `seed_index`, carrying the seeds done.
+v1::FineTuneCheckpoint SeedCheckpoint(int32_t seed_index,
+                                      const std::vector<SeedOutcome>& done) {
+  v1::FineTuneCheckpoint checkpoint;
+  checkpoint.set_seed_index(seed_index);
+  for (const SeedOutcome& o : done) {
+    v1::ProbeResult* p = checkpoint.add_completed();
+    p->set_variant(o.variant);
+    p->set_top1(o.metrics.top1);
+    p->set_top5(o.metrics.top5);
+    p->set_mean_per_class(o.metrics.mean_per_class);
+    for (double a : o.metrics.per_class) p->add_per_class(a);
+    p->set_config_json(o.selected_json);
+  }
+  return checkpoint;
+}
+
 compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {
   compute::ModelOptions options;
   options.path = model.path();
@@ -585,19 +602,10 @@ absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
     const std::string resume =
         static_cast<int>(s) == saved.seed_index() ? saved.state() : std::string();
     auto sink = [&](int64_t step, const std::string& bytes) -> absl::Status {
-      v1::FineTuneCheckpoint checkpoint;
-      checkpoint.set_seed_index(static_cast<int32_t>(s));
+      v1::FineTuneCheckpoint checkpoint =
+          SeedCheckpoint(static_cast<int32_t>(s), outcomes);
       checkpoint.set_step(step);
       checkpoint.set_state(bytes);
-      for (const auto& o : outcomes) {
-        v1::ProbeResult* done = checkpoint.add_completed();
-        done->set_variant(o.variant);
-        done->set_top1(o.metrics.top1);
-        done->set_top5(o.metrics.top5);
-        done->set_mean_per_class(o.metrics.mean_per_class);
-        for (double a : o.metrics.per_class) done->add_per_class(a);
-        done->set_config_json(o.selected_json);
-      }
       return PutCheckpoint(ctx, step, checkpoint.SerializeAsString());
     };
     auto progress = [&](int64_t done, int64_t total) {
@@ -617,18 +625,8 @@ absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
     outcomes.push_back(std::move(o));
     // Record the finished seed, so a later preemption does not redo it.
     if (s + 1 < seeds.size()) {
-      v1::FineTuneCheckpoint checkpoint;
-      checkpoint.set_seed_index(static_cast<int32_t>(s + 1));
-      for (const auto& done : outcomes) {
-        v1::ProbeResult* p = checkpoint.add_completed();
-        p->set_variant(done.variant);
-        p->set_top1(done.metrics.top1);
-        p->set_top5(done.metrics.top5);
-        p->set_mean_per_class(done.metrics.mean_per_class);
-        for (double a : done.metrics.per_class) p->add_per_class(a);
-        p->set_config_json(done.selected_json);
-      }
-      RETURN_IF_ERROR(PutCheckpoint(ctx, 0, checkpoint.SerializeAsString()));
+      RETURN_IF_ERROR(PutCheckpoint(
+          ctx, 0, SeedCheckpoint(static_cast<int32_t>(s + 1), outcomes).SerializeAsString()));
     }
   }
   results->push_back(AggregateSeeds(spec, variant, seeds, outcomes, rows_used, train.count,
