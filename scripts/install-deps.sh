@@ -7,13 +7,14 @@ PACKAGES=(
   build-essential cmake pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   libabsl-dev libtorch-dev libopenblas0-openmp
-  libpqxx-dev libssl-dev zlib1g-dev libyaml-cpp-dev
+  libpqxx-dev libssl-dev zlib1g-dev libyaml-cpp-dev libjpeg62-turbo-dev libpng-dev
   prometheus-cpp-dev
   libgtest-dev libgmock-dev
   postgresql postgresql-client
   dataset-fashion-mnist
   # Reference implementations for parity tests and benchmarks only.
   python3 python3-numpy python3-scipy python3-sklearn python3-torch
+  python3-torchvision python3-pil python3-skimage
 )
 
 missing=()

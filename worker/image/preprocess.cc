@@ -1,0 +1,326 @@
+// Pillow's bilinear resampling (libImaging/Resample.c), computed only for the
+// pixels that torchvision's CenterCrop keeps. Pillow resizes in two separable
+// passes, horizontal then vertical, with 22-bit fixed-point coefficients and
+// the intermediate rounded to uint8; every output pixel depends only on its
+// own coefficients, so computing a window of the output gives the same values
+// as computing all of it and cropping.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "worker/image/image.h"
+
+namespace sslbench::image {
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// Output positions [begin, end) of a resize from in_size to out_size:
+// bounds[i] = (first input index, tap count), coefficients ksize per output.
+struct Coefficients {
+  int ksize = 0;
+  std::vector<int> first;
+  std::vector<int> count;
+  std::vector<int32_t> k;  // (end - begin) * ksize
+};
+
+Coefficients Precompute(int in_size, int out_size, int begin, int end) {
+  Coefficients c;
+  const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 1.0 * filterscale;  // bilinear: support 1
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  const int n = end - begin;
+  c.first.resize(n);
+  c.count.resize(n);
+  c.k.assign(static_cast<size_t>(n) * c.ksize, 0);
+  std::vector<double> w(c.ksize);
+  for (int i = 0; i < n; ++i) {
+    const int xx = begin + i;
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      double t = (x + xmin - center + 0.5) * ss;
+      if (t < 0.0) t = -t;
+      w[x] = t < 1.0 ? 1.0 - t : 0.0;
+      ww += w[x];
+    }
+    int32_t* k = &c.k[static_cast<size_t>(i) * c.ksize];
+    for (int x = 0; x < xmax; ++x) {
+      const double v = ww != 0.0 ? w[x] / ww : w[x];
+      k[x] = v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits))
+                   : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    c.first[i] = xmin;
+    c.count[i] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t Clip8(int32_t v) {
+  v >>= kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+// One row of the horizontal pass on RGB, the same integer arithmetic as
+// Pillow's per-channel sums. With SSE4.1 each tap adds k * (R, G, B, next) in
+// four int32 lanes at once (the fourth lane is ignored); `available` is the
+// number of bytes readable from `in`, and a tap whose 4-byte load would pass
+// it is summed channel by channel.
+void HorizontalRgbScalar(const uint8_t* in, const Coefficients& c, int out_w, uint8_t* o) {
+  for (int i = 0; i < out_w; ++i) {
+    const int32_t* k = &c.k[static_cast<size_t>(i) * c.ksize];
+    const uint8_t* p = in + static_cast<size_t>(c.first[i]) * 3;
+    int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+    for (int x = 0; x < c.count[i]; ++x, p += 3) {
+      s0 += p[0] * k[x];
+      s1 += p[1] * k[x];
+      s2 += p[2] * k[x];
+    }
+    o[i * 3 + 0] = Clip8(s0);
+    o[i * 3 + 1] = Clip8(s1);
+    o[i * 3 + 2] = Clip8(s2);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.1"))) void HorizontalRgbSse41(const uint8_t* in, size_t available,
+                                                          const Coefficients& c, int out_w,
+                                                          uint8_t* o) {
+  const __m128i half = _mm_set1_epi32(1 << (kPrecisionBits - 1));
+  for (int i = 0; i < out_w; ++i) {
+    const int32_t* k = &c.k[static_cast<size_t>(i) * c.ksize];
+    const int n = c.count[i];
+    const size_t first = static_cast<size_t>(c.first[i]);
+    const uint8_t* p = in + first * 3;
+    __m128i acc = half;
+    const int safe = (first + n) * 3 < available ? n : n - 1;
+    int x = 0;
+    for (; x < safe; ++x, p += 3) {
+      int32_t word;
+      std::memcpy(&word, p, 4);
+      const __m128i v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(word));
+      acc = _mm_add_epi32(acc, _mm_mullo_epi32(v, _mm_set1_epi32(k[x])));
+    }
+    for (; x < n; ++x, p += 3) {
+      const __m128i v = _mm_setr_epi32(p[0], p[1], p[2], 0);
+      acc = _mm_add_epi32(acc, _mm_mullo_epi32(v, _mm_set1_epi32(k[x])));
+    }
+    alignas(16) int32_t lanes[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(lanes), acc);
+    o[i * 3 + 0] = Clip8(lanes[0]);
+    o[i * 3 + 1] = Clip8(lanes[1]);
+    o[i * 3 + 2] = Clip8(lanes[2]);
+  }
+}
+#endif
+
+void HorizontalRgb(const uint8_t* in, size_t available, const Coefficients& c, int out_w,
+                   uint8_t* o) {
+#if defined(__x86_64__)
+  static const bool sse41 = __builtin_cpu_supports("sse4.1");
+  if (sse41) return HorizontalRgbSse41(in, available, c, out_w, o);
+#endif
+  (void)available;
+  HorizontalRgbScalar(in, c, out_w, o);
+}
+
+// Python's round() for x.5 rounds to even.
+int RoundHalfEven(double x) { return static_cast<int>(std::nearbyint(x)); }
+
+struct Geometry {
+  int resized_h, resized_w;  // after Resize
+  int out_h, out_w;          // after CenterCrop
+  int top, left;             // crop origin in the resized image (may be < 0: padding)
+};
+
+Geometry Plan(const PreprocessOptions& o, int h, int w) {
+  Geometry g;
+  g.resized_h = h;
+  g.resized_w = w;
+  if (o.resize > 0) {
+    // torchvision's _compute_resized_output_size for an int size.
+    const int short_side = std::min(h, w), long_side = std::max(h, w);
+    const int new_long = static_cast<int>(static_cast<double>(int64_t{o.resize} * long_side) /
+                                          short_side);
+    if (w <= h) {
+      g.resized_w = o.resize;
+      g.resized_h = new_long;
+    } else {
+      g.resized_h = o.resize;
+      g.resized_w = new_long;
+    }
+  }
+  g.out_h = o.crop > 0 ? o.crop : g.resized_h;
+  g.out_w = o.crop > 0 ? o.crop : g.resized_w;
+  // torchvision's center_crop: pad symmetrically when the crop is larger,
+  // then take the rounded centre.
+  auto origin = [](int size, int crop) {
+    if (crop > size) return -((crop - size) / 2);
+    return RoundHalfEven((size - crop) / 2.0);
+  };
+  g.top = origin(g.resized_h, g.out_h);
+  g.left = origin(g.resized_w, g.out_w);
+  return g;
+}
+
+// PIL's "L" from RGB (ITU-R 601-2 luma in 16-bit fixed point).
+Image ToGrey(const Image& in) {
+  Image out;
+  out.height = in.height;
+  out.width = in.width;
+  out.channels = 1;
+  out.pixels.resize(static_cast<size_t>(in.height) * in.width);
+  const uint8_t* p = in.pixels.data();
+  for (size_t i = 0; i < out.pixels.size(); ++i, p += 3) {
+    out.pixels[i] = static_cast<uint8_t>((p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16);
+  }
+  return out;
+}
+
+// The window [top, top+out_h) x [left, left+out_w) of the resized image, as
+// uint8 HWC with the source's channel count; pixels outside the resized
+// image (crop padding) are 0.
+Image ResizeWindow(const Image& src, const Geometry& g) {
+  const int ch = src.channels;
+  Image out;
+  out.height = g.out_h;
+  out.width = g.out_w;
+  out.channels = ch;
+  out.pixels.assign(static_cast<size_t>(g.out_h) * g.out_w * ch, 0);
+  // The part of the window inside the resized image.
+  const int y0 = std::max(0, g.top), y1 = std::min(g.resized_h, g.top + g.out_h);
+  const int x0 = std::max(0, g.left), x1 = std::min(g.resized_w, g.left + g.out_w);
+  if (y0 >= y1 || x0 >= x1) return out;
+  const bool need_h = g.resized_w != src.width;
+  const bool need_v = g.resized_h != src.height;
+
+  // Horizontal pass over the source rows the vertical pass will read.
+  Coefficients vert;
+  int row_first = y0, row_last = y1;  // source rows needed
+  if (need_v) {
+    vert = Precompute(src.height, g.resized_h, y0, y1);
+    row_first = vert.first.front();
+    row_last = vert.first.back() + vert.count.back();
+    for (int i = 0; i < y1 - y0; ++i) row_first = std::min(row_first, vert.first[i]);
+    for (int i = 0; i < y1 - y0; ++i) row_last = std::max(row_last, vert.first[i] + vert.count[i]);
+  }
+  const int tmp_w = x1 - x0;
+  const int tmp_h = row_last - row_first;
+  std::vector<uint8_t> tmp(static_cast<size_t>(tmp_h) * tmp_w * ch);
+  if (need_h) {
+    const Coefficients horiz = Precompute(src.width, g.resized_w, x0, x1);
+    const size_t total = src.pixels.size();
+    for (int y = 0; y < tmp_h; ++y) {
+      const size_t row_offset = static_cast<size_t>(row_first + y) * src.width * ch;
+      uint8_t* o = tmp.data() + static_cast<size_t>(y) * tmp_w * ch;
+      if (ch == 3) {
+        HorizontalRgb(src.pixels.data() + row_offset, total - row_offset, horiz, tmp_w, o);
+      } else {
+        const uint8_t* in = src.pixels.data() + row_offset;
+        for (int i = 0; i < tmp_w; ++i) {
+          const int32_t* k = &horiz.k[static_cast<size_t>(i) * horiz.ksize];
+          const uint8_t* p = in + horiz.first[i];
+          int32_t s0 = 1 << (kPrecisionBits - 1);
+          for (int x = 0; x < horiz.count[i]; ++x) s0 += p[x] * k[x];
+          o[i] = Clip8(s0);
+        }
+      }
+    }
+  } else {
+    for (int y = 0; y < tmp_h; ++y) {
+      const uint8_t* in = src.pixels.data() +
+                          (static_cast<size_t>(row_first + y) * src.width + x0) * ch;
+      std::copy(in, in + static_cast<size_t>(tmp_w) * ch,
+                tmp.begin() + static_cast<ptrdiff_t>(y) * tmp_w * ch);
+    }
+  }
+
+  // Vertical pass, written into the window: taps outermost, so the inner
+  // loop runs over contiguous bytes and vectorises.
+  const int row_bytes = tmp_w * ch;
+  std::vector<int32_t> acc(static_cast<size_t>(row_bytes));
+  for (int y = y0; y < y1; ++y) {
+    uint8_t* o = out.pixels.data() +
+                 (static_cast<size_t>(y - g.top) * g.out_w + (x0 - g.left)) * ch;
+    if (!need_v) {
+      const uint8_t* in = tmp.data() + static_cast<size_t>(y - row_first) * row_bytes;
+      std::copy(in, in + row_bytes, o);
+      continue;
+    }
+    const int i = y - y0;
+    const int32_t* k = &vert.k[static_cast<size_t>(i) * vert.ksize];
+    const uint8_t* base = tmp.data() + static_cast<size_t>(vert.first[i] - row_first) * row_bytes;
+    const int n = vert.count[i];
+    int32_t* a = acc.data();
+    std::fill(acc.begin(), acc.end(), int32_t{1} << (kPrecisionBits - 1));
+    for (int t = 0; t < n; ++t) {
+      const uint8_t* p = base + static_cast<size_t>(t) * row_bytes;
+      const int32_t kt = k[t];
+      for (int b = 0; b < row_bytes; ++b) a[b] += p[b] * kt;
+    }
+    for (int b = 0; b < row_bytes; ++b) o[b] = Clip8(a[b]);
+  }
+  return out;
+}
+
+}  // namespace
+
+void OutputSize(const PreprocessOptions& options, int height, int width, int* out_height,
+                int* out_width) {
+  const Geometry g = Plan(options, height, width);
+  *out_height = g.out_h;
+  *out_width = g.out_w;
+}
+
+Image ResizeAndCrop(const Image& in, const PreprocessOptions& options) {
+  const Geometry g = Plan(options, in.height, in.width);
+  // PIL converts to the model's mode before resizing: RGB -> L for grey
+  // models. Grey sources are resized as grey and replicated afterwards.
+  if (options.channels == 1 && in.channels == 3) return ResizeWindow(ToGrey(in), g);
+  return ResizeWindow(in, g);
+}
+
+void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
+  const Image window = ResizeAndCrop(in, options);
+  const int channels = options.channels;
+  const size_t plane = static_cast<size_t>(window.height) * window.width;
+  // ToTensor divides by 255 in float; Normalize subtracts, then divides.
+  float lut[3][256];
+  for (int c = 0; c < channels; ++c) {
+    const float mean = options.mean.empty() ? 0.0f : options.mean[options.mean.size() == 1 ? 0 : c];
+    const float std = options.std.empty() ? 1.0f : options.std[options.std.size() == 1 ? 0 : c];
+    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - mean) / std;
+  }
+  const uint8_t* p = window.pixels.data();
+  if (window.channels == 1) {
+    for (int c = 0; c < channels; ++c) {
+      float* o = out + c * plane;
+      for (size_t i = 0; i < plane; ++i) o[i] = lut[c][p[i]];
+    }
+    return;
+  }
+  float* r = out;
+  float* g = out + plane;
+  float* b = out + 2 * plane;
+  for (size_t i = 0; i < plane; ++i, p += 3) {
+    r[i] = lut[0][p[0]];
+    g[i] = lut[1][p[1]];
+    b[i] = lut[2][p[2]];
+  }
+}
+
+}  // namespace sslbench::image
