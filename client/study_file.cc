@@ -18,6 +18,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/study_spec.h"
+#include "worker/datasets/dataset_reader.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "yaml-cpp/yaml.h"
@@ -274,19 +275,21 @@ std::string Resolve(const std::string& path, const fs::path& base) {
 absl::Status ParseModel(const YAML::Node& node, const std::string& path,
                         const fs::path& base, v1::ModelSpec* model) {
   ASSIGN_OR_RETURN(Map m, Map::Of(node, path,
-                                  {"name", "path", "input_size", "channels", "mean",
-                                   "std"}));
+                                  {"name", "path", "input_size", "resize_size", "channels",
+                                   "mean", "std"}));
   std::string name, file;
   RETURN_IF_ERROR(m.String("name", /*required=*/true, &name));
   RETURN_IF_ERROR(m.String("path", /*required=*/true, &file));
-  int64_t input_size = 0, channels = 0;
+  int64_t input_size = 0, resize_size = 0, channels = 0;
   RETURN_IF_ERROR(m.Int("input_size", kInt32Min, kInt32Max, &input_size));
+  RETURN_IF_ERROR(m.Int("resize_size", kInt32Min, kInt32Max, &resize_size));
   RETURN_IF_ERROR(m.Int("channels", kInt32Min, kInt32Max, &channels));
   std::vector<double> mean, std;
   RETURN_IF_ERROR(m.DoubleList("mean", &mean));
   RETURN_IF_ERROR(m.DoubleList("std", &std));
   model->set_name(name);
   model->set_input_size(static_cast<int32_t>(input_size));
+  model->set_resize_size(static_cast<int32_t>(resize_size));
   model->set_channels(static_cast<int32_t>(channels));
   for (double v : mean) model->add_mean(static_cast<float>(v));
   for (double v : std) model->add_std(static_cast<float>(v));
@@ -318,18 +321,20 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
                           v1::DatasetSpec* dataset) {
   ASSIGN_OR_RETURN(Map d, Map::Of(node, path,
                                   {"name", "format", "root", "role", "train_limit",
-                                   "test_limit"}));
-  std::string name, format = "idx", root, role;
+                                   "test_limit", "on_bad_image"}));
+  std::string name, format = datasets::kDefaultFormat, root, role, on_bad_image;
   RETURN_IF_ERROR(d.String("name", /*required=*/true, &name));
   RETURN_IF_ERROR(d.String("format", /*required=*/false, &format));
   RETURN_IF_ERROR(d.String("root", /*required=*/true, &root));
   RETURN_IF_ERROR(d.String("role", /*required=*/false, &role));
+  RETURN_IF_ERROR(d.String("on_bad_image", /*required=*/false, &on_bad_image));
   int64_t train_limit = 0, test_limit = 0;
   const int64_t kMax = std::numeric_limits<int64_t>::max();
   RETURN_IF_ERROR(d.Int("train_limit", 0, kMax, &train_limit));
   RETURN_IF_ERROR(d.Int("test_limit", 0, kMax, &test_limit));
   dataset->set_name(name);
   dataset->set_format(format);
+  dataset->set_on_bad_image(on_bad_image);
   dataset->set_train_limit(train_limit);
   dataset->set_test_limit(test_limit);
   if (role.empty() || role == "in-domain" || role == "in_domain") {
@@ -340,9 +345,13 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
     return Invalid(d.Field("role"), d.Get("role"),
                    absl::StrCat("\"", role, "\" is not in-domain or out-of-domain"));
   }
-  if (format != "idx") {
+  if (!datasets::IsKnownFormat(format)) {
     return Invalid(d.Field("format"), d.Get("format"),
-                   absl::StrCat("\"", format, "\" is not supported (supported: idx)"));
+                   absl::StrCat("\"", format, "\" is not supported (supported: ",
+                                absl::StrJoin(datasets::KnownFormats(), ", "), ")"));
+  }
+  if (absl::Status s = datasets::ParseBadImagePolicy(on_bad_image).status(); !s.ok()) {
+    return Invalid(d.Field("on_bad_image"), d.Get("on_bad_image"), std::string(s.message()));
   }
 
   const std::string absolute = Resolve(root, base);

@@ -1,40 +1,46 @@
 #include "common/dataset_digest.h"
 
-#include <filesystem>
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "worker/datasets/dataset_reader.h"
 
 namespace sslbench {
 
+datasets::DatasetConfig ToDatasetConfig(const v1::DatasetSpec& dataset) {
+  datasets::DatasetConfig config;
+  config.format = dataset.format().empty() ? datasets::kDefaultFormat : dataset.format();
+  config.root = dataset.root();
+  config.on_bad_image = dataset.on_bad_image() == "skip" ? datasets::BadImagePolicy::kSkip
+                                                         : datasets::BadImagePolicy::kFail;
+  return config;
+}
+
 absl::StatusOr<std::string> DatasetDigest(const v1::DatasetSpec& dataset) {
-  const std::string format = dataset.format().empty() ? "idx" : dataset.format();
-  if (format != "idx") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dataset format \"", format, "\" is not supported (supported: idx)"));
-  }
-  namespace fs = std::filesystem;
-  const fs::path root(dataset.root());
-  std::error_code ec;
-  if (!fs::is_directory(root, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat("dataset folder ", dataset.root(), " does not exist"));
-  }
-  std::string lines;
-  for (const char* base : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}) {
-    // Plain first, as the IDX reader does, so both hash the same bytes.
-    std::string name = base;
-    if (!fs::is_regular_file(root / name, ec)) {
-      name = absl::StrCat(base, ".gz");
-      if (!fs::is_regular_file(root / name, ec)) {
-        return absl::NotFoundError(
-            absl::StrCat(dataset.root(), " has no ", base, "[.gz]"));
-      }
+  const datasets::DatasetConfig config = ToDatasetConfig(dataset);
+  ASSIGN_OR_RETURN(std::unique_ptr<datasets::DatasetReader> reader,
+                   datasets::OpenDatasetReader(config));
+  std::string lines = absl::StrCat("format=", config.format, "\n");
+  const std::string prefix = config.root + "/";
+  for (const char* split : {"train", "test"}) {
+    ASSIGN_OR_RETURN(std::vector<datasets::SplitFile> files, reader->SplitFiles(split));
+    absl::StrAppend(&lines, "split=", split, " files=", files.size(), "\n");
+    for (const datasets::SplitFile& f : files) {
+      const std::string name =
+          f.path.compare(0, prefix.size(), prefix) == 0 ? f.path.substr(prefix.size()) : f.path;
+      absl::StrAppend(&lines, name, "\t", f.size, "\t", f.mtime_ns, "\n");
     }
-    ASSIGN_OR_RETURN(std::string sha, Sha256File((root / name).string()));
-    absl::StrAppend(&lines, name, "=", sha, "\n");
+    // Contents of an evenly spaced sample, so an edit that keeps sizes and
+    // times (a restored backup, a copy with preserved times) still shows.
+    const size_t step = std::max<size_t>(1, files.size() / kDigestSampledFiles);
+    for (size_t i = 0; i < files.size(); i += step) {
+      ASSIGN_OR_RETURN(std::string sha, Sha256File(files[i].path));
+      absl::StrAppend(&lines, "sha256 ", i, "=", sha, "\n");
+    }
   }
   return Sha256Hex(lines);
 }

@@ -6,15 +6,23 @@
 
 #include "absl/status/statusor.h"
 #include "sslbench/v1/types.pb.h"
+#include "worker/datasets/dataset_reader.h"
 
 namespace sslbench {
 
-// For format "idx": SHA-256 over "NAME=SHA256\n" lines of the four files
-// ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte, each taken plain or,
-// when the plain file is absent, with ".gz" (the reader's order). NAME is the
-// file name as found. Reads every byte of the files.
-// NOT_FOUND naming the dataset root and the missing file; INVALID_ARGUMENT
-// for an unsupported format; INTERNAL on read errors.
+// How many files per split have their bytes hashed.
+inline constexpr size_t kDigestSampledFiles = 64;
+
+// The reader configuration of a dataset spec.
+datasets::DatasetConfig ToDatasetConfig(const v1::DatasetSpec& dataset);
+
+// SHA-256 over the format and, for each split, the files that define it (as
+// the dataset's reader names them: path relative to the root, size and
+// modification time) plus the SHA-256 of the bytes of up to
+// kDigestSampledFiles files per split, evenly spaced (every file of a small
+// split). A million-image split costs one stat per file.
+// NOT_FOUND naming the dataset root or the missing file; INVALID_ARGUMENT
+// for an unknown format or a malformed dataset; INTERNAL on read errors.
 absl::StatusOr<std::string> DatasetDigest(const v1::DatasetSpec& dataset);
 
 }  // namespace sslbench

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/sha256.h"
+#include "worker/datasets/dataset_reader.h"
 
 namespace sslbench {
 namespace {
@@ -40,7 +41,7 @@ void ApplyStudyDefaults(v1::StudySpec& spec) {
     }
   }
   for (auto& dataset : *spec.mutable_datasets()) {
-    if (dataset.format().empty()) dataset.set_format("idx");
+    if (dataset.format().empty()) dataset.set_format(datasets::kDefaultFormat);
     if (dataset.role() == v1::DATASET_ROLE_UNSPECIFIED) {
       dataset.set_role(v1::DATASET_ROLE_IN_DOMAIN);
     }
@@ -135,6 +136,12 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     if (m.input_size() < 0 || m.input_size() > 4096) {
       return Invalid(f + ".input_size", absl::StrCat(m.input_size(), " is not in [0, 4096]"));
     }
+    if (m.resize_size() < 0 || m.resize_size() > 8192) {
+      return Invalid(f + ".resize_size", absl::StrCat(m.resize_size(), " is not in [0, 8192]"));
+    }
+    if (m.resize_size() > 0 && m.input_size() == 0) {
+      return Invalid(f + ".resize_size", "needs input_size (the centre crop) as well");
+    }
     if (m.mean_size() != 1 && m.mean_size() != m.channels()) {
       return Invalid(f + ".mean", absl::StrCat(m.mean_size(), " values for ", m.channels(), " channels"));
     }
@@ -163,8 +170,12 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     if (!names.insert(d.name()).second) {
       return Invalid(f + ".name", absl::StrCat("duplicate dataset \"", d.name(), "\""));
     }
-    if (d.format() != "idx") {
-      return Invalid(f + ".format", absl::StrCat("\"", d.format(), "\" is not supported (supported: idx)"));
+    if (!datasets::IsKnownFormat(d.format())) {
+      return Invalid(f + ".format", absl::StrCat("\"", d.format(), "\" is not supported (supported: ",
+                                                 absl::StrJoin(datasets::KnownFormats(), ", "), ")"));
+    }
+    if (absl::Status s = datasets::ParseBadImagePolicy(d.on_bad_image()).status(); !s.ok()) {
+      return Invalid(f + ".on_bad_image", std::string(s.message()));
     }
     if (d.root().empty() || d.root()[0] != '/') {
       return Invalid(f + ".root", absl::StrCat("\"", d.root(), "\" must be an absolute path"));
@@ -301,9 +312,11 @@ std::string FeatureCacheKey(const v1::ModelSpec& model,
       split == "train" ? dataset.train_limit() : dataset.test_limit());
   const std::string material = absl::StrCat(
       "model=", model.sha256(), "\ninput_size=", model.input_size(),
+      "\nresize=", model.resize_size() > 0 ? model.resize_size() : model.input_size(),
       "\nchannels=", model.channels(), "\nmean=", absl::StrJoin(model.mean(), ","),
       "\nstd=", absl::StrJoin(model.std(), ","), "\ndataset=", dataset.format(),
       ":", dataset.digest(), "\nsplit=", split, "\nlimit=", limit,
+      dataset.on_bad_image() == "skip" ? "\non_bad_image=skip" : "",
       "\nlayer=output\npooling=flatten\ndtype=float32\nextractor=",
       kExtractorVersion, "\n");
   return Sha256Hex(material);

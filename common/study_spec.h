@@ -11,7 +11,7 @@ namespace sslbench {
 
 // Version of the feature extractor; part of every cache key, so a change in
 // preprocessing or extraction code invalidates old caches by construction.
-inline constexpr char kExtractorVersion[] = "1";
+inline constexpr char kExtractorVersion[] = "2";
 
 // Fills unset optional fields with the protocol defaults of DESIGN.md.
 void ApplyStudyDefaults(v1::StudySpec& spec);

@@ -1,6 +1,7 @@
 // sslbench-worker: leases tasks from the coordinator and runs them with
 // LibTorch (feature extraction, probes).
 
+#include <algorithm>
 #include <signal.h>
 #include <unistd.h>
 
@@ -23,6 +24,8 @@
 ABSL_FLAG(std::string, coordinator, "localhost:7070", "coordinator gRPC address");
 ABSL_FLAG(std::string, name, "", "worker name (default: worker-PID)");
 ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads");
+ABSL_FLAG(int, decode_threads, 0,
+          "threads decoding and preprocessing images during extraction (0: --threads)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9465",
           "Prometheus /metrics address; empty disables it");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -69,6 +72,9 @@ int main(int argc, char** argv) {
   options.name = absl::GetFlag(FLAGS_name);
   if (options.name.empty()) options.name = "worker-" + std::to_string(getpid());
   options.compute_threads = absl::GetFlag(FLAGS_threads);
+  options.decode_threads = absl::GetFlag(FLAGS_decode_threads) > 0
+                               ? absl::GetFlag(FLAGS_decode_threads)
+                               : std::max(1, options.compute_threads);
   options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);

@@ -16,6 +16,9 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/fine_tune.h"
 #include "worker/compute/image_set.h"
+#include "worker/datasets/dataset_reader.h"
+#include "worker/image/batch_loader.h"
+#include "common/dataset_digest.h"
 #include "worker/compute/knn.h"
 #include "worker/probe_tasks.h"
 
@@ -370,6 +373,7 @@ compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {
   compute::ModelOptions options;
   options.path = model.path();
   options.input_size = model.input_size();
+  options.resize_size = model.resize_size();
   options.channels = model.channels();
   options.mean.assign(model.mean().begin(), model.mean().end());
   options.std.assign(model.std().begin(), model.std().end());
@@ -381,12 +385,21 @@ compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {
 absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
   const v1::TaskSpec& spec = ctx.spec;
   RETURN_IF_ERROR(VerifyModel(spec.model()));
+  const datasets::DatasetConfig config = ToDatasetConfig(spec.dataset());
+  ASSIGN_OR_RETURN(std::unique_ptr<datasets::DatasetReader> reader,
+                   datasets::OpenDatasetReader(config));
   const int64_t limit =
       spec.split() == "train" ? spec.dataset().train_limit() : spec.dataset().test_limit();
-  ASSIGN_OR_RETURN(compute::ImageSet images,
-                   compute::ReadIdxSplit(spec.dataset().root(), spec.split(), limit));
+  ASSIGN_OR_RETURN(datasets::SplitListing listing, reader->List(spec.split(), limit));
+  const std::vector<datasets::Record>& records = listing.records;
+  if (records.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset \"", spec.dataset().name(),
+                                                   "\": the ", spec.split(), " split is empty"));
+  }
   if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
-  ASSIGN_OR_RETURN(auto extractor, compute::FeatureExtractor::Load(ToModelOptions(spec.model())));
+  const compute::ModelOptions model = ToModelOptions(spec.model());
+  ASSIGN_OR_RETURN(auto extractor, compute::FeatureExtractor::Load(model));
+  const image::PreprocessOptions preprocess = compute::PreprocessOptionsFor(model);
 
   // Chunks already stored by an earlier attempt are kept (a preempted worker
   // loses at most one chunk of work).
@@ -405,60 +418,132 @@ absl::Status WorkerDaemon::RunExtract(TaskContext& ctx) {
       present[index] = true;
     }
   }
-  // The chunk layout depends only on the feature width: probe it on one image.
+  // The chunk layout depends only on the feature width: probe it on the
+  // first image that decodes.
   int64_t dim = 0;
-  RETURN_IF_ERROR(extractor->Extract(images, 0, 1, 1, &dim).status());
+  {
+    const int64_t probe = std::min<int64_t>(static_cast<int64_t>(records.size()), 64);
+    image::BatchLoader loader(reader.get(), &records, {{0, probe}}, preprocess,
+                              datasets::BadImagePolicy::kSkip, 1, 1);
+    image::Batch batch;
+    ASSIGN_OR_RETURN(bool got, loader.Next(&batch));
+    int64_t first_good = -1;
+    for (int64_t i = 0; got && i < batch.n; ++i) {
+      if (batch.labels[i] >= 0) {
+        first_good = i;
+        break;
+      }
+    }
+    if (first_good < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset \"", spec.dataset().name(), "\": none of the first ", probe, " images of the ",
+          spec.split(), " split decodes (first: ",
+          batch.skipped.empty() ? "?" : batch.skipped.front(), ")"));
+    }
+    const size_t floats = static_cast<size_t>(batch.channels) * batch.height * batch.width;
+    RETURN_IF_ERROR(extractor
+                        ->Forward(batch.data.data() + first_good * floats, 1, batch.height,
+                                  batch.width, &dim)
+                        .status());
+  }
   // Keep the layout of chunks an earlier attempt stored; without chunk 0,
   // start afresh (stray later chunks are overwritten).
   const int64_t rows_per_chunk =
       stored_chunk_rows > 0 ? stored_chunk_rows
                             : std::clamp<int64_t>(options_.chunk_bytes / (dim * 4), 1, 1 << 16);
   if (stored_chunk_rows == 0) present.clear();
-  const int64_t n = images.count;
+  const int64_t n = static_cast<int64_t>(records.size());
   const int32_t num_chunks = static_cast<int32_t>((n + rows_per_chunk - 1) / rows_per_chunk);
   ctx.work_total = n;
+
+  // Batches never straddle chunks, so each chunk is sent once its last
+  // batch is through the model.
+  const int64_t batch_size = std::max(1, spec.batch_size());
+  std::vector<image::BatchJob> jobs;
   int64_t reused = 0;
   for (int32_t c = 0; c < num_chunks; ++c) {
-    if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
     const int64_t begin = c * rows_per_chunk;
     const int64_t end = std::min(n, begin + rows_per_chunk);
     if (c < static_cast<int32_t>(present.size()) && present[c]) {
       reused += end - begin;
-      ctx.work_done += end - begin;
       continue;
     }
-    int64_t chunk_dim = 0;
-    ASSIGN_OR_RETURN(std::vector<float> features,
-                     extractor->Extract(images, begin, end, spec.batch_size(), &chunk_dim));
-    if (chunk_dim != dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model \"", spec.model().name(), "\" returned ", chunk_dim,
-          " features per image after ", dim, " at first"));
+    for (int64_t b = begin; b < end; b += batch_size) jobs.push_back({b, std::min(batch_size, end - b)});
+  }
+  ctx.work_done += reused;
+  image::BatchLoader loader(reader.get(), &records, std::move(jobs), preprocess,
+                            config.on_bad_image, options_.decode_threads,
+                            /*max_ready=*/std::max(2, 2 * options_.decode_threads));
+  std::vector<float> features;
+  std::vector<int32_t> labels;
+  int64_t chunk_begin = -1;
+  int64_t skipped = 0;
+  image::Batch batch;
+  for (;;) {
+    if (ctx.ShouldStop() || stop_.HasBeenNotified()) return Stopped("stopped");
+    ASSIGN_OR_RETURN(bool got, loader.Next(&batch));
+    if (!got) break;
+    if (chunk_begin < 0) chunk_begin = batch.first;
+    std::vector<float> rows;
+    if (batch.height > 0) {
+      int64_t batch_dim = 0;
+      ASSIGN_OR_RETURN(rows, extractor->Forward(batch.data.data(), batch.n, batch.height,
+                                                batch.width, &batch_dim));
+      if (batch_dim != dim) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model \"", spec.model().name(), "\" returned ", batch_dim,
+            " features per image after ", dim, " at first"));
+      }
+    } else {
+      rows.assign(static_cast<size_t>(batch.n * dim), 0.0f);
     }
+    // A skipped image keeps its row, zeroed, with label -1: the layout stays
+    // one row per record, and probes leave such rows out.
+    for (int64_t i = 0; i < batch.n; ++i) {
+      if (batch.labels[i] < 0) std::fill_n(rows.begin() + i * dim, dim, 0.0f);
+    }
+    for (const std::string& why : batch.skipped) {
+      LogWarning("worker", "task ", ctx.task_id, ": skipping an undecodable image: ", why);
+    }
+    skipped += static_cast<int64_t>(batch.skipped.size());
+    features.insert(features.end(), rows.begin(), rows.end());
+    labels.insert(labels.end(), batch.labels.begin(), batch.labels.end());
+    metrics_.images->Increment(static_cast<double>(batch.n));
+    ctx.work_done += batch.n;
+    const int64_t chunk_end = batch.first + batch.n;
+    if (chunk_end % rows_per_chunk != 0 && chunk_end != n) continue;
+
+    const int32_t c = static_cast<int32_t>(chunk_begin / rows_per_chunk);
+    const int64_t chunk_rows = chunk_end - chunk_begin;
     v1::PutFeatureChunkRequest request;
     request.set_task_id(ctx.task_id);
     request.set_lease_token(ctx.token);
     v1::FeatureChunk* chunk = request.mutable_chunk();
     chunk->set_cache_key(spec.cache_key());
     chunk->set_chunk_index(c);
-    chunk->set_row_start(begin);
-    chunk->set_num_rows(static_cast<int32_t>(end - begin));
+    chunk->set_row_start(chunk_begin);
+    chunk->set_num_rows(static_cast<int32_t>(chunk_rows));
     chunk->set_dim(static_cast<int32_t>(dim));
     chunk->set_features(std::string(reinterpret_cast<const char*>(features.data()),
                                     features.size() * sizeof(float)));
-    chunk->set_labels(std::string(reinterpret_cast<const char*>(images.labels.data() + begin),
-                                  (end - begin) * sizeof(int32_t)));
+    chunk->set_labels(std::string(reinterpret_cast<const char*>(labels.data()),
+                                  labels.size() * sizeof(int32_t)));
     v1::PutFeatureChunkResponse response;
     RETURN_IF_ERROR(Call(&ctx, "PutFeatureChunk", [&](grpc::ClientContext* c) {
       return stub_->PutFeatureChunk(c, request, &response);
     }));
-    metrics_.images->Increment(static_cast<double>(end - begin));
     metrics_.feature_bytes_uploaded->Increment(static_cast<double>(features.size() * 4));
-    ctx.work_done += end - begin;
+    features.clear();
+    labels.clear();
+    chunk_begin = -1;
   }
   if (reused > 0) {
     LogInfo("worker", "task ", ctx.task_id, ": resumed, ", reused, " of ", n,
             " rows were already stored");
+  }
+  if (skipped > 0) {
+    LogWarning("worker", "task ", ctx.task_id, ": ", skipped, " of ", n,
+               " images could not be decoded and were skipped (on_bad_image: skip)");
   }
   ctx.rows = n;
   ctx.dim = dim;
@@ -506,6 +591,24 @@ absl::Status WorkerDaemon::FetchFeatures(TaskContext& ctx, const std::string& ke
     return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunks hold ", filled,
                                             " rows, expected ", info.num_rows()));
   }
+  // Rows of images skipped as undecodable carry label -1: leave them out.
+  int64_t kept = 0;
+  for (int64_t r = 0; r < out->rows; ++r) {
+    if (out->labels[r] < 0) continue;
+    if (kept != r) {
+      std::memmove(out->data.data() + kept * out->dim, out->data.data() + r * out->dim,
+                   static_cast<size_t>(out->dim) * sizeof(float));
+      out->labels[kept] = out->labels[r];
+    }
+    ++kept;
+  }
+  if (kept < out->rows) {
+    LogInfo("worker", "task ", ctx.task_id, ": feature cache ", key, ": ", out->rows - kept,
+            " rows of skipped images left out");
+    out->rows = kept;
+    out->data.resize(static_cast<size_t>(kept * out->dim));
+    out->labels.resize(static_cast<size_t>(kept));
+  }
   return absl::OkStatus();
 }
 
@@ -528,12 +631,16 @@ absl::Status WorkerDaemon::RunFineTuneTask(TaskContext& ctx,
   const v1::TaskSpec& spec = ctx.spec;
   const v1::FineTuneParams& params = spec.protocol().finetune();
   RETURN_IF_ERROR(VerifyModel(spec.model()));
+  // Images are held in memory, resized and centre-cropped to the model's
+  // input once; the augmentations work from there.
+  const compute::ModelOptions model = ToModelOptions(spec.model());
+  const image::PreprocessOptions geometry = compute::PreprocessOptionsFor(model);
+  const image::PreprocessOptions* resize = model.input_size > 0 ? &geometry : nullptr;
+  const datasets::DatasetConfig config = ToDatasetConfig(spec.dataset());
   ASSIGN_OR_RETURN(compute::ImageSet train,
-                   compute::ReadIdxSplit(spec.dataset().root(), "train",
-                                         spec.dataset().train_limit()));
+                   compute::LoadImageSet(config, "train", spec.dataset().train_limit(), resize));
   ASSIGN_OR_RETURN(compute::ImageSet test,
-                   compute::ReadIdxSplit(spec.dataset().root(), "test",
-                                         spec.dataset().test_limit()));
+                   compute::LoadImageSet(config, "test", spec.dataset().test_limit(), resize));
   const int num_classes = std::max(train.num_classes, test.num_classes);
 
   // An earlier attempt's checkpoint: the seeds it finished and the state of

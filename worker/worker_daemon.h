@@ -25,6 +25,8 @@ struct WorkerOptions {
   std::string name = "worker";
   std::string device = "cpu";
   int compute_threads = 1;
+  // Threads decoding and preprocessing images while the model runs.
+  int decode_threads = 1;
   absl::Duration idle_poll = absl::Milliseconds(500);
   absl::Duration rpc_timeout = absl::Seconds(60);
   // Target size of one uploaded feature chunk.

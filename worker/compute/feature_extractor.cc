@@ -41,10 +41,11 @@ class TorchScriptExtractor final : public FeatureExtractor {
  public:
   TorchScriptExtractor(ModelOptions options, torch::jit::Module module,
                        std::vector<float> mean, std::vector<float> std)
-      : options_(std::move(options)),
-        module_(std::move(module)),
-        mean_(at::tensor(mean).view({1, -1, 1, 1})),
-        std_(at::tensor(std).view({1, -1, 1, 1})) {}
+      : options_(std::move(options)), module_(std::move(module)) {
+    options_.mean = std::move(mean);
+    options_.std = std::move(std);
+    preprocess_ = PreprocessOptionsFor(options_);
+  }
 
   absl::StatusOr<std::vector<float>> Extract(const ImageSet& images,
                                              int64_t begin, int64_t end,
@@ -59,10 +60,9 @@ class TorchScriptExtractor final : public FeatureExtractor {
       return absl::InvalidArgumentError(
           absl::StrCat("batch size must be positive, got ", batch_size));
     }
-    if (images.channels != 1 && images.channels != options_.channels) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model '", options_.path, "' expects ", options_.channels,
-          " channels; images have ", images.channels));
+    if (images.channels != 1 && images.channels != 3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("images have ", images.channels, " channels; expected 1 or 3"));
     }
     if (static_cast<int64_t>(images.pixels.size()) <
         images.count * images.image_bytes()) {
@@ -70,77 +70,95 @@ class TorchScriptExtractor final : public FeatureExtractor {
           "image set holds ", images.pixels.size(), " bytes; expected ",
           images.count * images.image_bytes()));
     }
-
+    int height = 0, width = 0;
+    image::OutputSize(preprocess_, images.height, images.width, &height, &width);
+    const size_t floats = static_cast<size_t>(options_.channels) * height * width;
     std::vector<float> out;
-    c10::InferenceMode inference;
+    std::vector<float> batch;
+    image::Image one;
+    one.height = images.height;
+    one.width = images.width;
+    one.channels = images.channels;
+    one.pixels.resize(static_cast<size_t>(images.image_bytes()));
+    const int64_t plane = int64_t{images.height} * images.width;
     for (int64_t start = begin; start < end; start += batch_size) {
       const int64_t n = std::min<int64_t>(batch_size, end - start);
-      at::Tensor features;
-      try {
-        at::Tensor batch = Preprocess(images, start, n);
-        torch::jit::IValue result = module_.forward({batch});
-        if (!result.isTensor()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("model '", options_.path, "' returned ",
-                           result.tagKind(), ", not a tensor"));
+      batch.resize(static_cast<size_t>(n) * floats);
+      for (int64_t i = 0; i < n; ++i) {
+        // ImageSet rows are CHW; the preprocessing reads HWC.
+        const uint8_t* chw = images.pixels.data() + (start + i) * images.image_bytes();
+        for (int64_t p = 0; p < plane; ++p) {
+          for (int c = 0; c < images.channels; ++c) {
+            one.pixels[p * images.channels + c] = chw[c * plane + p];
+          }
         }
-        features =
-            result.toTensor().reshape({n, -1}).to(at::kFloat).contiguous();
-      } catch (const c10::Error& e) {
-        return absl::InternalError(
-            absl::StrCat("model '", options_.path, "' failed: ", ErrorText(e)));
-      } catch (const std::exception& e) {
-        return absl::InternalError(
-            absl::StrCat("model '", options_.path, "' failed: ", e.what()));
+        image::Preprocess(one, preprocess_, batch.data() + i * floats);
       }
-      const int64_t width = features.size(1);
-      if (dim_ < 0) {
-        dim_ = width;
-      } else if (width != dim_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("model '", options_.path, "' returned ", width,
-                         " features per image; earlier batches had ", dim_));
-      }
-      const size_t offset = out.size();
-      out.resize(offset + static_cast<size_t>(n * width));
-      std::memcpy(out.data() + offset, features.data_ptr<float>(),
-                  static_cast<size_t>(n * width) * sizeof(float));
+      int64_t width_out = 0;
+      absl::StatusOr<std::vector<float>> rows =
+          Forward(batch.data(), n, height, width, &width_out);
+      if (!rows.ok()) return rows.status();
+      out.insert(out.end(), rows->begin(), rows->end());
     }
     if (dim != nullptr) *dim = dim_;
     return out;
   }
 
- private:
-  // uint8 [n, c, h, w] -> float [n, channels, size, size], scaled, resized,
-  // normalised. Runs under the caller's inference mode.
-  at::Tensor Preprocess(const ImageSet& images, int64_t start, int64_t n) {
-    const int64_t bytes = images.image_bytes();
-    // from_blob does not copy and never writes: the .to() below copies.
-    at::Tensor raw = at::from_blob(
-        const_cast<uint8_t*>(images.pixels.data() + start * bytes),
-        {n, images.channels, images.height, images.width},
-        at::TensorOptions().dtype(at::kByte));
-    at::Tensor x = raw.to(at::kFloat).div_(255.0f);
-    if (images.channels == 1 && options_.channels == 3) {
-      x = x.expand({n, 3, images.height, images.width});
+  absl::StatusOr<std::vector<float>> Forward(const float* data, int64_t n, int height,
+                                             int width, int64_t* dim) override {
+    at::Tensor features;
+    c10::InferenceMode inference;
+    try {
+      // from_blob does not copy and forward does not write its input.
+      at::Tensor batch = at::from_blob(const_cast<float*>(data),
+                                       {n, options_.channels, height, width},
+                                       at::TensorOptions().dtype(at::kFloat));
+      torch::jit::IValue result = module_.forward({batch});
+      if (!result.isTensor()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("model '", options_.path, "' returned ",
+                         result.tagKind(), ", not a tensor"));
+      }
+      features = result.toTensor().reshape({n, -1}).to(at::kFloat).contiguous();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("model '", options_.path, "' failed: ", ErrorText(e)));
+    } catch (const std::exception& e) {
+      return absl::InternalError(
+          absl::StrCat("model '", options_.path, "' failed: ", e.what()));
     }
-    if (options_.input_size > 0 && (images.height != options_.input_size ||
-                                    images.width != options_.input_size)) {
-      x = at::upsample_bilinear2d(x, {options_.input_size, options_.input_size},
-                                  /*align_corners=*/false);
+    const int64_t features_per_row = features.size(1);
+    if (dim_ < 0) {
+      dim_ = features_per_row;
+    } else if (features_per_row != dim_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", options_.path, "' returned ", features_per_row,
+                       " features per image; earlier batches had ", dim_));
     }
-    // Subtract then divide, as torchvision's Normalize does.
-    return ((x - mean_) / std_).contiguous();
+    std::vector<float> out(static_cast<size_t>(n * features_per_row));
+    std::memcpy(out.data(), features.data_ptr<float>(), out.size() * sizeof(float));
+    if (dim != nullptr) *dim = dim_;
+    return out;
   }
 
-  const ModelOptions options_;
+ private:
+  ModelOptions options_;
   torch::jit::Module module_;
-  at::Tensor mean_;
-  at::Tensor std_;
+  image::PreprocessOptions preprocess_;
   int64_t dim_ = -1;
 };
 
 }  // namespace
+
+image::PreprocessOptions PreprocessOptionsFor(const ModelOptions& options) {
+  image::PreprocessOptions p;
+  p.crop = options.input_size;
+  p.resize = options.resize_size > 0 ? options.resize_size : options.input_size;
+  p.channels = options.channels;
+  p.mean = options.mean;
+  p.std = options.std;
+  return p;
+}
 
 absl::StatusOr<std::unique_ptr<FeatureExtractor>> FeatureExtractor::Load(
     const ModelOptions& options) {
@@ -148,6 +166,11 @@ absl::StatusOr<std::unique_ptr<FeatureExtractor>> FeatureExtractor::Load(
     return absl::InvalidArgumentError(
         absl::StrCat("model '", options.path,
                      "': channels must be 1 or 3, got ", options.channels));
+  }
+  if (options.resize_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", options.path,
+                     "': resize_size must be >= 0, got ", options.resize_size));
   }
   if (options.input_size < 0) {
     return absl::InvalidArgumentError(

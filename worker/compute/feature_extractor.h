@@ -9,12 +9,14 @@
 
 #include "absl/status/statusor.h"
 #include "worker/compute/image_set.h"
+#include "worker/image/image.h"
 
 namespace sslbench::compute {
 
 struct ModelOptions {
   std::string path;          // TorchScript file (torch.jit.save / Module::save)
-  int input_size = 0;        // square side the model expects; 0 = keep size
+  int input_size = 0;        // centre crop side the model expects; 0 = keep size
+  int resize_size = 0;       // shorter side before the crop; 0 = input_size
   int channels = 1;          // channels the model expects (1 or 3)
   std::vector<float> mean;   // per model channel (size 1 or `channels`)
   std::vector<float> std;    // per model channel
@@ -30,9 +32,9 @@ class FeatureExtractor {
       const ModelOptions& options);
   virtual ~FeatureExtractor() = default;
 
-  // Preprocesses images [begin, end) of `images` (scale to [0,1]; replicate a
-  // grey channel when the model wants 3; bilinear resize to input_size when it
-  // differs; normalise with mean/std), runs forward under inference mode in
+  // Preprocesses images [begin, end) of `images` as PreprocessOptionsFor()
+  // says (grey replicated when the model wants 3 channels; resize and centre
+  // crop as PIL and torchvision do; scale to [0,1]; normalise), runs forward under inference mode in
   // batches of `batch_size`, flattens each output to one row and returns the
   // rows as row-major float32 [end-begin, *dim]. INVALID_ARGUMENT if the
   // model's output is not a tensor, or its width changes between calls;
@@ -42,7 +44,17 @@ class FeatureExtractor {
                                                      int64_t end,
                                                      int batch_size,
                                                      int64_t* dim) = 0;
+
+  // Runs forward on `n` preprocessed images, float32 row-major
+  // [n, channels, height, width] as image::Preprocess writes them, and
+  // returns the rows as Extract does. Same errors.
+  virtual absl::StatusOr<std::vector<float>> Forward(const float* batch, int64_t n, int height,
+                                                     int width, int64_t* dim) = 0;
 };
+
+// The preprocessing a model asks for (resize, centre crop, channels,
+// mean/std), as image::Preprocess takes it.
+image::PreprocessOptions PreprocessOptionsFor(const ModelOptions& options);
 
 // Sets the number of intra-op threads LibTorch uses in this process.
 void SetComputeThreads(int num_threads);

@@ -1,5 +1,7 @@
 #pragma once
-// Images decoded to uint8, as dataset readers deliver them. No LibTorch here.
+// Images decoded to uint8 and held in memory, for the tasks that need a split
+// at once (fine-tuning, the developer tools). No LibTorch here. Extraction
+// streams instead (worker/image/batch_loader.h).
 
 #include <cstdint>
 #include <string>
@@ -7,6 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/datasets/dataset_reader.h"
+#include "worker/image/image.h"
 
 namespace sslbench::compute {
 
@@ -20,26 +24,28 @@ struct ImageSet {
   std::vector<uint8_t> pixels;  // count * channels * height * width
   std::vector<int32_t> labels;  // count
   int num_classes = 0;          // max(label) + 1
+  int64_t skipped = 0;          // undecodable images left out (on_bad_image: skip)
 
   int64_t image_bytes() const {
     return int64_t{channels} * height * width;
   }
 };
 
-// Reads one split ("train" or "test") of a dataset in the IDX format of
-// MNIST-style data: ROOT/{train,t10k}-images-idx3-ubyte[.gz] and the matching
-// -labels-idx1-ubyte[.gz]. Gzip-compressed and plain files are both accepted.
-// If `limit` > 0 only the first `limit` images are returned.
-// Errors: NOT_FOUND when a file is missing (message names the path),
-// INVALID_ARGUMENT / DATA_LOSS for a malformed or truncated file, or when
-// image and label counts disagree.
+// Reads `split` of a dataset through its reader, at most `limit` images when
+// limit > 0. Raw records (IDX) are kept as they are. Encoded images are
+// decoded and, with `geometry`, resized and centre-cropped by it (its mean,
+// std and channels are ignored; grey stays grey unless every image is RGB);
+// without it they must all have one size. An undecodable image fails with
+// its name, or is left out and counted under BadImagePolicy::kSkip.
+// Errors as DatasetReader's and image::DecodeImage's; INVALID_ARGUMENT when
+// sizes differ.
+absl::StatusOr<ImageSet> LoadImageSet(const datasets::DatasetConfig& config,
+                                      const std::string& split, int64_t limit,
+                                      const image::PreprocessOptions* geometry = nullptr);
+
+// LoadImageSet of an MNIST-style IDX dataset at `root` (the tools' input).
 absl::StatusOr<ImageSet> ReadIdxSplit(const std::string& root,
                                       std::string_view split,
                                       int64_t limit = 0);
-
-// The files ReadIdxSplit reads for `split`, as found on disk (for hashing
-// the dataset's content). NOT_FOUND when missing.
-absl::StatusOr<std::vector<std::string>> IdxSplitFiles(
-    const std::string& root, std::string_view split);
 
 }  // namespace sslbench::compute

@@ -80,6 +80,9 @@ class DatasetReader {
       const std::string& split) = 0;
 };
 
+// The format a study file means when it names none.
+inline constexpr char kDefaultFormat[] = "idx";
+
 // The registered format names, sorted.
 std::vector<std::string> KnownFormats();
 bool IsKnownFormat(const std::string& format);

@@ -125,14 +125,15 @@ TEST_F(FeatureExtractorTest, ReplicatesGreyToThreeChannels) {
   }
 }
 
-TEST_F(FeatureExtractorTest, ResizesBilinearlyWithoutAlignedCorners) {
+TEST_F(FeatureExtractorTest, ResizesAsPilBilinear) {
   ModelOptions o;
   o.path = Identity();
   o.input_size = 4;
   auto extractor = MustLoad(o);
   ASSERT_NE(extractor, nullptr);
-  // One 2x2 image whose columns are 0 and 255: each row of the 4x4 result
-  // samples source x = -0.25, 0.25, 0.75, 1.25 (clamped to the edges).
+  // One 2x2 image whose columns are 0 and 255, resized to 4x4 as PIL does:
+  // output x samples source x = 0.25, 0.75, 1.25, 1.75 with a triangle of
+  // support 1 over the pixels inside the image, rounded to uint8 per pass.
   ImageSet image;
   image.count = 1;
   image.height = 2;
@@ -145,7 +146,7 @@ TEST_F(FeatureExtractorTest, ResizesBilinearlyWithoutAlignedCorners) {
       extractor->Extract(image, 0, 1, 1, &dim);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(dim, 16);
-  const float row[4] = {0.0f, 0.25f, 0.75f, 1.0f};
+  const float row[4] = {0.0f, 64 / 255.0f, 191 / 255.0f, 1.0f};
   for (int y = 0; y < 4; ++y) {
     for (int x = 0; x < 4; ++x) {
       EXPECT_FLOAT_EQ((*out)[y * 4 + x], row[x]) << y << " " << x;

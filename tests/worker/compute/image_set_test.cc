@@ -113,10 +113,13 @@ TEST(ReadIdxSplitTest, ReadsGzipFilesAndTestSplitName) {
   EXPECT_EQ(set->pixels, Pixels());
   EXPECT_THAT(set->labels, ElementsAre(0, 2, 1));
 
-  absl::StatusOr<std::vector<std::string>> files = IdxSplitFiles(dir, "test");
+  auto reader = datasets::OpenDatasetReader({"idx", dir});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto files = (*reader)->SplitFiles("test");
   ASSERT_TRUE(files.ok()) << files.status();
-  EXPECT_THAT(*files, ElementsAre(dir + "/t10k-images-idx3-ubyte.gz",
-                                  dir + "/t10k-labels-idx1-ubyte.gz"));
+  ASSERT_EQ(files->size(), 2u);
+  EXPECT_EQ((*files)[0].path, dir + "/t10k-images-idx3-ubyte.gz");
+  EXPECT_EQ((*files)[1].path, dir + "/t10k-labels-idx1-ubyte.gz");
 }
 
 TEST(ReadIdxSplitTest, LimitKeepsTheFirstImages) {
@@ -140,11 +143,13 @@ TEST(ReadIdxSplitTest, MissingFileIsNotFoundNamingThePath) {
   EXPECT_THAT(
       ReadIdxSplit(dir, "train").status(),
       StatusIs(absl::StatusCode::kNotFound, dir + "/train-labels-idx1-ubyte"));
-  EXPECT_THAT(IdxSplitFiles(dir, "train").status(),
+  auto reader = datasets::OpenDatasetReader({"idx", dir});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_THAT((*reader)->SplitFiles("train").status(),
               StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(ReadIdxSplit("/nonexistent/sslbench", "test").status(),
               StatusIs(absl::StatusCode::kNotFound,
-                       "/nonexistent/sslbench/t10k-images-idx3-ubyte"));
+                       "dataset folder /nonexistent/sslbench does not exist"));
 }
 
 TEST(ReadIdxSplitTest, TruncatedPlainFileIsDataLoss) {
