@@ -262,7 +262,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"MissingDatasetFolder", {{"root: data/ds", "root: /nonexistent/x"}},
                   kNotFound, "datasets[0].root: folder /nonexistent/x does not exist"},
         ErrorCase{"MissingDatasetFile", {{"root: data/ds", "root: models"}}, kNotFound,
-                  "datasets[0].root: {DIR}/models has no train-images-idx3-ubyte[.gz]"},
+                  "datasets[0].root: IDX file {DIR}/models/train-images-idx3-ubyte[.gz] not found"},
         // Impossible values.
         ErrorCase{"BadStudyName", {{"name: s1\n", "name: my study\n"}}, kInvalid,
                   "name: \"my study\" must be"},
