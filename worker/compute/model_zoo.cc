@@ -50,11 +50,11 @@ def forward(self, x):
   }
 }
 
-absl::Status WriteRandomCnnModel(const std::string& path, uint64_t seed) {
+absl::Status WriteRandomCnnModel(const std::string& path, uint64_t seed, int channels) {
   try {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     torch::jit::Module module("RandomCnn");
-    module.register_parameter("conv1_weight", KaimingNormal({16, 1, 3, 3}, gen),
+    module.register_parameter("conv1_weight", KaimingNormal({16, channels, 3, 3}, gen),
                               /*is_buffer=*/false);
     module.register_parameter("conv1_bias", at::zeros({16}),
                               /*is_buffer=*/false);

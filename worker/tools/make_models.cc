@@ -1,6 +1,7 @@
 // sslbench-make-models OUT_DIR [--seed N]
 // Writes the TorchScript models built into the compute core: identity.pt
-// (raw pixels as features) and cnn.pt (a random CNN for 1x28x28 input).
+// (raw pixels as features), cnn.pt (a random CNN for 1x28x28 input) and
+// cnn_rgb.pt (the same for RGB input of any size).
 
 #include <cstdint>
 #include <cstdio>
@@ -67,5 +68,12 @@ int main(int argc, char** argv) {
   std::printf("wrote %s (random CNN, seed %llu: 1x28x28 input, %d features)\n",
               cnn.c_str(), static_cast<unsigned long long>(seed),
               sslbench::compute::kRandomCnnDim);
+  const std::string cnn_rgb = (std::filesystem::path(out_dir) / "cnn_rgb.pt").string();
+  if (absl::Status s = sslbench::compute::WriteRandomCnnModel(cnn_rgb, seed, 3); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s (random CNN, seed %llu: RGB input, %d features)\n", cnn_rgb.c_str(),
+              static_cast<unsigned long long>(seed), sslbench::compute::kRandomCnnDim);
   return 0;
 }
