@@ -9,6 +9,8 @@
 
 namespace sslbench::datasets {
 
+absl::StatusOr<std::unique_ptr<DatasetReader>> NewCsvManifestReader(
+    const DatasetConfig& config);
 absl::StatusOr<std::unique_ptr<DatasetReader>> NewIdxReader(
     const DatasetConfig& config);
 absl::StatusOr<std::unique_ptr<DatasetReader>> NewImageFolderReader(

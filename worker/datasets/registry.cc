@@ -25,6 +25,7 @@ struct Format {
 
 // Sorted by name.
 constexpr Format kFormats[] = {
+    {"csv", &NewCsvManifestReader},
     {"idx", &NewIdxReader},
     {"imagefolder", &NewImageFolderReader},
 };
