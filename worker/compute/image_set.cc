@@ -21,7 +21,7 @@ absl::StatusOr<image::Image> ToImage(const datasets::RecordBytes& record, const 
     img.channels = record.raw_channels;
     img.pixels.assign(record.bytes.begin(), record.bytes.end());
   } else {
-    absl::StatusOr<image::Image> decoded = image::DecodeImage(record.bytes, key);
+    absl::StatusOr<image::Image> decoded = image::DecodeImage(record.bytes, key, geometry);
     if (!decoded.ok()) return decoded.status();
     img = *std::move(decoded);
   }

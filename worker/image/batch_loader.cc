@@ -64,21 +64,20 @@ absl::Status BatchLoader::Fill(int64_t job, Batch* batch) {
     batch->labels[static_cast<size_t>(i)] = record.label;
     absl::StatusOr<datasets::RecordBytes> bytes = reader_->ReadRecord(record);
     if (!bytes.ok()) return bytes.status();
-    Image img;
+    thread_local Image img;
     if (bytes->raw()) {
       img.height = bytes->raw_height;
       img.width = bytes->raw_width;
       img.channels = bytes->raw_channels;
       img.pixels.assign(bytes->bytes.begin(), bytes->bytes.end());
     } else {
-      absl::StatusOr<Image> decoded = DecodeImage(bytes->bytes, record.key);
+      const absl::Status decoded = DecodeImageInto(bytes->bytes, record.key, &options_, &img);
       if (!decoded.ok()) {
-        if (policy_ != datasets::BadImagePolicy::kSkip) return decoded.status();
-        batch->skipped.push_back(std::string(decoded.status().message()));
+        if (policy_ != datasets::BadImagePolicy::kSkip) return decoded;
+        batch->skipped.push_back(std::string(decoded.message()));
         batch->labels[static_cast<size_t>(i)] = -1;
         continue;
       }
-      img = *std::move(decoded);
     }
     int h = 0, w = 0;
     OutputSize(options_, img.height, img.width, &h, &w);

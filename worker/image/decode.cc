@@ -2,6 +2,7 @@
 // longjmp, so each decoder keeps its C++ objects outside the jump's scope.
 
 // jpeglib.h needs FILE and size_t declared first.
+#include <algorithm>
 #include <csetjmp>
 #include <cstddef>
 #include <cstdio>
@@ -60,8 +61,14 @@ inline uint8_t CmykChannel(int inverted_c, int inverted_k) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
+// Extra decoded pixels around the needed region: chroma upsampling reads
+// neighbouring samples, so the region's own pixels come out exactly as in a
+// full decode.
+constexpr int kRegionMargin = 16;
+
 absl::Status DecodeJpeg(std::string_view bytes, const std::string& name, Image* out,
-                        std::vector<uint8_t>* cmyk_row) {
+                        std::vector<uint8_t>* row_buffer,
+                        const PreprocessOptions* only_for) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   err.truncated = false;
@@ -99,20 +106,47 @@ absl::Status DecodeJpeg(std::string_view bytes, const std::string& name, Image* 
   out->width = static_cast<int>(cinfo.output_width);
   out->channels = cinfo.out_color_space == JCS_GRAYSCALE ? 1 : 3;
   out->pixels.resize(static_cast<size_t>(out->height) * out->width * out->channels);
-  if (cmyk) cmyk_row->resize(static_cast<size_t>(out->width) * 4);
-  while (cinfo.output_scanline < cinfo.output_height) {
+  // Rows [row_begin, row_end) and columns [col_begin, col_begin + cols) are
+  // decoded; the rest is skipped (rows) or never converted (columns).
+  JDIMENSION row_begin = 0, row_end = cinfo.output_height;
+  JDIMENSION col_begin = 0, cols = cinfo.output_width;
+  if (only_for != nullptr) {
+    const Region r = NeededRegion(*only_for, out->height, out->width);
+    row_begin = static_cast<JDIMENSION>(std::max(0, r.top - kRegionMargin));
+    row_end = static_cast<JDIMENSION>(std::min(out->height, r.bottom + kRegionMargin));
+    const int left = std::max(0, r.left - kRegionMargin);
+    const int right = std::min(out->width, r.right + kRegionMargin);
+    if (right - left < out->width) {
+      col_begin = static_cast<JDIMENSION>(left);
+      cols = static_cast<JDIMENSION>(right - left);
+      jpeg_crop_scanline(&cinfo, &col_begin, &cols);  // widened to iMCU boundaries
+    }
+  }
+  const bool cropped = cols != static_cast<JDIMENSION>(out->width);
+  const size_t in_channels = cmyk ? 4 : static_cast<size_t>(out->channels);
+  if (cmyk || cropped) row_buffer->resize(static_cast<size_t>(cols) * in_channels);
+  if (row_begin > 0) jpeg_skip_scanlines(&cinfo, row_begin);
+  while (cinfo.output_scanline < row_end) {
     const size_t y = cinfo.output_scanline;
-    uint8_t* row = out->pixels.data() + y * out->width * out->channels;
-    JSAMPROW target = cmyk ? cmyk_row->data() : row;
-    jpeg_read_scanlines(&cinfo, &target, 1);
+    uint8_t* row = out->pixels.data() + (y * out->width + col_begin) * out->channels;
+    JSAMPROW target = cmyk || cropped ? row_buffer->data() : row;
+    if (jpeg_read_scanlines(&cinfo, &target, 1) != 1) break;
     if (cmyk) {
-      const uint8_t* in = cmyk_row->data();
-      for (int x = 0; x < out->width; ++x, in += 4, row += 3) {
+      const uint8_t* in = row_buffer->data();
+      for (JDIMENSION x = 0; x < cols; ++x, in += 4, row += 3) {
         row[0] = CmykChannel(in[0], in[3]);
         row[1] = CmykChannel(in[1], in[3]);
         row[2] = CmykChannel(in[2], in[3]);
       }
+    } else if (cropped) {
+      std::memcpy(row, row_buffer->data(), static_cast<size_t>(cols) * in_channels);
     }
+  }
+  if (row_end < cinfo.output_height) {
+    // The rest of the file is not needed.
+    jpeg_abort_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    return absl::OkStatus();
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
@@ -190,27 +224,35 @@ absl::Status DecodePng(std::string_view bytes, const std::string& name, Image* o
 
 }  // namespace
 
-absl::StatusOr<Image> DecodeImage(std::string_view bytes, const std::string& name) {
+absl::Status DecodeImageInto(std::string_view bytes, const std::string& name,
+                             const PreprocessOptions* only_for, Image* out) {
   if (bytes.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": empty file (0 bytes)"));
   }
-  Image out;
   absl::Status status;
   const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
   if (bytes.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) {
-    std::vector<uint8_t> cmyk_row;
-    status = DecodeJpeg(bytes, name, &out, &cmyk_row);
+    thread_local std::vector<uint8_t> row_buffer;
+    status = DecodeJpeg(bytes, name, out, &row_buffer, only_for);
   } else if (bytes.size() >= 8 && png_sig_cmp(b, 0, 8) == 0) {
-    std::vector<png_bytep> rows;
-    status = DecodePng(bytes, name, &out, &rows);
+    thread_local std::vector<png_bytep> rows;
+    status = DecodePng(bytes, name, out, &rows);
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": not a JPEG or PNG file (sslbench decodes JPEG and PNG)"));
   }
   if (!status.ok()) return status;
-  if (out.height <= 0 || out.width <= 0) {
+  if (out->height <= 0 || out->width <= 0) {
     return absl::DataLossError(absl::StrCat(name, ": image has no pixels"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Image> DecodeImage(std::string_view bytes, const std::string& name,
+                                  const PreprocessOptions* only_for) {
+  Image out;
+  absl::Status status = DecodeImageInto(bytes, name, only_for, &out);
+  if (!status.ok()) return status;
   return out;
 }
 

@@ -97,11 +97,13 @@ void HorizontalRgbScalar(const uint8_t* in, const Coefficients& c, int out_w, ui
 }
 
 #if defined(__x86_64__)
+// Output pixels [offset, offset + out_w) into o[0 ..].
 __attribute__((target("sse4.1"))) void HorizontalRgbSse41(const uint8_t* in, size_t available,
                                                           const Coefficients& c, int out_w,
-                                                          uint8_t* o) {
+                                                          uint8_t* o, int offset) {
   const __m128i half = _mm_set1_epi32(1 << (kPrecisionBits - 1));
-  for (int i = 0; i < out_w; ++i) {
+  o -= static_cast<ptrdiff_t>(offset) * 3;
+  for (int i = offset; i < offset + out_w; ++i) {
     const int32_t* k = &c.k[static_cast<size_t>(i) * c.ksize];
     const int n = c.count[i];
     const size_t first = static_cast<size_t>(c.first[i]);
@@ -126,13 +128,58 @@ __attribute__((target("sse4.1"))) void HorizontalRgbSse41(const uint8_t* in, siz
     o[i * 3 + 2] = Clip8(lanes[2]);
   }
 }
+
+// Two output pixels per step in the two 128-bit halves. Taps past a pixel's
+// count have coefficient 0 (Precompute pads with zeros), so both pixels run
+// to the larger count; a pair whose loads could pass `available` goes to the
+// SSE4.1 path.
+__attribute__((target("avx2"))) void HorizontalRgbAvx2(const uint8_t* in, size_t available,
+                                                       const Coefficients& c, int out_w,
+                                                       uint8_t* o) {
+  const __m256i half = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  int i = 0;
+  for (; i + 1 < out_w; i += 2) {
+    const int n = std::max(c.count[i], c.count[i + 1]);
+    const size_t f0 = static_cast<size_t>(c.first[i]), f1 = static_cast<size_t>(c.first[i + 1]);
+    if ((std::max(f0, f1) + n) * 3 + 1 > available) {
+      HorizontalRgbSse41(in, available, c, 2, o + i * 3, i);
+      continue;
+    }
+    const int32_t* k0 = &c.k[static_cast<size_t>(i) * c.ksize];
+    const int32_t* k1 = k0 + c.ksize;
+    const uint8_t* p0 = in + f0 * 3;
+    const uint8_t* p1 = in + f1 * 3;
+    __m256i acc = half;
+    for (int t = 0; t < n; ++t) {
+      int32_t w0, w1;
+      std::memcpy(&w0, p0 + t * 3, 4);
+      std::memcpy(&w1, p1 + t * 3, 4);
+      const __m256i v = _mm256_set_m128i(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(w1)),
+                                         _mm_cvtepu8_epi32(_mm_cvtsi32_si128(w0)));
+      const __m256i k = _mm256_set_m128i(_mm_set1_epi32(k1[t]), _mm_set1_epi32(k0[t]));
+      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, k));
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    uint8_t* q = o + i * 3;
+    q[0] = Clip8(lanes[0]);
+    q[1] = Clip8(lanes[1]);
+    q[2] = Clip8(lanes[2]);
+    q[3] = Clip8(lanes[4]);
+    q[4] = Clip8(lanes[5]);
+    q[5] = Clip8(lanes[6]);
+  }
+  if (i < out_w) HorizontalRgbSse41(in, available, c, out_w - i, o + i * 3, i);
+}
 #endif
 
 void HorizontalRgb(const uint8_t* in, size_t available, const Coefficients& c, int out_w,
                    uint8_t* o) {
 #if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
   static const bool sse41 = __builtin_cpu_supports("sse4.1");
-  if (sse41) return HorizontalRgbSse41(in, available, c, out_w, o);
+  if (avx2) return HorizontalRgbAvx2(in, available, c, out_w, o);
+  if (sse41) return HorizontalRgbSse41(in, available, c, out_w, o, 0);
 #endif
   (void)available;
   HorizontalRgbScalar(in, c, out_w, o);
@@ -194,9 +241,8 @@ Image ToGrey(const Image& in) {
 // The window [top, top+out_h) x [left, left+out_w) of the resized image, as
 // uint8 HWC with the source's channel count; pixels outside the resized
 // image (crop padding) are 0.
-Image ResizeWindow(const Image& src, const Geometry& g) {
+void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
   const int ch = src.channels;
-  Image out;
   out.height = g.out_h;
   out.width = g.out_w;
   out.channels = ch;
@@ -204,7 +250,7 @@ Image ResizeWindow(const Image& src, const Geometry& g) {
   // The part of the window inside the resized image.
   const int y0 = std::max(0, g.top), y1 = std::min(g.resized_h, g.top + g.out_h);
   const int x0 = std::max(0, g.left), x1 = std::min(g.resized_w, g.left + g.out_w);
-  if (y0 >= y1 || x0 >= x1) return out;
+  if (y0 >= y1 || x0 >= x1) return;
   const bool need_h = g.resized_w != src.width;
   const bool need_v = g.resized_h != src.height;
 
@@ -220,7 +266,9 @@ Image ResizeWindow(const Image& src, const Geometry& g) {
   }
   const int tmp_w = x1 - x0;
   const int tmp_h = row_last - row_first;
-  std::vector<uint8_t> tmp(static_cast<size_t>(tmp_h) * tmp_w * ch);
+  // Reused between images: a fresh buffer of this size costs page faults.
+  thread_local std::vector<uint8_t> tmp;
+  tmp.resize(static_cast<size_t>(tmp_h) * tmp_w * ch);
   if (need_h) {
     const Coefficients horiz = Precompute(src.width, g.resized_w, x0, x1);
     const size_t total = src.pixels.size();
@@ -252,7 +300,8 @@ Image ResizeWindow(const Image& src, const Geometry& g) {
   // Vertical pass, written into the window: taps outermost, so the inner
   // loop runs over contiguous bytes and vectorises.
   const int row_bytes = tmp_w * ch;
-  std::vector<int32_t> acc(static_cast<size_t>(row_bytes));
+  thread_local std::vector<int32_t> acc;
+  acc.resize(static_cast<size_t>(row_bytes));
   for (int y = y0; y < y1; ++y) {
     uint8_t* o = out.pixels.data() +
                  (static_cast<size_t>(y - g.top) * g.out_w + (x0 - g.left)) * ch;
@@ -274,10 +323,42 @@ Image ResizeWindow(const Image& src, const Geometry& g) {
     }
     for (int b = 0; b < row_bytes; ++b) o[b] = Clip8(a[b]);
   }
-  return out;
 }
 
 }  // namespace
+
+Region NeededRegion(const PreprocessOptions& options, int height, int width) {
+  const Geometry g = Plan(options, height, width);
+  Region r{0, height, 0, width};
+  const int y0 = std::max(0, g.top), y1 = std::min(g.resized_h, g.top + g.out_h);
+  const int x0 = std::max(0, g.left), x1 = std::min(g.resized_w, g.left + g.out_w);
+  if (y0 >= y1 || x0 >= x1) return r;
+  if (g.resized_h != height) {
+    const Coefficients v = Precompute(height, g.resized_h, y0, y1);
+    r.top = height;
+    r.bottom = 0;
+    for (size_t i = 0; i < v.first.size(); ++i) {
+      r.top = std::min(r.top, v.first[i]);
+      r.bottom = std::max(r.bottom, v.first[i] + v.count[i]);
+    }
+  } else {
+    r.top = y0;
+    r.bottom = y1;
+  }
+  if (g.resized_w != width) {
+    const Coefficients h = Precompute(width, g.resized_w, x0, x1);
+    r.left = width;
+    r.right = 0;
+    for (size_t i = 0; i < h.first.size(); ++i) {
+      r.left = std::min(r.left, h.first[i]);
+      r.right = std::max(r.right, h.first[i] + h.count[i]);
+    }
+  } else {
+    r.left = x0;
+    r.right = x1;
+  }
+  return r;
+}
 
 void OutputSize(const PreprocessOptions& options, int height, int width, int* out_height,
                 int* out_width) {
@@ -286,16 +367,27 @@ void OutputSize(const PreprocessOptions& options, int height, int width, int* ou
   *out_width = g.out_w;
 }
 
-Image ResizeAndCrop(const Image& in, const PreprocessOptions& options) {
+namespace {
+
+void ResizeAndCropInto(const Image& in, const PreprocessOptions& options, Image& out) {
   const Geometry g = Plan(options, in.height, in.width);
   // PIL converts to the model's mode before resizing: RGB -> L for grey
   // models. Grey sources are resized as grey and replicated afterwards.
-  if (options.channels == 1 && in.channels == 3) return ResizeWindow(ToGrey(in), g);
-  return ResizeWindow(in, g);
+  if (options.channels == 1 && in.channels == 3) return ResizeWindow(ToGrey(in), g, out);
+  ResizeWindow(in, g, out);
+}
+
+}  // namespace
+
+Image ResizeAndCrop(const Image& in, const PreprocessOptions& options) {
+  Image out;
+  ResizeAndCropInto(in, options, out);
+  return out;
 }
 
 void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
-  const Image window = ResizeAndCrop(in, options);
+  thread_local Image window;
+  ResizeAndCropInto(in, options, window);
   const int channels = options.channels;
   const size_t plane = static_cast<size_t>(window.height) * window.width;
   // ToTensor divides by 255 in float; Normalize subtracts, then divides.

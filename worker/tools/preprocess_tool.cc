@@ -84,14 +84,16 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_time)) {
     const int repeat = absl::GetFlag(FLAGS_repeat);
     std::vector<float> out;
+    image::Image decoded;
     double checksum = 0;
     const auto start = std::chrono::steady_clock::now();
     for (int r = 0; r < repeat; ++r) {
       for (const auto& record : records) {
         auto bytes = (*reader)->ReadRecord(record);
         if (!bytes.ok()) Die(bytes.status());
-        auto img = image::DecodeImage(bytes->bytes, record.key);
-        if (!img.ok()) Die(img.status());
+        absl::Status s = image::DecodeImageInto(bytes->bytes, record.key, &options, &decoded);
+        if (!s.ok()) Die(s);
+        const image::Image* img = &decoded;
         if (absl::GetFlag(FLAGS_decode_only)) {
           checksum += img->pixels[img->pixels.size() / 2];
           continue;
@@ -128,7 +130,7 @@ int main(int argc, char** argv) {
   for (const auto& record : records) {
     auto bytes = (*reader)->ReadRecord(record);
     if (!bytes.ok()) Die(bytes.status());
-    auto img = image::DecodeImage(bytes->bytes, record.key);
+    auto img = image::DecodeImage(bytes->bytes, record.key, &options);
     if (!img.ok()) Die(img.status());
     if (keys != nullptr) std::fprintf(keys, "%s\t%d\n", record.key.c_str(), record.label);
     if (u8 != nullptr) {
