@@ -20,6 +20,10 @@ struct ModelOptions {
   int channels = 1;          // channels the model expects (1 or 3)
   std::vector<float> mean;   // per model channel (size 1 or `channels`)
   std::vector<float> std;    // per model channel
+  // Freeze the module and optimise it for inference (BatchNorm folded into
+  // convolutions, oneDNN kernels): outputs equal the plain forward's up to
+  // float rounding (~1e-6 relative).
+  bool optimize = true;
 };
 
 // Thread-compatible: one extractor per thread.

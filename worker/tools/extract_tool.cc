@@ -1,0 +1,124 @@
+// sslbench-extract: features of one split, computed as a worker's extract
+// task does (the dataset reader, decode threads filling batches, the model's
+// forward on LibTorch), without the coordinator; for benchmarks and checks.
+//
+//   sslbench-extract --format=imagefolder --root=DIR --split=train \
+//       --model=resnet18.pt --input_size=224 --resize_size=256 --channels=3 \
+//       --mean=0.485,0.456,0.406 --std=0.229,0.224,0.225 \
+//       --threads=2 --decode_threads=2 --batch=64 [--features_out=F]
+//
+// Prints one JSON line: images, dim, seconds, images_per_second.
+// --features_out: float32 [images, dim], row-major.
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "worker/compute/feature_extractor.h"
+#include "worker/datasets/dataset_reader.h"
+#include "worker/image/batch_loader.h"
+#include "worker/tools/tool_util.h"
+
+ABSL_FLAG(std::string, format, "imagefolder", "dataset format");
+ABSL_FLAG(std::string, root, "", "dataset root");
+ABSL_FLAG(std::string, split, "train", "train or test");
+ABSL_FLAG(int64_t, limit, 0, "first N records only");
+ABSL_FLAG(std::string, model, "", "TorchScript file");
+ABSL_FLAG(int, input_size, 224, "centre crop");
+ABSL_FLAG(int, resize_size, 256, "shorter side before the crop");
+ABSL_FLAG(int, channels, 3, "1 or 3");
+ABSL_FLAG(std::string, mean, "0.485,0.456,0.406", "per channel");
+ABSL_FLAG(std::string, std, "0.229,0.224,0.225", "per channel");
+ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads");
+ABSL_FLAG(int, decode_threads, 1, "decode threads");
+ABSL_FLAG(int, batch, 64, "batch size");
+ABSL_FLAG(bool, optimize, true, "freeze and optimise the model for inference");
+ABSL_FLAG(std::string, features_out, "", "write float32 features here");
+
+namespace {
+
+std::vector<float> Floats(const std::string& csv) {
+  std::vector<float> out;
+  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
+    float v = 0;
+    if (!absl::SimpleAtof(part, &v)) {
+      std::fprintf(stderr, "not a number: %s\n", std::string(part).c_str());
+      std::exit(2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+[[noreturn]] void Die(const absl::Status& s) {
+  std::fprintf(stderr, "sslbench-extract: %s\n", s.ToString().c_str());
+  std::exit(1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  using namespace sslbench;
+  compute::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  datasets::DatasetConfig config;
+  config.format = absl::GetFlag(FLAGS_format);
+  config.root = absl::GetFlag(FLAGS_root);
+  auto reader = datasets::OpenDatasetReader(config);
+  if (!reader.ok()) Die(reader.status());
+  auto listing = (*reader)->List(absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
+  if (!listing.ok()) Die(listing.status());
+
+  compute::ModelOptions model;
+  model.path = absl::GetFlag(FLAGS_model);
+  model.input_size = absl::GetFlag(FLAGS_input_size);
+  model.resize_size = absl::GetFlag(FLAGS_resize_size);
+  model.channels = absl::GetFlag(FLAGS_channels);
+  model.mean = Floats(absl::GetFlag(FLAGS_mean));
+  model.std = Floats(absl::GetFlag(FLAGS_std));
+  model.optimize = absl::GetFlag(FLAGS_optimize);
+  auto extractor = compute::FeatureExtractor::Load(model);
+  if (!extractor.ok()) Die(extractor.status());
+
+  const int64_t n = static_cast<int64_t>(listing->records.size());
+  const int64_t batch_size = absl::GetFlag(FLAGS_batch);
+  std::vector<image::BatchJob> jobs;
+  for (int64_t b = 0; b < n; b += batch_size) jobs.push_back({b, std::min(batch_size, n - b)});
+  const int decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  const auto start = std::chrono::steady_clock::now();
+  image::BatchLoader loader(reader->get(), &listing->records, std::move(jobs),
+                            compute::PreprocessOptionsFor(model), config.on_bad_image,
+                            decode_threads, std::max(2, 2 * decode_threads));
+  std::vector<float> features;
+  int64_t dim = 0;
+  for (;;) {
+    image::Batch batch;
+    auto got = loader.Next(&batch);
+    if (!got.ok()) Die(got.status());
+    if (!*got) break;
+    auto rows = (*extractor)->Forward(batch.data.data(), batch.n, batch.height, batch.width, &dim);
+    if (!rows.ok()) Die(rows.status());
+    features.insert(features.end(), rows->begin(), rows->end());
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string out = absl::GetFlag(FLAGS_features_out);
+  if (!out.empty()) {
+    FILE* f = std::fopen(out.c_str(), "wb");
+    if (f == nullptr || std::fwrite(features.data(), sizeof(float), features.size(), f) !=
+                            features.size() ||
+        std::fclose(f) != 0) {
+      std::perror(out.c_str());
+      return 1;
+    }
+  }
+  std::printf("{\"images\":%lld,\"dim\":%lld,\"seconds\":%s,\"images_per_second\":%s}\n",
+              static_cast<long long>(n), static_cast<long long>(dim),
+              tools::JsonNumber(seconds, 6).c_str(), tools::JsonNumber(n / seconds, 6).c_str());
+  return 0;
+}
