@@ -1,0 +1,95 @@
+#!/usr/bin/python3
+"""The feature store's round trip on loopback: a local stack (`sslbench up`:
+a private PostgreSQL and a coordinator, no workers), a small study submitted
+so that an extract task can be leased, then sslbench-store-bench writes
+--megabytes of features through PutFeatureChunk and reads them back with
+GetFeatureChunk. Reports MB/s each way and the peak resident memory of the
+coordinator, PostgreSQL's backends and the client, for each size in --sizes,
+so that flat memory shows as equal peaks for different volumes.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def rss_mb(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children_named(name):
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--bin", required=True, help="folder with sslbench and sslbench-store-bench")
+    p.add_argument("--sizes", default="512,2048", help="MiB per run, comma-separated")
+    p.add_argument("--chunk-mib", type=int, default=4)
+    args = p.parse_args()
+
+    for size in [int(s) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)  # PostgreSQL runs as its own user beneath it
+            state = os.path.join(tmp, "state")
+            up = subprocess.Popen([os.path.join(args.bin, "sslbench"), "up", "--workers=0",
+                                   f"--state_dir={state}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            addr_file = os.path.join(state, "coordinator.addr")
+            said = []
+            for line in up.stdout:
+                said.append(line)
+                if "local stack is up" in line:
+                    break
+            else:
+                sys.exit("sslbench up failed:\n" + "".join(said))
+            addr = open(addr_file).read().strip()
+            models = os.path.join(tmp, "models")
+            subprocess.run([os.path.join(args.bin, "sslbench-make-models"), models], check=True,
+                           capture_output=True)
+            study = os.path.join(tmp, "study.yaml")
+            with open(study, "w") as f:
+                f.write("name: store-bench\nmodels:\n  - name: identity\n"
+                        f"    path: {models}/identity.pt\n    channels: 1\n"
+                        "datasets:\n  - name: fmnist\n    format: idx\n"
+                        "    root: /usr/share/datasets/fashion-mnist\n"
+                        "    train_limit: 10\n    test_limit: 10\n"
+                        "protocols:\n  - name: knn\n    ks: [1]\n")
+            subprocess.run([os.path.join(args.bin, "sslbench"), f"--coordinator={addr}", "submit",
+                            study], check=True, capture_output=True)
+            coordinator = children_named("sslbench-coordi")  # comm is cut to 15 chars
+            before = {pid: rss_mb(pid, "VmRSS") for pid in coordinator}
+            out = subprocess.run([os.path.join(args.bin, "sslbench-store-bench"),
+                                  f"--coordinator={addr}", f"--megabytes={size}",
+                                  f"--chunk_mib={args.chunk_mib}"],
+                                 check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            result["coordinator_rss_before_mb"] = sum(before.values())
+            result["coordinator_peak_rss_mb"] = sum(rss_mb(pid, "VmHWM") for pid in coordinator)
+            result["postgres_peak_rss_mb"] = max(
+                [rss_mb(pid, "VmHWM") for pid in children_named("postgres")] or [0])
+            up.send_signal(signal.SIGINT)
+            up.wait(timeout=60)
+            print(f"{result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
+                  f"put {result['put_mb_per_s']:.0f} MB/s, get {result['get_mb_per_s']:.0f} MB/s; "
+                  f"peak RSS: coordinator {result['coordinator_peak_rss_mb']:.0f} MB "
+                  f"(before {result['coordinator_rss_before_mb']:.0f}), "
+                  f"largest PostgreSQL process {result['postgres_peak_rss_mb']:.0f} MB, "
+                  f"client {result['peak_rss_mb']:.0f} MB")
+            print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
