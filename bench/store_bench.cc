@@ -8,10 +8,12 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +27,7 @@ ABSL_FLAG(std::string, coordinator, "localhost:7070", "coordinator address");
 ABSL_FLAG(int64_t, megabytes, 2048, "feature bytes to write and read back (MiB)");
 ABSL_FLAG(int, chunk_mib, 4, "bytes per chunk (MiB)");
 ABSL_FLAG(int, dim, 512, "feature width");
+ABSL_FLAG(int, inflight, 4, "requests in flight (threads)");
 
 namespace {
 
@@ -107,30 +110,44 @@ int main(int argc, char** argv) {
   const std::string labels(static_cast<size_t>(rows) * 4, '\0');
   const std::string& key = lease.spec().cache_key();
 
+  // Chunks are claimed from one counter by --inflight threads, as a worker
+  // with that many uploads or downloads in flight.
+  const int inflight = std::max(1, absl::GetFlag(FLAGS_inflight));
+  auto parallel = [&](const std::function<void(int32_t, std::string&)>& one) {
+    std::atomic<int32_t> next{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < inflight; ++t) {
+      threads.emplace_back([&] {
+        std::string mine = features;
+        for (int32_t c = next++; c < chunks; c = next++) one(c, mine);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  };
   auto start = std::chrono::steady_clock::now();
-  v1::PutFeatureChunkRequest put;
-  put.set_task_id(lease.task_id());
-  put.set_lease_token(lease.lease_token());
-  for (int32_t c = 0; c < chunks; ++c) {
+  parallel([&](int32_t c, std::string& bytes) {
+    v1::PutFeatureChunkRequest put;
+    put.set_task_id(lease.task_id());
+    put.set_lease_token(lease.lease_token());
     v1::FeatureChunk* chunk = put.mutable_chunk();
     chunk->set_cache_key(key);
     chunk->set_chunk_index(c);
     chunk->set_row_start(int64_t{c} * rows);
     chunk->set_num_rows(rows);
     chunk->set_dim(dim);
-    FillChunk(features, c);
-    chunk->set_features(features);
+    FillChunk(bytes, c);
+    chunk->set_features(bytes);
     chunk->set_labels(labels);
     grpc::ClientContext context;
     v1::PutFeatureChunkResponse response;
     grpc::Status s = stub->PutFeatureChunk(&context, put, &response);
     if (!s.ok()) Die("PutFeatureChunk", s);
-  }
+  });
   const double put_seconds = Seconds(start);
 
   start = std::chrono::steady_clock::now();
-  int64_t bad = 0;
-  for (int32_t c = 0; c < chunks; ++c) {
+  std::atomic<int64_t> bad{0};
+  parallel([&](int32_t c, std::string& bytes) {
     grpc::ClientContext context;
     v1::GetFeatureChunkRequest request;
     request.set_cache_key(key);
@@ -138,9 +155,9 @@ int main(int argc, char** argv) {
     v1::FeatureChunk chunk;
     grpc::Status s = stub->GetFeatureChunk(&context, request, &chunk);
     if (!s.ok()) Die("GetFeatureChunk", s);
-    FillChunk(features, c);
-    if (chunk.features() != features) ++bad;
-  }
+    FillChunk(bytes, c);
+    if (chunk.features() != bytes) ++bad;
+  });
   const double get_seconds = Seconds(start);
   done = true;
   heartbeat.join();
@@ -152,6 +169,6 @@ int main(int argc, char** argv) {
       "{\"chunks\":%d,\"megabytes\":%.1f,\"put_seconds\":%.3f,\"put_mb_per_s\":%.1f,"
       "\"get_seconds\":%.3f,\"get_mb_per_s\":%.1f,\"bad_chunks\":%lld,\"peak_rss_mb\":%.1f}\n",
       chunks, mb, put_seconds, mb / put_seconds, get_seconds, mb / get_seconds,
-      static_cast<long long>(bad), usage.ru_maxrss / 1024.0);
+      static_cast<long long>(bad.load()), usage.ru_maxrss / 1024.0);
   return bad == 0 ? 0 : 1;
 }

@@ -38,14 +38,18 @@ def main():
     p.add_argument("--bin", required=True, help="folder with sslbench and sslbench-store-bench")
     p.add_argument("--sizes", default="512,2048", help="MiB per run, comma-separated")
     p.add_argument("--chunk-mib", type=int, default=4)
+    p.add_argument("--inflight", type=int, default=4)
+    p.add_argument("--blob-store", default="postgres",
+                   help="postgres, or file (a folder beside the database)")
     args = p.parse_args()
 
     for size in [int(s) for s in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             os.chmod(tmp, 0o755)  # PostgreSQL runs as its own user beneath it
             state = os.path.join(tmp, "state")
+            blobs = "postgres" if args.blob_store == "postgres" else f"file://{tmp}/blobs"
             up = subprocess.Popen([os.path.join(args.bin, "sslbench"), "up", "--workers=0",
-                                   f"--state_dir={state}"],
+                                   f"--state_dir={state}", f"--blob_store={blobs}"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             addr_file = os.path.join(state, "coordinator.addr")
             said = []
@@ -73,7 +77,8 @@ def main():
             before = {pid: rss_mb(pid, "VmRSS") for pid in coordinator}
             out = subprocess.run([os.path.join(args.bin, "sslbench-store-bench"),
                                   f"--coordinator={addr}", f"--megabytes={size}",
-                                  f"--chunk_mib={args.chunk_mib}"],
+                                  f"--chunk_mib={args.chunk_mib}",
+                                  f"--inflight={args.inflight}"],
                                  check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             result["coordinator_rss_before_mb"] = sum(before.values())
@@ -82,7 +87,8 @@ def main():
                 [rss_mb(pid, "VmHWM") for pid in children_named("postgres")] or [0])
             up.send_signal(signal.SIGINT)
             up.wait(timeout=60)
-            print(f"{result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
+            result["blob_store"] = args.blob_store
+            print(f"{args.blob_store}: {result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
                   f"put {result['put_mb_per_s']:.0f} MB/s, get {result['get_mb_per_s']:.0f} MB/s; "
                   f"peak RSS: coordinator {result['coordinator_peak_rss_mb']:.0f} MB "
                   f"(before {result['coordinator_rss_before_mb']:.0f}), "

@@ -162,7 +162,7 @@ absl::Status LocalStack::StartAll() {
       StartChild("coordinator",
                  {coordinator_bin, absl::StrCat("--listen=127.0.0.1:", options_.port),
                   "--port_file=" + port_file, "--database=" + conninfo(),
-                  "--metrics_listen=127.0.0.1:0"}));
+                  "--metrics_listen=127.0.0.1:0", "--blob_store=" + options_.blob_store}));
   coordinator_.push_back(std::move(coordinator));
   ASSIGN_OR_RETURN(const int port, WaitForPortFile(port_file, coordinator_.front()));
   address_ = absl::StrCat("127.0.0.1:", port);

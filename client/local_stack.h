@@ -21,6 +21,7 @@ struct LocalStackOptions {
   int worker_threads = 1;
   int port = 0;          // the coordinator's; 0: any free loopback port
   std::string bin_dir;   // holds sslbench-coordinator/-worker; "": ExecutableDir()
+  std::string blob_store = "postgres";  // the coordinator's --blob_store
   absl::Duration start_timeout = absl::Seconds(120);
   // Polled while waiting for the coordinator; true aborts the start
   // (CANCELLED), e.g. on a pending SIGINT.

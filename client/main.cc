@@ -51,6 +51,9 @@ ABSL_FLAG(std::string, state_dir, "",
           "folder for demo)");
 ABSL_FLAG(int32_t, workers, 1, "up/demo: number of worker processes");
 ABSL_FLAG(int32_t, worker_threads, 1, "up/demo: compute threads per worker");
+ABSL_FLAG(std::string, blob_store, "postgres",
+          "up/demo: where the coordinator keeps feature chunk bytes "
+          "(postgres, or file:///PATH)");
 ABSL_FLAG(int32_t, port, 0, "up/demo: coordinator port on 127.0.0.1 (0: any free one)");
 ABSL_FLAG(int64_t, train_limit, 0, "demo: use only the first N training images (0: all)");
 ABSL_FLAG(int64_t, test_limit, 0, "demo: use only the first N test images (0: all)");
@@ -89,6 +92,7 @@ usage: sslbench COMMAND [ARGS] [--flags]
   cancel ID                             cancel a study's unfinished tasks
   workers                               the registered workers
   up [--state_dir=.sslbench] [--workers=1] [--worker_threads=1] [--port=0]
+     [--blob_store=postgres|file:///PATH]
                                         run a local stack (PostgreSQL, coordinator,
                                         workers) until Ctrl-C
   demo [--state_dir=DIR] [--workers=1] [--train_limit=N] [--test_limit=N]
@@ -335,6 +339,7 @@ LocalStackOptions StackOptions(const std::string& state_dir) {
   options.workers = absl::GetFlag(FLAGS_workers);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.port = absl::GetFlag(FLAGS_port);
+  options.blob_store = absl::GetFlag(FLAGS_blob_store);
   options.interrupted = StopSignalPending;
   return options;
 }

@@ -24,7 +24,15 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   store_options.observer = [metrics](absl::string_view op, double seconds, bool ok) {
     metrics->ObserveDb(op, seconds, ok);
   };
+  const std::string& blobs = s->options_.blob_store;
+  if (blobs.rfind("file://", 0) == 0) {
+    ASSIGN_OR_RETURN(store_options.blobs, NewFileBlobStore(blobs.substr(7)));
+  } else if (!blobs.empty() && blobs != "postgres") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blob store \"", blobs, "\" is not postgres or file:///PATH"));
+  }
   ASSIGN_OR_RETURN(s->store_, PgStore::Create(std::move(store_options)));
+  LogInfo("coordinator", "feature chunk bytes go to ", s->store_->blobs().Describe());
   s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock,
                                                   s->options_.policy, metrics);
   s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);

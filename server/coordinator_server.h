@@ -28,6 +28,8 @@ struct CoordinatorServerOptions {
   LeasePolicy policy;
   int executor_threads = 8;
   int db_connections = 8;
+  // "postgres" or "file:///PATH" (see BlobStore).
+  std::string blob_store = "postgres";
   absl::Duration reap_interval = absl::Seconds(2);
   const Clock* clock = nullptr;              // default: the real clock
 };

@@ -26,6 +26,9 @@ ABSL_FLAG(int, lease_seconds, 30, "lease duration; workers heartbeat well within
 ABSL_FLAG(int, heartbeat_ms, 5000, "heartbeat interval asked of workers");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
+ABSL_FLAG(std::string, blob_store, "postgres",
+          "where feature chunk bytes go: postgres (a table of --database) or "
+          "file:///PATH (a folder every coordinator replica mounts)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -43,6 +46,7 @@ int main(int argc, char** argv) {
   sslbench::server::CoordinatorServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.database = absl::GetFlag(FLAGS_database);
+  options.blob_store = absl::GetFlag(FLAGS_blob_store);
   if (options.database.empty()) {
     const char* env = std::getenv("SSLBENCH_DATABASE_URL");
     if (env) options.database = env;

@@ -119,6 +119,20 @@ CREATE TABLE checkpoints (
 );
 ALTER TABLE checkpoints ALTER COLUMN data SET STORAGE EXTERNAL;
 )sql"},
+      {4, "feature chunk bytes in a blob store; the database keeps the record", R"sql(
+CREATE TABLE blobs (
+  key  TEXT PRIMARY KEY,
+  data BYTEA NOT NULL
+);
+ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+-- Chunks written before this version keep their bytes in the row.
+ALTER TABLE feature_chunks
+  ALTER COLUMN features DROP NOT NULL,
+  ALTER COLUMN labels DROP NOT NULL,
+  ADD COLUMN blob_key TEXT,
+  ADD COLUMN blob_bytes BIGINT,
+  ADD COLUMN blob_crc BIGINT;
+)sql"},
   };
   return kMigrations;
 }

@@ -15,20 +15,10 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "server/store/migrations.h"
+#include "server/store/pg_internal.h"
 
 namespace sslbench::server {
 
-struct PgStore::Conn {
-  explicit Conn(const std::string& conninfo) : c(conninfo) {}
-  pqxx::connection c;
-};
-
-// A transaction as handed to the bodies of PgStore's methods.
-class PgStore::Txn {
- public:
-  explicit Txn(pqxx::connection& conn) : work(conn) {}
-  pqxx::work work;
-};
 
 namespace {
 
@@ -64,21 +54,6 @@ v1::StudyState StudyStateFromName(const std::string& name) {
   return v1::STUDY_STATE_UNSPECIFIED;
 }
 
-pqxx::binarystring Bytes(const std::string& s) {
-  return pqxx::binarystring(s.data(), s.size());
-}
-std::string FromBytes(const pqxx::field& f) { return pqxx::binarystring(f).str(); }
-
-absl::Status StaleToken(int64_t task_id, int64_t token, int64_t current,
-                        const std::string& state) {
-  if (token != current) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "lease lost: task ", task_id, " has fencing token ", current,
-        ", the request carries stale token ", token));
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "lease lost: task ", task_id, " is ", state, ", not LEASED"));
-}
 
 // Fails, transitively, the pending tasks that depend on `failed_task`.
 // Returns the studies touched.
@@ -140,7 +115,10 @@ absl::StatusOr<std::unique_ptr<PgStore>> PgStore::Create(PgStoreOptions options)
   return store;
 }
 
-PgStore::PgStore(PgStoreOptions options) : options_(std::move(options)) {}
+PgStore::PgStore(PgStoreOptions options)
+    : options_(std::move(options)), blobs_(options_.blobs) {
+  if (blobs_ == nullptr) blobs_ = NewTableBlobStore();
+}
 PgStore::~PgStore() = default;
 
 std::unique_ptr<PgStore::Conn> PgStore::Acquire() {
@@ -789,6 +767,14 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
             "task ", task_id, ": ", gaps[0][0].as<int64_t>(),
             " feature chunks do not start where the previous chunk ends"));
       }
+      if (chunks < extract.chunks && max_index < extract.chunks) {
+        // Chunks the worker stored are gone (a database crash lost their
+        // asynchronous commits): the extraction must run again, resuming
+        // after the chunks that survived.
+        return absl::AbortedError(absl::StrCat(
+            "task ", task_id, ": the feature cache holds ", chunks, " of the ", extract.chunks,
+            " chunks the worker stored; the extraction will run again for the rest"));
+      }
       if (chunks != extract.chunks || rows != extract.rows ||
           max_index != chunks - 1 || min_dim != max_dim ||
           min_dim != extract.dim || chunks == 0) {
@@ -840,107 +826,6 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
     RefreshStudy(w, study_id, now_us);
     return absl::OkStatus();
   });
-}
-
-absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
-                                      const v1::FeatureChunk& chunk) {
-  if (chunk.num_rows() <= 0 || chunk.dim() <= 0 || chunk.chunk_index() < 0 ||
-      chunk.row_start() < 0) {
-    return absl::InvalidArgumentError(
-        "chunk: num_rows and dim must be positive, chunk_index and row_start >= 0");
-  }
-  const int64_t want_features = int64_t{chunk.num_rows()} * chunk.dim() * 4;
-  if (static_cast<int64_t>(chunk.features().size()) != want_features ||
-      static_cast<int64_t>(chunk.labels().size()) != int64_t{chunk.num_rows()} * 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk ", chunk.chunk_index(), ": ", chunk.features().size(),
-        " feature bytes and ", chunk.labels().size(), " label bytes for ",
-        chunk.num_rows(), " rows of width ", chunk.dim()));
-  }
-  return Transact("put_feature_chunk", [&](Txn& t) -> absl::Status {
-    auto& w = t.work;
-    const auto r = w.exec_params(
-        "SELECT state, lease_token, cache_key FROM tasks WHERE id = $1 FOR SHARE",
-        task_id);
-    if (r.empty()) {
-      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-    }
-    const std::string state = r[0][0].as<std::string>();
-    const int64_t current = r[0][1].as<int64_t>();
-    if (current != token || state != "LEASED") {
-      return StaleToken(task_id, token, current, state);
-    }
-    if (r[0][2].as<std::string>() != chunk.cache_key()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "task ", task_id, " fills cache ", r[0][2].as<std::string>(),
-          ", not ", chunk.cache_key()));
-    }
-    w.exec_params(
-        "INSERT INTO feature_chunks (cache_key, chunk_index, row_start, num_rows, "
-        "dim, features, labels) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-        "ON CONFLICT (cache_key, chunk_index) DO UPDATE SET row_start = $3, "
-        "num_rows = $4, dim = $5, features = $6, labels = $7",
-        chunk.cache_key(), chunk.chunk_index(), chunk.row_start(),
-        chunk.num_rows(), chunk.dim(), Bytes(chunk.features()),
-        Bytes(chunk.labels()));
-    return absl::OkStatus();
-  });
-}
-
-absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(
-    const std::string& cache_key, int32_t chunk_index) {
-  v1::FeatureChunk chunk;
-  RETURN_IF_ERROR(Transact("get_feature_chunk", [&](Txn& t) -> absl::Status {
-    const auto r = t.work.exec_params(
-        "SELECT row_start, num_rows, dim, features, labels FROM feature_chunks "
-        "WHERE cache_key = $1 AND chunk_index = $2",
-        cache_key, chunk_index);
-    if (r.empty()) {
-      return absl::NotFoundError(absl::StrCat(
-          "feature cache ", cache_key, " has no chunk ", chunk_index));
-    }
-    chunk.set_cache_key(cache_key);
-    chunk.set_chunk_index(chunk_index);
-    chunk.set_row_start(r[0][0].as<int64_t>());
-    chunk.set_num_rows(r[0][1].as<int32_t>());
-    chunk.set_dim(r[0][2].as<int32_t>());
-    chunk.set_features(FromBytes(r[0][3]));
-    chunk.set_labels(FromBytes(r[0][4]));
-    return absl::OkStatus();
-  }));
-  return chunk;
-}
-
-absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
-    const std::string& cache_key) {
-  v1::FeatureCacheInfo info;
-  RETURN_IF_ERROR(Transact("get_feature_cache", [&](Txn& t) -> absl::Status {
-    auto& w = t.work;
-    info.Clear();
-    const auto r = w.exec_params(
-        "SELECT complete, num_rows, dim, num_chunks FROM feature_caches "
-        "WHERE cache_key = $1",
-        cache_key);
-    if (r.empty()) {
-      return absl::NotFoundError(absl::StrCat("feature cache ", cache_key, " not found"));
-    }
-    info.set_cache_key(cache_key);
-    info.set_complete(r[0][0].as<bool>());
-    info.set_num_rows(r[0][1].as<int64_t>());
-    info.set_dim(r[0][2].as<int32_t>());
-    info.set_num_chunks(r[0][3].as<int32_t>());
-    const auto c = w.exec_params(
-        "SELECT chunk_index FROM feature_chunks WHERE cache_key = $1 "
-        "ORDER BY chunk_index",
-        cache_key);
-    for (const auto& row : c) info.add_present_chunks(row[0].as<int32_t>());
-    const auto first = w.exec_params(
-        "SELECT num_rows FROM feature_chunks WHERE cache_key = $1 AND chunk_index = 0",
-        cache_key);
-    if (!first.empty()) info.set_chunk_rows(first[0][0].as<int32_t>());
-    return absl::OkStatus();
-  }));
-  return info;
 }
 
 absl::Status PgStore::PutCheckpoint(int64_t task_id, int64_t token, int64_t step,

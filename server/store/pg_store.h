@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "server/store/blob_store.h"
 #include "server/store/store.h"
 
 namespace sslbench::server {
@@ -17,6 +18,8 @@ namespace sslbench::server {
 struct PgStoreOptions {
   std::string conninfo;   // libpq connection string
   int max_connections = 8;
+  // Where feature chunk bytes go; null: a table of this database.
+  std::shared_ptr<BlobStore> blobs;
   // Called after every transaction with its name, duration and success.
   std::function<void(absl::string_view op, double seconds, bool ok)> observer;
 };
@@ -77,9 +80,13 @@ class PgStore final : public Store {
       override;
   absl::StatusOr<v1::StudySpec> GetStudySpec(int64_t study_id) override;
 
+  // The blob store in use (the options' or the database's own table).
+  BlobStore& blobs() { return *blobs_; }
+
   class Txn;
 
  private:
+  class TableBlobStore;  // blobs in this database (pg_store_features.cc)
   struct Conn;  // a libpqxx connection; kept out of this header
   // Runs `fn` in one transaction on a pooled connection, mapping libpqxx
   // exceptions to statuses; retries serialization failures and deadlocks, and
@@ -88,6 +95,7 @@ class PgStore final : public Store {
   absl::Status Transact(absl::string_view op,
                         const std::function<absl::Status(Txn&)>& fn);
   explicit PgStore(PgStoreOptions options);
+  std::shared_ptr<BlobStore> NewTableBlobStore();
   std::unique_ptr<Conn> Acquire();
   void Return(std::unique_ptr<Conn> conn);
   // Closes the idle pooled connections (after the server went away).
@@ -95,6 +103,7 @@ class PgStore final : public Store {
   static void BackOff(int attempt);
 
   const PgStoreOptions options_;
+  std::shared_ptr<BlobStore> blobs_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;

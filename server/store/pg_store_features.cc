@@ -1,0 +1,244 @@
+// PgStore's feature caches: chunk records in the database, chunk bytes in a
+// BlobStore (by default the `blobs` table of the same database).
+
+#include <zlib.h>
+
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "server/store/pg_internal.h"
+#include "server/store/pg_store.h"
+
+namespace sslbench::server {
+
+// Blobs in a table of the store's own database. Its commits do not wait for
+// the WAL flush: the chunk record that refers to a blob is committed after
+// it, so the WAL's order makes the blob durable no later than its record.
+class PgStore::TableBlobStore final : public BlobStore {
+ public:
+  explicit TableBlobStore(PgStore& store) : store_(store) {}
+
+  absl::Status Put(const std::string& key, std::string_view bytes) override {
+    const std::string data(bytes);
+    return store_.Transact("put_blob", [&](Txn& t) -> absl::Status {
+      t.work.exec0("SET LOCAL synchronous_commit TO OFF");
+      t.work.exec_params(
+          "INSERT INTO blobs (key, data) VALUES ($1, $2) "
+          "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data",
+          key, Bytes(data));
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<std::string> Get(const std::string& key) override {
+    std::string out;
+    RETURN_IF_ERROR(store_.Transact("get_blob", [&](Txn& t) -> absl::Status {
+      const auto r = t.work.exec_params("SELECT data FROM blobs WHERE key = $1", key);
+      if (r.empty()) return absl::NotFoundError(absl::StrCat("blob ", key, " not found in postgres"));
+      out = FromBytes(r[0][0]);
+      return absl::OkStatus();
+    }));
+    return out;
+  }
+
+  absl::Status Delete(const std::string& key) override {
+    return store_.Transact("delete_blob", [&](Txn& t) -> absl::Status {
+      t.work.exec_params("DELETE FROM blobs WHERE key = $1", key);
+      return absl::OkStatus();
+    });
+  }
+
+  std::string Describe() const override { return "postgres"; }
+
+ private:
+  PgStore& store_;
+};
+
+std::shared_ptr<BlobStore> PgStore::NewTableBlobStore() {
+  return std::make_shared<TableBlobStore>(*this);
+}
+
+namespace {
+
+uint32_t Crc(std::string_view bytes) {
+  return static_cast<uint32_t>(
+      crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+}
+
+// Checks that task `task_id` holds its lease with `token` and fills `key`.
+absl::Status CheckFence(pqxx::work& w, int64_t task_id, int64_t token,
+                        const std::string& cache_key) {
+  const auto r = w.exec_params(
+      "SELECT state, lease_token, cache_key FROM tasks WHERE id = $1 FOR SHARE", task_id);
+  if (r.empty()) return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+  const std::string state = r[0][0].as<std::string>();
+  const int64_t current = r[0][1].as<int64_t>();
+  if (current != token || state != "LEASED") return StaleToken(task_id, token, current, state);
+  if (r[0][2].as<std::string>() != cache_key) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", task_id, " fills cache ", r[0][2].as<std::string>(), ", not ", cache_key));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
+                                      const v1::FeatureChunk& chunk) {
+  if (chunk.num_rows() <= 0 || chunk.dim() <= 0 || chunk.chunk_index() < 0 ||
+      chunk.row_start() < 0) {
+    return absl::InvalidArgumentError(
+        "chunk: num_rows and dim must be positive, chunk_index and row_start >= 0");
+  }
+  const int64_t want_features = int64_t{chunk.num_rows()} * chunk.dim() * 4;
+  if (static_cast<int64_t>(chunk.features().size()) != want_features ||
+      static_cast<int64_t>(chunk.labels().size()) != int64_t{chunk.num_rows()} * 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk ", chunk.chunk_index(), ": ", chunk.features().size(),
+        " feature bytes and ", chunk.labels().size(), " label bytes for ",
+        chunk.num_rows(), " rows of width ", chunk.dim()));
+  }
+  // Check the fence before writing bytes, and again with the record.
+  RETURN_IF_ERROR(Transact("check_fence", [&](Txn& t) {
+    return CheckFence(t.work, task_id, token, chunk.cache_key());
+  }));
+  // The key carries the fencing token: a writer whose lease was lost in
+  // between writes a blob that no record will name, never the current one.
+  const std::string key =
+      absl::StrCat("features/", chunk.cache_key(), "/", chunk.chunk_index(), ".", token);
+  std::string bytes;
+  bytes.reserve(chunk.features().size() + chunk.labels().size());
+  bytes.append(chunk.features()).append(chunk.labels());
+  const uint32_t crc = Crc(bytes);
+  RETURN_IF_ERROR(blobs_->Put(key, bytes));
+  std::string replaced;
+  const absl::Status recorded = Transact("put_feature_chunk", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    RETURN_IF_ERROR(CheckFence(w, task_id, token, chunk.cache_key()));
+    const auto old = w.exec_params(
+        "SELECT blob_key FROM feature_chunks WHERE cache_key = $1 AND chunk_index = $2 "
+        "FOR UPDATE",
+        chunk.cache_key(), chunk.chunk_index());
+    replaced = old.empty() || old[0][0].is_null() ? "" : old[0][0].as<std::string>();
+    if (replaced.empty()) {
+      // A new chunk can be computed again, so its commit does not wait for
+      // the WAL flush (one flush per chunk halved the write rate).
+      // CompleteTask commits synchronously, which flushes every chunk
+      // record written before it; a crash before that loses at most the
+      // latest records, which the next attempt finds missing and writes
+      // again. A record that replaces another waits: the old blob is deleted
+      // after it.
+      w.exec0("SET LOCAL synchronous_commit TO OFF");
+    }
+    w.exec_params(
+        "INSERT INTO feature_chunks (cache_key, chunk_index, row_start, num_rows, dim, "
+        "features, labels, blob_key, blob_bytes, blob_crc) "
+        "VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7, $8) "
+        "ON CONFLICT (cache_key, chunk_index) DO UPDATE SET row_start = EXCLUDED.row_start, "
+        "num_rows = EXCLUDED.num_rows, dim = EXCLUDED.dim, features = NULL, labels = NULL, "
+        "blob_key = EXCLUDED.blob_key, blob_bytes = EXCLUDED.blob_bytes, "
+        "blob_crc = EXCLUDED.blob_crc",
+        chunk.cache_key(), chunk.chunk_index(), chunk.row_start(), chunk.num_rows(),
+        chunk.dim(), key, static_cast<int64_t>(bytes.size()), static_cast<int64_t>(crc));
+    return absl::OkStatus();
+  });
+  if (!recorded.ok()) {
+    if (absl::Status s = blobs_->Delete(key); !s.ok()) {
+      LogWarning("store", "orphaned blob ", key, " in ", blobs_->Describe(), ": ", s.message());
+    }
+    return recorded;
+  }
+  if (!replaced.empty() && replaced != key) {
+    if (absl::Status s = blobs_->Delete(replaced); !s.ok()) {
+      LogWarning("store", "orphaned blob ", replaced, " in ", blobs_->Describe(), ": ",
+                 s.message());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(const std::string& cache_key,
+                                                          int32_t chunk_index) {
+  v1::FeatureChunk chunk;
+  std::string key;
+  int64_t size = 0, crc = 0;
+  RETURN_IF_ERROR(Transact("get_feature_chunk", [&](Txn& t) -> absl::Status {
+    const auto r = t.work.exec_params(
+        "SELECT row_start, num_rows, dim, blob_key, blob_bytes, blob_crc, "
+        "CASE WHEN blob_key IS NULL THEN features END, "
+        "CASE WHEN blob_key IS NULL THEN labels END "
+        "FROM feature_chunks WHERE cache_key = $1 AND chunk_index = $2",
+        cache_key, chunk_index);
+    if (r.empty()) {
+      return absl::NotFoundError(
+          absl::StrCat("feature cache ", cache_key, " has no chunk ", chunk_index));
+    }
+    chunk.set_cache_key(cache_key);
+    chunk.set_chunk_index(chunk_index);
+    chunk.set_row_start(r[0][0].as<int64_t>());
+    chunk.set_num_rows(r[0][1].as<int32_t>());
+    chunk.set_dim(r[0][2].as<int32_t>());
+    if (r[0][3].is_null()) {
+      // Written before blob stores: the bytes are in the row.
+      chunk.set_features(FromBytes(r[0][6]));
+      chunk.set_labels(FromBytes(r[0][7]));
+      key.clear();
+    } else {
+      key = r[0][3].as<std::string>();
+      size = r[0][4].as<int64_t>();
+      crc = r[0][5].as<int64_t>();
+    }
+    return absl::OkStatus();
+  }));
+  if (key.empty()) return chunk;
+  ASSIGN_OR_RETURN(std::string bytes, blobs_->Get(key));
+  const int64_t feature_bytes = int64_t{chunk.num_rows()} * chunk.dim() * 4;
+  if (static_cast<int64_t>(bytes.size()) != size || size != feature_bytes + chunk.num_rows() * 4 ||
+      static_cast<int64_t>(Crc(bytes)) != crc) {
+    return absl::DataLossError(absl::StrCat(
+        "feature cache ", cache_key, ": chunk ", chunk_index, " is damaged in ",
+        blobs_->Describe(), " (blob ", key, ": ", bytes.size(), " bytes, expected ", size,
+        " with CRC-32 ", crc, ")"));
+  }
+  chunk.set_features(bytes.substr(0, static_cast<size_t>(feature_bytes)));
+  chunk.set_labels(bytes.substr(static_cast<size_t>(feature_bytes)));
+  return chunk;
+}
+
+absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
+    const std::string& cache_key) {
+  v1::FeatureCacheInfo info;
+  RETURN_IF_ERROR(Transact("get_feature_cache", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    info.Clear();
+    const auto r = w.exec_params(
+        "SELECT complete, num_rows, dim, num_chunks FROM feature_caches "
+        "WHERE cache_key = $1",
+        cache_key);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("feature cache ", cache_key, " not found"));
+    }
+    info.set_cache_key(cache_key);
+    info.set_complete(r[0][0].as<bool>());
+    info.set_num_rows(r[0][1].as<int64_t>());
+    info.set_dim(r[0][2].as<int32_t>());
+    info.set_num_chunks(r[0][3].as<int32_t>());
+    const auto c = w.exec_params(
+        "SELECT chunk_index FROM feature_chunks WHERE cache_key = $1 "
+        "ORDER BY chunk_index",
+        cache_key);
+    for (const auto& row : c) info.add_present_chunks(row[0].as<int32_t>());
+    const auto first = w.exec_params(
+        "SELECT num_rows FROM feature_chunks WHERE cache_key = $1 AND chunk_index = 0",
+        cache_key);
+    if (!first.empty()) info.set_chunk_rows(first[0][0].as<int32_t>());
+    return absl::OkStatus();
+  }));
+  return info;
+}
+
+}  // namespace sslbench::server
