@@ -19,6 +19,8 @@
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "grpcpp/grpcpp.h"
+#include "worker/compute/feature_extractor.h"
+#include "worker/runners.h"
 #include "worker/worker_daemon.h"
 
 ABSL_FLAG(std::string, coordinator, "localhost:7070", "coordinator gRPC address");
@@ -71,17 +73,25 @@ int main(int argc, char** argv) {
   sslbench::worker::WorkerOptions options;
   options.name = absl::GetFlag(FLAGS_name);
   if (options.name.empty()) options.name = "worker-" + std::to_string(getpid());
-  options.compute_threads = absl::GetFlag(FLAGS_threads);
-  options.decode_threads = absl::GetFlag(FLAGS_decode_threads) > 0
-                               ? absl::GetFlag(FLAGS_decode_threads)
-                               : std::max(1, options.compute_threads);
-  options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
+  const int threads = absl::GetFlag(FLAGS_threads);
+  sslbench::compute::SetComputeThreads(threads);
+  sslbench::worker::RunnerOptions runner_options;
+  runner_options.decode_threads = absl::GetFlag(FLAGS_decode_threads) > 0
+                                      ? absl::GetFlag(FLAGS_decode_threads)
+                                      : std::max(1, threads);
+  runner_options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator),
                                            grpc::InsecureChannelCredentials(), args);
-  sslbench::worker::WorkerDaemon daemon(channel, options, registry);
+  const sslbench::RealClock clock;
+  std::unique_ptr<sslbench::worker::CoordinatorConnection> connection =
+      sslbench::worker::NewGrpcCoordinatorConnection(channel, clock);
+  sslbench::worker::WorkerMetrics worker_metrics(*registry);
+  sslbench::worker::WorkerDaemon daemon(
+      *connection, sslbench::worker::DefaultTaskRunners(runner_options, &worker_metrics),
+      options, clock, &worker_metrics);
 
   std::thread signal_thread([&] {
     int sig = 0;

@@ -601,6 +601,11 @@ TEST_F(EndToEndTest, ImageFolderStudySurvivesAWorkerKilledMidExtraction) {
                           photos, "--classes", "6", "--train-per-class", "60",
                           "--val-per-class", "12", "--seed", "3"});
   ASSERT_TRUE(made.ok() && made->exit_code == 0) << (made.ok() ? made->output : "");
+  // One truncated photo in the test split: skipped and counted.
+  const std::string whole = ReadFile(photos + "/val/astronaut/00000.jpg");
+  ASSERT_GT(whole.size(), 1000u);
+  std::ofstream(photos + "/val/astronaut/zz-truncated.jpg", std::ios::binary)
+      << whole.substr(0, whole.size() / 2);
   const std::string study_file = dir_ + "/photos.yaml";
   std::ofstream(study_file)
       << "name: photos\nmodels:\n"
@@ -608,7 +613,7 @@ TEST_F(EndToEndTest, ImageFolderStudySurvivesAWorkerKilledMidExtraction) {
       << "    resize_size: 146\n    input_size: 128\n"
       << "    mean: [0.485, 0.456, 0.406]\n    std: [0.229, 0.224, 0.225]\n"
       << "datasets:\n  - name: photos\n    format: imagefolder\n    root: " << photos
-      << "\n    role: in-domain\n"
+      << "\n    role: in-domain\n    on_bad_image: skip\n"
       << "protocols:\n  - name: knn\n    ks: [5, 10]\n    euclidean_k: 5\n"
       << "  - name: linear\n    epochs: 15\n    batch_size: 64\n    learning_rates: [0.1, 1.0]\n";
 
@@ -634,6 +639,10 @@ TEST_F(EndToEndTest, ImageFolderStudySurvivesAWorkerKilledMidExtraction) {
   }
   const auto interrupted = Results(study);
   ASSERT_EQ(interrupted.results_size(), 4);  // cosine k=5, k=10, euclidean k=5, linear
+  for (const auto& r : interrupted.results()) {
+    EXPECT_THAT(r.config_json(), HasSubstr("\"skipped_images\":{\"train\":0,\"test\":1}"))
+        << r.variant();
+  }
 
   // Every chunk of the train features is there once, in order.
   std::string train_key;

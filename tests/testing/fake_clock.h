@@ -18,9 +18,38 @@ class FakeClock final : public Clock {
     now_ += d;
   }
 
+  // Waits on fake time: returns when `n` is notified (true) or Advance()
+  // has moved the clock past now + d (false). `n` is looked at every
+  // millisecond of real time, as a Notification cannot wake this mutex.
+  bool WaitForNotification(absl::Notification& n, absl::Duration d) const override {
+    absl::MutexLock lock(&mu_);
+    const absl::Time deadline = now_ + d;
+    ++waiters_;
+    auto moved = [this, deadline]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return now_ >= deadline; };
+    while (!n.HasBeenNotified() && now_ < deadline) {
+      mu_.AwaitWithTimeout(absl::Condition(&moved), absl::Milliseconds(1));
+    }
+    --waiters_;
+    return n.HasBeenNotified();
+  }
+
+  // Blocks until at least `count` threads wait in WaitForNotification: a
+  // test advances the clock once the component under test is waiting.
+  void AwaitWaiters(int count) const {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return waiters_ >= count; };
+    mu_.Await(absl::Condition(&enough));
+  }
+
+  int waiters() const {
+    absl::MutexLock lock(&mu_);
+    return waiters_;
+  }
+
  private:
   mutable absl::Mutex mu_;
-  absl::Time now_;
+  absl::Time now_ ABSL_GUARDED_BY(mu_);
+  mutable int waiters_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace sslbench::testing

@@ -1,0 +1,310 @@
+// The daemon's lease/heartbeat loop against a fake coordinator connection,
+// fake runners and a fake clock: no RPC, no sleeping.
+
+#include "worker/worker_daemon.h"
+
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/fake_clock.h"
+#include "worker/task_runner.h"
+
+namespace sslbench::worker {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Answers as scripted; records what it was asked.
+class FakeConnection final : public CoordinatorConnection {
+ public:
+  absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(const v1::RegisterWorkerRequest&,
+                                                            const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    ++registrations_;
+    if (!register_failures_.empty()) {
+      absl::Status s = register_failures_.front();
+      register_failures_.pop_front();
+      return s;
+    }
+    v1::RegisterWorkerResponse r;
+    r.set_worker_id(7);
+    r.set_heartbeat_interval_ms(1000);
+    return r;
+  }
+  absl::StatusOr<v1::LeaseTaskResponse> LeaseTask(const v1::LeaseTaskRequest&,
+                                                  const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    ++leases_asked_;
+    if (leases_.empty()) return v1::LeaseTaskResponse();
+    absl::StatusOr<v1::LeaseTaskResponse> next = leases_.front();
+    leases_.pop_front();
+    return next;
+  }
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request,
+                                                  const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    heartbeats_.push_back(request);
+    return heartbeat_answer_;
+  }
+  absl::Status CompleteTask(const v1::CompleteTaskRequest& request, const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    completed_.push_back(request);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<v1::FailTaskResponse> FailTask(const v1::FailTaskRequest& request,
+                                                const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    failed_.push_back(request);
+    return v1::FailTaskResponse();
+  }
+  absl::Status PutFeatureChunk(const v1::PutFeatureChunkRequest&, const CallOptions&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<v1::FeatureChunk> GetFeatureChunk(const v1::GetFeatureChunkRequest&,
+                                                   const CallOptions&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(const v1::GetFeatureCacheRequest&,
+                                                       const CallOptions&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::Status PutCheckpoint(const v1::PutCheckpointRequest&, const CallOptions&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest&,
+                                               const CallOptions&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+
+  void AddLease(absl::StatusOr<v1::LeaseTaskResponse> lease) {
+    absl::MutexLock lock(&mu_);
+    leases_.push_back(std::move(lease));
+  }
+  void FailRegistrations(std::vector<absl::Status> failures) {
+    absl::MutexLock lock(&mu_);
+    register_failures_.assign(failures.begin(), failures.end());
+  }
+  void AnswerHeartbeats(absl::StatusOr<v1::HeartbeatResponse> answer) {
+    absl::MutexLock lock(&mu_);
+    heartbeat_answer_ = std::move(answer);
+  }
+  // Blocks until `pred` holds for the recorded calls.
+  void AwaitCalls(const std::function<bool(const FakeConnection&)>& pred) {
+    absl::MutexLock lock(&mu_);
+    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pred(*this); };
+    mu_.Await(absl::Condition(&done));
+  }
+  template <typename T>
+  T Read(const std::function<T(const FakeConnection&)>& f) {
+    absl::MutexLock lock(&mu_);
+    return f(*this);
+  }
+
+  mutable absl::Mutex mu_;
+  int registrations_ ABSL_GUARDED_BY(mu_) = 0;
+  int leases_asked_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<absl::Status> register_failures_ ABSL_GUARDED_BY(mu_);
+  std::deque<absl::StatusOr<v1::LeaseTaskResponse>> leases_ ABSL_GUARDED_BY(mu_);
+  absl::StatusOr<v1::HeartbeatResponse> heartbeat_answer_ ABSL_GUARDED_BY(mu_) =
+      v1::HeartbeatResponse();
+  std::vector<v1::HeartbeatRequest> heartbeats_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::CompleteTaskRequest> completed_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::FailTaskRequest> failed_ ABSL_GUARDED_BY(mu_);
+};
+
+// Reports progress 3 of 10, then waits until released (returning `result`)
+// or until the task should stop (returning CANCELLED).
+class BlockingRunner final : public TaskRunner {
+ public:
+  absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
+    ctx.SetProgress(3, 10);
+    started_.Notify();
+    while (!release_.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
+      if (ctx.ShouldStop()) return absl::CancelledError("stopped");
+    }
+    return result_;
+  }
+  absl::Notification started_;
+  absl::Notification release_;
+  absl::StatusOr<TaskOutcome> result_;
+};
+
+v1::LeaseTaskResponse Lease(v1::TaskKind kind, int64_t id = 11) {
+  v1::LeaseTaskResponse lease;
+  lease.set_task_id(id);
+  lease.set_lease_token(99);
+  lease.mutable_spec()->set_kind(kind);
+  return lease;
+}
+
+class WorkerDaemonTest : public ::testing::Test {
+ protected:
+  void Start() {
+    TaskRunners runners;
+    runners.Register(v1::TASK_KIND_KNN, runner_);
+    daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), WorkerOptions{},
+                                             clock_, nullptr);
+    thread_ = std::thread([this] { result_ = daemon_->Run(); });
+  }
+  void TearDown() override {
+    if (daemon_) daemon_->Stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  FakeConnection connection_;
+  testing::FakeClock clock_;
+  std::shared_ptr<BlockingRunner> runner_ = std::make_shared<BlockingRunner>();
+  std::unique_ptr<WorkerDaemon> daemon_;
+  std::thread thread_;
+  absl::Status result_;
+};
+
+TEST_F(WorkerDaemonTest, RegistersThroughTransientFailuresWithBackoff) {
+  connection_.FailRegistrations({absl::UnavailableError("starting"), absl::UnavailableError("starting")});
+  Start();
+  clock_.AwaitWaiters(1);  // 200 ms backoff
+  EXPECT_EQ(connection_.Read<int>([](const auto& c) { return c.registrations_; }), 1);
+  clock_.Advance(absl::Milliseconds(200));
+  connection_.AwaitCalls([](const auto& c) { return c.registrations_ == 2; });
+  clock_.AwaitWaiters(1);  // 400 ms backoff now
+  clock_.Advance(absl::Milliseconds(399));
+  EXPECT_EQ(connection_.Read<int>([](const auto& c) { return c.registrations_; }), 2);
+  clock_.Advance(absl::Milliseconds(1));
+  connection_.AwaitCalls([](const auto& c) { return c.registrations_ == 3 && c.leases_asked_ >= 1; });
+  EXPECT_EQ(daemon_->worker_id(), 7);
+}
+
+TEST_F(WorkerDaemonTest, RefusedRegistrationEndsRun) {
+  connection_.FailRegistrations({absl::InvalidArgumentError("empty name")});
+  Start();
+  thread_.join();
+  EXPECT_EQ(result_.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(WorkerDaemonTest, CompletesWithResultsAndHeartbeatsProgress) {
+  TaskOutcome outcome;
+  outcome.results.emplace_back().set_variant("cosine k=20");
+  runner_->result_ = outcome;
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  runner_->started_.WaitForNotification();
+  clock_.AwaitWaiters(1);  // the heartbeat loop
+  clock_.Advance(absl::Seconds(1));
+  connection_.AwaitCalls([](const auto& c) { return c.heartbeats_.size() == 1; });
+  const v1::HeartbeatRequest hb = connection_.Read<v1::HeartbeatRequest>(
+      [](const auto& c) { return c.heartbeats_[0]; });
+  EXPECT_EQ(hb.task_id(), 11);
+  EXPECT_EQ(hb.lease_token(), 99);
+  EXPECT_EQ(hb.worker_id(), 7);
+  EXPECT_EQ(hb.work_done(), 3);
+  EXPECT_EQ(hb.work_total(), 10);
+  runner_->release_.Notify();
+  connection_.AwaitCalls([](const auto& c) { return c.completed_.size() == 1; });
+  const v1::CompleteTaskRequest done = connection_.Read<v1::CompleteTaskRequest>(
+      [](const auto& c) { return c.completed_[0]; });
+  EXPECT_EQ(done.lease_token(), 99);
+  ASSERT_EQ(done.results_size(), 1);
+  EXPECT_EQ(done.results(0).variant(), "cosine k=20");
+  EXPECT_TRUE(connection_.Read<bool>([](const auto& c) { return c.failed_.empty(); }));
+}
+
+TEST_F(WorkerDaemonTest, CancelledStudyStopsTheRunnerAndReportsNothing) {
+  v1::HeartbeatResponse cancelled;
+  cancelled.set_cancelled(true);
+  connection_.AnswerHeartbeats(cancelled);
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  runner_->started_.WaitForNotification();
+  clock_.AwaitWaiters(1);
+  clock_.Advance(absl::Seconds(1));
+  // The daemon goes on to the next lease once the runner has stopped.
+  connection_.AwaitCalls([](const auto& c) { return c.leases_asked_ >= 2; });
+  EXPECT_TRUE(connection_.Read<bool>(
+      [](const auto& c) { return c.completed_.empty() && c.failed_.empty(); }));
+}
+
+TEST_F(WorkerDaemonTest, LostLeaseIsAbandonedWithoutReport) {
+  connection_.AnswerHeartbeats(absl::FailedPreconditionError("lease lost: stale token"));
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  runner_->started_.WaitForNotification();
+  clock_.AwaitWaiters(1);
+  clock_.Advance(absl::Seconds(1));
+  connection_.AwaitCalls([](const auto& c) { return c.leases_asked_ >= 2; });
+  EXPECT_TRUE(connection_.Read<bool>(
+      [](const auto& c) { return c.completed_.empty() && c.failed_.empty(); }));
+}
+
+TEST_F(WorkerDaemonTest, TransientHeartbeatFailureKeepsWorking) {
+  connection_.AnswerHeartbeats(absl::UnavailableError("replica restarting"));
+  runner_->result_ = TaskOutcome{};
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  runner_->started_.WaitForNotification();
+  for (int i = 1; i <= 3; ++i) {
+    clock_.AwaitWaiters(1);
+    clock_.Advance(absl::Seconds(1));
+    connection_.AwaitCalls([i](const auto& c) { return c.heartbeats_.size() == static_cast<size_t>(i); });
+  }
+  runner_->release_.Notify();
+  connection_.AwaitCalls([](const auto& c) { return c.completed_.size() == 1; });
+}
+
+TEST_F(WorkerDaemonTest, FailuresAreRetryableUnlessTheInputIsBad) {
+  runner_->result_ = absl::InvalidArgumentError("dataset folder /x has no class subfolders");
+  runner_->release_.Notify();
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN, 1));
+  connection_.AddLease(Lease(v1::TASK_KIND_FINETUNE, 2));  // no runner for it here
+  Start();
+  connection_.AwaitCalls([](const auto& c) { return c.failed_.size() == 2; });
+  const auto failed = connection_.Read<std::vector<v1::FailTaskRequest>>(
+      [](const auto& c) { return c.failed_; });
+  EXPECT_FALSE(failed[0].retryable());
+  EXPECT_THAT(failed[0].error(), HasSubstr("no class subfolders"));
+  EXPECT_FALSE(failed[1].retryable());
+  EXPECT_THAT(failed[1].error(), HasSubstr("TASK_KIND_FINETUNE is not supported"));
+}
+
+TEST_F(WorkerDaemonTest, InternalErrorIsRetryable) {
+  runner_->result_ = absl::InternalError("model failed");
+  runner_->release_.Notify();
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  connection_.AwaitCalls([](const auto& c) { return c.failed_.size() == 1; });
+  EXPECT_TRUE(connection_.Read<bool>([](const auto& c) { return c.failed_[0].retryable(); }));
+}
+
+TEST_F(WorkerDaemonTest, StopMidTaskHandsTheTaskBackPreempted) {
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  Start();
+  runner_->started_.WaitForNotification();
+  daemon_->Stop();
+  thread_.join();
+  EXPECT_TRUE(result_.ok()) << result_;
+  const auto failed = connection_.Read<std::vector<v1::FailTaskRequest>>(
+      [](const auto& c) { return c.failed_; });
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_TRUE(failed[0].preempted());
+  EXPECT_TRUE(failed[0].retryable());
+}
+
+TEST_F(WorkerDaemonTest, ForgottenWorkerRegistersAgain) {
+  connection_.AddLease(absl::NotFoundError("unknown worker 7"));
+  Start();
+  connection_.AwaitCalls([](const auto& c) { return c.registrations_ == 2 && c.leases_asked_ >= 2; });
+}
+
+TEST(TaskKindLabelTest, ComesFromTheProtoEnum) {
+  EXPECT_EQ(TaskKindLabel(v1::TASK_KIND_EXTRACT), "extract");
+  EXPECT_EQ(TaskKindLabel(v1::TASK_KIND_LOGREG), "logreg");
+  EXPECT_EQ(TaskKindLabel(v1::TASK_KIND_FINETUNE), "finetune");
+}
+
+}  // namespace
+}  // namespace sslbench::worker

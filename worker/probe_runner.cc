@@ -1,0 +1,112 @@
+// Probe tasks (kNN, linear probe, logistic regression): download the cached
+// train and test features, run the protocol, report its results.
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "worker/probe_tasks.h"
+#include "worker/runner_util.h"
+#include "worker/runners.h"
+
+namespace sslbench::worker {
+namespace {
+
+// Downloads a complete feature cache; rows of images skipped as
+// undecodable are left out and counted in `skipped`.
+absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
+                           compute::FeatureMatrix* out, int64_t* skipped) {
+  v1::GetFeatureCacheRequest request;
+  request.set_cache_key(key);
+  v1::FeatureCacheInfo info;
+  ASSIGN_OR_RETURN(info, ctx.connection().GetFeatureCache(request, ctx.rpc()));
+  if (!info.complete()) {
+    return absl::UnavailableError(absl::StrCat("feature cache ", key, " is not complete yet"));
+  }
+  out->rows = info.num_rows();
+  out->dim = info.dim();
+  out->data.assign(static_cast<size_t>(info.num_rows() * info.dim()), 0.0f);
+  out->labels.assign(static_cast<size_t>(info.num_rows()), 0);
+  int64_t filled = 0;
+  for (int32_t c = 0; c < info.num_chunks(); ++c) {
+    if (ctx.ShouldStop()) return Stopped();
+    v1::GetFeatureChunkRequest chunk_request;
+    chunk_request.set_cache_key(key);
+    chunk_request.set_chunk_index(c);
+    ASSIGN_OR_RETURN(v1::FeatureChunk chunk,
+                     ctx.connection().GetFeatureChunk(chunk_request, ctx.rpc()));
+    const int64_t start = chunk.row_start();
+    if (chunk.dim() != info.dim() || start < 0 || start + chunk.num_rows() > info.num_rows() ||
+        chunk.features().size() != static_cast<size_t>(chunk.num_rows()) * chunk.dim() * 4 ||
+        chunk.labels().size() != static_cast<size_t>(chunk.num_rows()) * 4) {
+      return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunk ", c, " is malformed"));
+    }
+    std::memcpy(out->data.data() + start * info.dim(), chunk.features().data(),
+                chunk.features().size());
+    std::memcpy(out->labels.data() + start, chunk.labels().data(), chunk.labels().size());
+    filled += chunk.num_rows();
+  }
+  if (filled != info.num_rows()) {
+    return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunks hold ", filled,
+                                            " rows, expected ", info.num_rows()));
+  }
+  // Rows of images skipped as undecodable carry label -1: leave them out.
+  int64_t kept = 0;
+  for (int64_t r = 0; r < out->rows; ++r) {
+    if (out->labels[r] < 0) continue;
+    if (kept != r) {
+      std::memmove(out->data.data() + kept * out->dim, out->data.data() + r * out->dim,
+                   static_cast<size_t>(out->dim) * sizeof(float));
+      out->labels[kept] = out->labels[r];
+    }
+    ++kept;
+  }
+  *skipped = out->rows - kept;
+  if (kept < out->rows) {
+    LogInfo("worker", "task ", ctx.task_id(), ": feature cache ", key, ": ", out->rows - kept,
+            " rows of skipped images left out");
+    out->rows = kept;
+    out->data.resize(static_cast<size_t>(kept * out->dim));
+    out->labels.resize(static_cast<size_t>(kept));
+  }
+  return absl::OkStatus();
+}
+
+class ProbeRunner final : public TaskRunner {
+ public:
+  absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
+    compute::FeatureMatrix train, test;
+    int64_t train_skipped = 0, test_skipped = 0;
+    RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec().train_cache_key(), &train, &train_skipped));
+    RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec().test_cache_key(), &test, &test_skipped));
+    // Progress is reported in the protocol's own units; returning false stops it.
+    auto progress = [&](int64_t done, int64_t total) {
+      ctx.SetProgress(done, total);
+      return !ctx.ShouldStop();
+    };
+    TaskOutcome outcome;
+    ASSIGN_OR_RETURN(outcome.results, RunProbeTask(ctx.spec(), train, test, progress));
+    if (train_skipped + test_skipped > 0) {
+      // Images left out under on_bad_image: skip are part of the result.
+      for (v1::ProbeResult& r : outcome.results) {
+        std::string config = r.config_json();
+        const size_t end = config.rfind('}');
+        if (end == std::string::npos) continue;
+        config.insert(end, absl::StrCat(end > 1 ? "," : "", "\"skipped_images\":{\"train\":",
+                                        train_skipped, ",\"test\":", test_skipped, "}"));
+        r.set_config_json(config);
+      }
+    }
+    return outcome;
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<TaskRunner> NewProbeRunner() { return std::make_shared<ProbeRunner>(); }
+
+}  // namespace sslbench::worker

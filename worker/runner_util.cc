@@ -1,0 +1,33 @@
+#include "worker/runner_util.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace sslbench::worker {
+
+absl::Status VerifyModel(const v1::ModelSpec& model) {
+  ASSIGN_OR_RETURN(std::string sha, Sha256File(model.path()));
+  if (sha != model.sha256()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model \"", model.name(), "\": file ", model.path(),
+        " changed since the study was submitted (sha256 ", sha.substr(0, 12), " != ",
+        model.sha256().substr(0, 12), "); resubmit the study"));
+  }
+  return absl::OkStatus();
+}
+
+compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {
+  compute::ModelOptions options;
+  options.path = model.path();
+  options.input_size = model.input_size();
+  options.resize_size = model.resize_size();
+  options.channels = model.channels();
+  options.mean.assign(model.mean().begin(), model.mean().end());
+  options.std.assign(model.std().begin(), model.std().end());
+  return options;
+}
+
+}  // namespace sslbench::worker

@@ -1,0 +1,32 @@
+#pragma once
+// The task runners of this worker, one per kind, and the registry of them
+// the daemon uses.
+
+#include <cstdint>
+#include <memory>
+
+#include "worker/task_runner.h"
+#include "worker/worker_metrics.h"
+
+namespace sslbench::worker {
+
+struct RunnerOptions {
+  // Target size of one uploaded feature chunk.
+  int64_t chunk_bytes = 4 << 20;
+  // Threads decoding and preprocessing images while the model runs.
+  int decode_threads = 1;
+};
+
+// Extract: features of (model, dataset, split), uploaded in chunks; resumes
+// after the chunks an earlier attempt stored. `metrics` may be null.
+std::shared_ptr<TaskRunner> NewExtractRunner(const RunnerOptions& options,
+                                             WorkerMetrics* metrics);
+// kNN, linear probe, logistic regression on cached features.
+std::shared_ptr<TaskRunner> NewProbeRunner();
+// End-to-end fine-tuning, checkpointed, resuming from the latest checkpoint.
+std::shared_ptr<TaskRunner> NewFineTuneRunner();
+
+// Every runner above, registered under its kinds.
+TaskRunners DefaultTaskRunners(const RunnerOptions& options, WorkerMetrics* metrics);
+
+}  // namespace sslbench::worker
