@@ -593,8 +593,8 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
   try {
     ASSIGN_OR_RETURN(Map study,
                      Map::Of(root, "",
-                             {"name", "max_attempts", "extract_batch_size", "models",
-                              "datasets", "protocols"}));
+                             {"name", "max_attempts", "extract_batch_size", "feature_dtype",
+                              "models", "datasets", "protocols"}));
     std::string name;
     RETURN_IF_ERROR(study.String("name", /*required=*/true, &name));
     spec.set_name(name);
@@ -608,6 +608,13 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
       return Invalid("extract_batch_size", study.Get("extract_batch_size"),
                      "must be in [1, 65536]");
     }
+    std::string dtype;
+    RETURN_IF_ERROR(study.String("feature_dtype", /*required=*/false, &dtype));
+    if (!dtype.empty() && dtype != "float32" && dtype != "float16") {
+      return Invalid("feature_dtype", study.Get("feature_dtype"),
+                     absl::StrCat("\"", dtype, "\" is not float32 or float16"));
+    }
+    spec.set_feature_dtype(dtype);
     spec.set_max_attempts(static_cast<int32_t>(max_attempts));
     spec.set_extract_batch_size(static_cast<int32_t>(batch));
 

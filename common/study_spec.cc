@@ -31,6 +31,7 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 void ApplyStudyDefaults(v1::StudySpec& spec) {
   if (spec.max_attempts() == 0) spec.set_max_attempts(3);
   if (spec.extract_batch_size() == 0) spec.set_extract_batch_size(256);
+  if (spec.feature_dtype().empty()) spec.set_feature_dtype("float32");
   for (auto& model : *spec.mutable_models()) {
     if (model.channels() == 0) model.set_channels(1);
     if (model.mean().empty()) {
@@ -116,6 +117,10 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
   }
   if (spec.extract_batch_size() < 1 || spec.extract_batch_size() > 65536) {
     return Invalid("extract_batch_size", "must be in [1, 65536]");
+  }
+  if (spec.feature_dtype() != "float32" && spec.feature_dtype() != "float16") {
+    return Invalid("feature_dtype",
+                   absl::StrCat("\"", spec.feature_dtype(), "\" is not float32 or float16"));
   }
   std::set<std::string> names;
   for (int i = 0; i < spec.models_size(); ++i) {
@@ -307,7 +312,7 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
 
 std::string FeatureCacheKey(const v1::ModelSpec& model,
                             const v1::DatasetSpec& dataset,
-                            const std::string& split) {
+                            const std::string& split, const std::string& dtype) {
   const std::string limit = absl::StrCat(
       split == "train" ? dataset.train_limit() : dataset.test_limit());
   const std::string material = absl::StrCat(
@@ -317,7 +322,8 @@ std::string FeatureCacheKey(const v1::ModelSpec& model,
       "\nstd=", absl::StrJoin(model.std(), ","), "\ndataset=", dataset.format(),
       ":", dataset.digest(), "\nsplit=", split, "\nlimit=", limit,
       dataset.on_bad_image() == "skip" ? "\non_bad_image=skip" : "",
-      "\nlayer=output\npooling=flatten\ndtype=float32\nextractor=",
+      "\nlayer=output\npooling=flatten\ndtype=", dtype.empty() ? "float32" : dtype,
+      "\nextractor=",
       kExtractorVersion, "\n");
   return Sha256Hex(material);
 }

@@ -26,6 +26,7 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec);
 // preprocessing, the output layer, the dtype and the extractor version.
 std::string FeatureCacheKey(const v1::ModelSpec& model,
                             const v1::DatasetSpec& dataset,
-                            const std::string& split);
+                            const std::string& split,
+                            const std::string& dtype = "float32");
 
 }  // namespace sslbench

@@ -57,7 +57,7 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
       std::string keys[2];
       const char* splits[2] = {"train", "test"};
       for (int s = 0; s < 2 && needs_features; ++s) {
-        keys[s] = FeatureCacheKey(model, dataset, splits[s]);
+        keys[s] = FeatureCacheKey(model, dataset, splits[s], spec.feature_dtype());
         // Two models with identical bytes and preprocessing share features.
         if (!planned_keys.insert(keys[s]).second) continue;
         PlannedExtract extract;
@@ -69,6 +69,7 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
         task.set_split(splits[s]);
         task.set_cache_key(keys[s]);
         task.set_batch_size(spec.extract_batch_size());
+        task.set_feature_dtype(spec.feature_dtype());
         plan.extracts.push_back(std::move(extract));
       }
       for (const auto& protocol : spec.protocols()) {

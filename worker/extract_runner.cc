@@ -3,6 +3,7 @@
 // the chunks an earlier one stored.
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -13,6 +14,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "worker/compute/feature_extractor.h"
+#include "worker/compute/half.h"
 #include "worker/datasets/dataset_reader.h"
 #include "worker/image/batch_loader.h"
 #include "worker/runner_util.h"
@@ -101,6 +103,7 @@ class ExtractRunner final : public TaskRunner {
     // Batches never straddle chunks, so each chunk is sent once its last
     // batch is through the model.
     const int64_t batch_size = std::max(1, spec.batch_size());
+    const bool half = spec.feature_dtype() == "float16";
     std::vector<image::BatchJob> jobs;
     int64_t reused = 0;
     for (int32_t c = 0; c < num_chunks; ++c) {
@@ -166,8 +169,19 @@ class ExtractRunner final : public TaskRunner {
       chunk->set_row_start(chunk_begin);
       chunk->set_num_rows(static_cast<int32_t>(chunk_rows));
       chunk->set_dim(static_cast<int32_t>(dim));
-      chunk->set_features(std::string(reinterpret_cast<const char*>(features.data()),
-                                      features.size() * sizeof(float)));
+      if (half) {
+        // Stored as IEEE half: half the bytes; probes widen it again.
+        std::string bytes(features.size() * 2, '\0');
+        for (size_t i = 0; i < features.size(); ++i) {
+          const uint16_t h = compute::FloatToHalf(features[i]);
+          std::memcpy(&bytes[i * 2], &h, 2);
+        }
+        chunk->set_features(std::move(bytes));
+        chunk->set_dtype("float16");
+      } else {
+        chunk->set_features(std::string(reinterpret_cast<const char*>(features.data()),
+                                        features.size() * sizeof(float)));
+      }
       chunk->set_labels(std::string(reinterpret_cast<const char*>(labels.data()),
                                     labels.size() * sizeof(int32_t)));
       RETURN_IF_ERROR(ctx.connection().PutFeatureChunk(request, ctx.rpc()));

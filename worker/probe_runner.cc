@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "worker/compute/half.h"
 #include "worker/probe_tasks.h"
 #include "worker/runner_util.h"
 #include "worker/runners.h"
@@ -40,13 +41,24 @@ absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
     ASSIGN_OR_RETURN(v1::FeatureChunk chunk,
                      ctx.connection().GetFeatureChunk(chunk_request, ctx.rpc()));
     const int64_t start = chunk.row_start();
+    const bool half = chunk.dtype() == "float16";
+    const size_t values = static_cast<size_t>(chunk.num_rows()) * chunk.dim();
     if (chunk.dim() != info.dim() || start < 0 || start + chunk.num_rows() > info.num_rows() ||
-        chunk.features().size() != static_cast<size_t>(chunk.num_rows()) * chunk.dim() * 4 ||
+        chunk.features().size() != values * (half ? 2 : 4) ||
         chunk.labels().size() != static_cast<size_t>(chunk.num_rows()) * 4) {
       return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunk ", c, " is malformed"));
     }
-    std::memcpy(out->data.data() + start * info.dim(), chunk.features().data(),
-                chunk.features().size());
+    float* dst = out->data.data() + start * info.dim();
+    if (half) {
+      const char* src = chunk.features().data();
+      for (size_t i = 0; i < values; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + i * 2, 2);
+        dst[i] = compute::HalfToFloat(h);
+      }
+    } else {
+      std::memcpy(dst, chunk.features().data(), chunk.features().size());
+    }
     std::memcpy(out->labels.data() + start, chunk.labels().data(), chunk.labels().size());
     filled += chunk.num_rows();
   }

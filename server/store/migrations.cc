@@ -131,7 +131,8 @@ ALTER TABLE feature_chunks
   ALTER COLUMN labels DROP NOT NULL,
   ADD COLUMN blob_key TEXT,
   ADD COLUMN blob_bytes BIGINT,
-  ADD COLUMN blob_crc BIGINT;
+  ADD COLUMN blob_crc BIGINT,
+  ADD COLUMN dtype TEXT NOT NULL DEFAULT 'float32';
 )sql"},
   };
   return kMigrations;

@@ -94,7 +94,14 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
     return absl::InvalidArgumentError(
         "chunk: num_rows and dim must be positive, chunk_index and row_start >= 0");
   }
-  const int64_t want_features = int64_t{chunk.num_rows()} * chunk.dim() * 4;
+  if (!chunk.dtype().empty() && chunk.dtype() != "float32" && chunk.dtype() != "float16") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk ", chunk.chunk_index(), ": dtype \"", chunk.dtype(),
+                     "\" is not float32 or float16"));
+  }
+  const std::string dtype = chunk.dtype().empty() ? "float32" : chunk.dtype();
+  const int64_t want_features =
+      int64_t{chunk.num_rows()} * chunk.dim() * (dtype == "float16" ? 2 : 4);
   if (static_cast<int64_t>(chunk.features().size()) != want_features ||
       static_cast<int64_t>(chunk.labels().size()) != int64_t{chunk.num_rows()} * 4) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -136,14 +143,14 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
     }
     w.exec_params(
         "INSERT INTO feature_chunks (cache_key, chunk_index, row_start, num_rows, dim, "
-        "features, labels, blob_key, blob_bytes, blob_crc) "
-        "VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7, $8) "
+        "features, labels, blob_key, blob_bytes, blob_crc, dtype) "
+        "VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7, $8, $9) "
         "ON CONFLICT (cache_key, chunk_index) DO UPDATE SET row_start = EXCLUDED.row_start, "
         "num_rows = EXCLUDED.num_rows, dim = EXCLUDED.dim, features = NULL, labels = NULL, "
         "blob_key = EXCLUDED.blob_key, blob_bytes = EXCLUDED.blob_bytes, "
-        "blob_crc = EXCLUDED.blob_crc",
+        "blob_crc = EXCLUDED.blob_crc, dtype = EXCLUDED.dtype",
         chunk.cache_key(), chunk.chunk_index(), chunk.row_start(), chunk.num_rows(),
-        chunk.dim(), key, static_cast<int64_t>(bytes.size()), static_cast<int64_t>(crc));
+        chunk.dim(), key, static_cast<int64_t>(bytes.size()), static_cast<int64_t>(crc), dtype);
     return absl::OkStatus();
   });
   if (!recorded.ok()) {
@@ -168,7 +175,7 @@ absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(const std::string& cac
   int64_t size = 0, crc = 0;
   RETURN_IF_ERROR(Transact("get_feature_chunk", [&](Txn& t) -> absl::Status {
     const auto r = t.work.exec_params(
-        "SELECT row_start, num_rows, dim, blob_key, blob_bytes, blob_crc, "
+        "SELECT row_start, num_rows, dim, blob_key, blob_bytes, blob_crc, dtype, "
         "CASE WHEN blob_key IS NULL THEN features END, "
         "CASE WHEN blob_key IS NULL THEN labels END "
         "FROM feature_chunks WHERE cache_key = $1 AND chunk_index = $2",
@@ -184,19 +191,21 @@ absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(const std::string& cac
     chunk.set_dim(r[0][2].as<int32_t>());
     if (r[0][3].is_null()) {
       // Written before blob stores: the bytes are in the row.
-      chunk.set_features(FromBytes(r[0][6]));
-      chunk.set_labels(FromBytes(r[0][7]));
+      chunk.set_features(FromBytes(r[0][7]));
+      chunk.set_labels(FromBytes(r[0][8]));
       key.clear();
     } else {
       key = r[0][3].as<std::string>();
       size = r[0][4].as<int64_t>();
       crc = r[0][5].as<int64_t>();
+      chunk.set_dtype(r[0][6].as<std::string>());
     }
     return absl::OkStatus();
   }));
   if (key.empty()) return chunk;
   ASSIGN_OR_RETURN(std::string bytes, blobs_->Get(key));
-  const int64_t feature_bytes = int64_t{chunk.num_rows()} * chunk.dim() * 4;
+  const int64_t feature_bytes =
+      int64_t{chunk.num_rows()} * chunk.dim() * (chunk.dtype() == "float16" ? 2 : 4);
   if (static_cast<int64_t>(bytes.size()) != size || size != feature_bytes + chunk.num_rows() * 4 ||
       static_cast<int64_t>(Crc(bytes)) != crc) {
     return absl::DataLossError(absl::StrCat(
