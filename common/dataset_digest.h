@@ -20,7 +20,8 @@ datasets::DatasetConfig ToDatasetConfig(const v1::DatasetSpec& dataset);
 // the dataset's reader names them: path relative to the root, size and
 // modification time) plus the SHA-256 of the bytes of up to
 // kDigestSampledFiles files per split, evenly spaced (every file of a small
-// split). A million-image split costs one stat per file.
+// split); of a file over 64 MiB (a tar shard), 16 blocks of 64 KiB spread
+// over it. A million-image split costs one stat per file.
 // NOT_FOUND naming the dataset root or the missing file; INVALID_ARGUMENT
 // for an unknown format or a malformed dataset; INTERNAL on read errors.
 absl::StatusOr<std::string> DatasetDigest(const v1::DatasetSpec& dataset);

@@ -103,9 +103,9 @@ TEST_F(DatasetDigestTest, ImageFolderCoversTheFileList) {
 }
 
 TEST_F(DatasetDigestTest, RejectsUnknownFormats) {
-  EXPECT_THAT(DatasetDigest(Spec("webdataset", dir_)).status(),
+  EXPECT_THAT(DatasetDigest(Spec("lmdb", dir_)).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       "\"webdataset\" is not supported (supported: "));
+                       "\"lmdb\" is not supported (supported: "));
 }
 
 }  // namespace

@@ -141,7 +141,7 @@ TEST(PlannerTest, RejectsMalformedSpecsNamingTheField) {
       {[](v1::StudySpec& s) { s.mutable_models(0)->add_std(1.0f); s.mutable_models(0)->add_std(1.0f); }, "models[0].std"},
       {[](v1::StudySpec& s) { s.mutable_models(0)->set_std(0, 0.0f); }, "models[0].std"},
       {[](v1::StudySpec& s) { *s.add_models() = s.models(0); }, "models[1].name"},
-      {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_format("webdataset"); }, "datasets[0].format"},
+      {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_format("lmdb"); }, "datasets[0].format"},
       {[](v1::StudySpec& s) { s.mutable_datasets(0)->set_train_limit(-1); }, "datasets[0].train_limit"},
       {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->set_temperature(-1); }, "protocols[0].temperature"},
       {[](v1::StudySpec& s) { s.mutable_protocols(0)->mutable_knn()->add_ks(0); }, "protocols[0].ks"},

@@ -15,5 +15,7 @@ absl::StatusOr<std::unique_ptr<DatasetReader>> NewIdxReader(
     const DatasetConfig& config);
 absl::StatusOr<std::unique_ptr<DatasetReader>> NewImageFolderReader(
     const DatasetConfig& config);
+absl::StatusOr<std::unique_ptr<DatasetReader>> NewTarShardReader(
+    const DatasetConfig& config);
 
 }  // namespace sslbench::datasets

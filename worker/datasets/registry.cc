@@ -28,6 +28,7 @@ constexpr Format kFormats[] = {
     {"csv", &NewCsvManifestReader},
     {"idx", &NewIdxReader},
     {"imagefolder", &NewImageFolderReader},
+    {"webdataset", &NewTarShardReader},
 };
 
 }  // namespace

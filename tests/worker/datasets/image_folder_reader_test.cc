@@ -113,8 +113,8 @@ TEST(ImageFolderReaderTest, LayoutErrorsNameTheFolderAndTheFix) {
 TEST(RegistryTest, KnowsItsFormatsAndRejectsOthers) {
   EXPECT_TRUE(IsKnownFormat("imagefolder"));
   EXPECT_TRUE(IsKnownFormat(kDefaultFormat));
-  EXPECT_FALSE(IsKnownFormat("webdataset"));
-  auto unknown = OpenDatasetReader({"webdataset", "/tmp"});
+  EXPECT_FALSE(IsKnownFormat("lmdb"));
+  auto unknown = OpenDatasetReader({"lmdb", "/tmp"});
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(unknown.status().message(), HasSubstr("supported: "));
   EXPECT_EQ(ParseBadImagePolicy("skip").value(), BadImagePolicy::kSkip);
