@@ -129,56 +129,74 @@ __attribute__((target("sse4.1"))) void HorizontalRgbSse41(const uint8_t* in, siz
   }
 }
 
-// Two output pixels per step in the two 128-bit halves. Taps past a pixel's
-// count have coefficient 0 (Precompute pads with zeros), so both pixels run
-// to the larger count; a pair whose loads could pass `available` goes to the
-// SSE4.1 path.
+// Two taps per step: one load widens 8 bytes (the pixels of taps t and t+1,
+// R G B R G B, and 2 more) to 8 int32 lanes, multiplied by
+// (k_t, k_t, k_t, k_t+1, k_t+1, k_t+1, 0, 0); lanes 0-2 and 3-5 are summed at
+// the end. Exact: the same products and sums as Pillow's, in another order
+// (integer addition). `pairs` holds those coefficient vectors, 8 per pair of
+// taps, (ksize + 1) / 2 pairs per output pixel.
 __attribute__((target("avx2"))) void HorizontalRgbAvx2(const uint8_t* in, size_t available,
-                                                       const Coefficients& c, int out_w,
-                                                       uint8_t* o) {
-  const __m256i half = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
-  int i = 0;
-  for (; i + 1 < out_w; i += 2) {
-    const int n = std::max(c.count[i], c.count[i + 1]);
-    const size_t f0 = static_cast<size_t>(c.first[i]), f1 = static_cast<size_t>(c.first[i + 1]);
-    if ((std::max(f0, f1) + n) * 3 + 1 > available) {
-      HorizontalRgbSse41(in, available, c, 2, o + i * 3, i);
+                                                       const Coefficients& c,
+                                                       const std::vector<int32_t>& pairs,
+                                                       int out_w, uint8_t* o) {
+  const int per_output = (c.ksize + 1) / 2;
+  for (int i = 0; i < out_w; ++i) {
+    const int n = c.count[i];
+    const size_t first = static_cast<size_t>(c.first[i]);
+    const int steps = (n + 1) / 2;
+    // The last load reads 8 bytes from pixel first + 2 * (steps - 1).
+    if ((first + 2 * (steps - 1)) * 3 + 8 > available) {
+      HorizontalRgbSse41(in, available, c, 1, o + i * 3, i);
       continue;
     }
-    const int32_t* k0 = &c.k[static_cast<size_t>(i) * c.ksize];
-    const int32_t* k1 = k0 + c.ksize;
-    const uint8_t* p0 = in + f0 * 3;
-    const uint8_t* p1 = in + f1 * 3;
-    __m256i acc = half;
-    for (int t = 0; t < n; ++t) {
-      int32_t w0, w1;
-      std::memcpy(&w0, p0 + t * 3, 4);
-      std::memcpy(&w1, p1 + t * 3, 4);
-      const __m256i v = _mm256_set_m128i(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(w1)),
-                                         _mm_cvtepu8_epi32(_mm_cvtsi32_si128(w0)));
-      const __m256i k = _mm256_set_m128i(_mm_set1_epi32(k1[t]), _mm_set1_epi32(k0[t]));
-      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, k));
+    const uint8_t* p = in + first * 3;
+    const int32_t* k = &pairs[static_cast<size_t>(i) * per_output * 8];
+    __m256i acc = _mm256_setzero_si256();
+    for (int s = 0; s < steps; ++s, p += 6, k += 8) {
+      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+      acc = _mm256_add_epi32(
+          acc, _mm256_mullo_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k))));
     }
     alignas(32) int32_t lanes[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-    uint8_t* q = o + i * 3;
-    q[0] = Clip8(lanes[0]);
-    q[1] = Clip8(lanes[1]);
-    q[2] = Clip8(lanes[2]);
-    q[3] = Clip8(lanes[4]);
-    q[4] = Clip8(lanes[5]);
-    q[5] = Clip8(lanes[6]);
+    const int32_t half = 1 << (kPrecisionBits - 1);
+    o[i * 3 + 0] = Clip8(half + lanes[0] + lanes[3]);
+    o[i * 3 + 1] = Clip8(half + lanes[1] + lanes[4]);
+    o[i * 3 + 2] = Clip8(half + lanes[2] + lanes[5]);
   }
-  if (i < out_w) HorizontalRgbSse41(in, available, c, out_w - i, o + i * 3, i);
 }
 #endif
 
-void HorizontalRgb(const uint8_t* in, size_t available, const Coefficients& c, int out_w,
-                   uint8_t* o) {
+// The coefficient vectors HorizontalRgbAvx2 multiplies by: for each output
+// pixel and pair of taps (t, t+1), (k_t x3, k_t+1 x3, 0, 0).
+std::vector<int32_t> PairCoefficients(const Coefficients& c, int out_w) {
+  const int per_output = (c.ksize + 1) / 2;
+  std::vector<int32_t> pairs(static_cast<size_t>(out_w) * per_output * 8, 0);
+  for (int i = 0; i < out_w; ++i) {
+    const int32_t* k = &c.k[static_cast<size_t>(i) * c.ksize];
+    int32_t* v = &pairs[static_cast<size_t>(i) * per_output * 8];
+    for (int t = 0; t < c.count[i]; ++t) {
+      int32_t* lane = v + (t / 2) * 8 + (t % 2) * 3;
+      lane[0] = lane[1] = lane[2] = k[t];
+    }
+  }
+  return pairs;
+}
+
+bool HasAvx2() {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+void HorizontalRgb(const uint8_t* in, size_t available, const Coefficients& c,
+                   const std::vector<int32_t>& pairs, int out_w, uint8_t* o) {
+#if defined(__x86_64__)
   static const bool sse41 = __builtin_cpu_supports("sse4.1");
-  if (avx2) return HorizontalRgbAvx2(in, available, c, out_w, o);
+  if (!pairs.empty()) return HorizontalRgbAvx2(in, available, c, pairs, out_w, o);
   if (sse41) return HorizontalRgbSse41(in, available, c, out_w, o, 0);
 #endif
   (void)available;
@@ -271,12 +289,14 @@ void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
   tmp.resize(static_cast<size_t>(tmp_h) * tmp_w * ch);
   if (need_h) {
     const Coefficients horiz = Precompute(src.width, g.resized_w, x0, x1);
+    const std::vector<int32_t> pairs =
+        ch == 3 && HasAvx2() ? PairCoefficients(horiz, tmp_w) : std::vector<int32_t>();
     const size_t total = src.pixels.size();
     for (int y = 0; y < tmp_h; ++y) {
       const size_t row_offset = static_cast<size_t>(row_first + y) * src.width * ch;
       uint8_t* o = tmp.data() + static_cast<size_t>(y) * tmp_w * ch;
       if (ch == 3) {
-        HorizontalRgb(src.pixels.data() + row_offset, total - row_offset, horiz, tmp_w, o);
+        HorizontalRgb(src.pixels.data() + row_offset, total - row_offset, horiz, pairs, tmp_w, o);
       } else {
         const uint8_t* in = src.pixels.data() + row_offset;
         for (int i = 0; i < tmp_w; ++i) {
