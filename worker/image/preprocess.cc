@@ -140,30 +140,38 @@ __attribute__((target("avx2"))) void HorizontalRgbAvx2(const uint8_t* in, size_t
                                                        const std::vector<int32_t>& pairs,
                                                        int out_w, uint8_t* o) {
   const int per_output = (c.ksize + 1) / 2;
-  for (int i = 0; i < out_w; ++i) {
-    const int n = c.count[i];
-    const size_t first = static_cast<size_t>(c.first[i]);
-    const int steps = (n + 1) / 2;
-    // The last load reads 8 bytes from pixel first + 2 * (steps - 1).
-    if ((first + 2 * (steps - 1)) * 3 + 8 > available) {
-      HorizontalRgbSse41(in, available, c, 1, o + i * 3, i);
-      continue;
+  const int32_t half = 1 << (kPrecisionBits - 1);
+  alignas(32) int32_t lanes[16];
+  int i = 0;
+  // Two output pixels at a time: two independent chains of multiply-adds.
+  // Steps past a pixel's own taps multiply by the zero padding of its table.
+  for (; i + 1 < out_w; i += 2) {
+    const int steps = (std::max(c.count[i], c.count[i + 1]) + 1) / 2;
+    const size_t f0 = static_cast<size_t>(c.first[i]), f1 = static_cast<size_t>(c.first[i + 1]);
+    if (steps > per_output || (std::max(f0, f1) + 2 * (steps - 1)) * 3 + 8 > available) break;
+    const uint8_t* p0 = in + f0 * 3;
+    const uint8_t* p1 = in + f1 * 3;
+    const int32_t* k0 = &pairs[static_cast<size_t>(i) * per_output * 8];
+    const int32_t* k1 = k0 + per_output * 8;
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    for (int s = 0; s < steps; ++s, p0 += 6, p1 += 6, k0 += 8, k1 += 8) {
+      const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p0)));
+      const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p1)));
+      a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k0))));
+      a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(v1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k1))));
     }
-    const uint8_t* p = in + first * 3;
-    const int32_t* k = &pairs[static_cast<size_t>(i) * per_output * 8];
-    __m256i acc = _mm256_setzero_si256();
-    for (int s = 0; s < steps; ++s, p += 6, k += 8) {
-      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-      acc = _mm256_add_epi32(
-          acc, _mm256_mullo_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k))));
-    }
-    alignas(32) int32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-    const int32_t half = 1 << (kPrecisionBits - 1);
-    o[i * 3 + 0] = Clip8(half + lanes[0] + lanes[3]);
-    o[i * 3 + 1] = Clip8(half + lanes[1] + lanes[4]);
-    o[i * 3 + 2] = Clip8(half + lanes[2] + lanes[5]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), a0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), a1);
+    uint8_t* q = o + i * 3;
+    q[0] = Clip8(half + lanes[0] + lanes[3]);
+    q[1] = Clip8(half + lanes[1] + lanes[4]);
+    q[2] = Clip8(half + lanes[2] + lanes[5]);
+    q[3] = Clip8(half + lanes[8] + lanes[11]);
+    q[4] = Clip8(half + lanes[9] + lanes[12]);
+    q[5] = Clip8(half + lanes[10] + lanes[13]);
   }
+  // The rest (the row's last pixels, where 8-byte loads could pass the end).
+  if (i < out_w) HorizontalRgbSse41(in, available, c, out_w - i, o + i * 3, i);
 }
 #endif
 
