@@ -160,12 +160,11 @@ absl::StatusOr<v1::FeatureCacheInfo> Coordinator::GetFeatureCache(
 }
 
 absl::Status Coordinator::PutCheckpoint(const v1::PutCheckpointRequest& request) {
-  return store_.PutCheckpoint(request.task_id(), request.lease_token(), request.step(),
-                              request.data(), clock_.Now());
+  return store_.PutCheckpoint(request, clock_.Now());
 }
 
 absl::StatusOr<v1::Checkpoint> Coordinator::GetCheckpoint(const v1::GetCheckpointRequest& request) {
-  return store_.GetCheckpoint(request.task_id());
+  return store_.GetCheckpoint(request.task_id(), request.part());
 }
 
 absl::StatusOr<int> Coordinator::ReapExpiredLeases() {

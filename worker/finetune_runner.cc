@@ -39,13 +39,52 @@ v1::FineTuneCheckpoint SeedCheckpoint(int32_t seed_index,
   return checkpoint;
 }
 
-absl::Status PutCheckpoint(TaskContext& ctx, int64_t step, std::string data) {
-  v1::PutCheckpointRequest request;
+// Checkpoints cross in parts of at most this many bytes, so none is limited
+// by the size of one message (a ResNet-50 with its optimizer state: ~300 MB).
+constexpr size_t kCheckpointPartBytes = 16 << 20;
+
+// Stores `data` as the task's checkpoint number `sequence` (which grows with
+// every checkpoint of this attempt, so parts of two checkpoints never mix).
+absl::Status PutCheckpoint(TaskContext& ctx, int64_t sequence, const std::string& data) {
+  const int32_t parts =
+      static_cast<int32_t>(std::max<size_t>(1, (data.size() + kCheckpointPartBytes - 1) /
+                                                   kCheckpointPartBytes));
+  for (int32_t p = 0; p < parts; ++p) {
+    if (ctx.ShouldStop()) return Stopped();
+    v1::PutCheckpointRequest request;
+    request.set_task_id(ctx.task_id());
+    request.set_lease_token(ctx.token());
+    request.set_step(sequence);
+    request.set_part(p);
+    request.set_num_parts(parts);
+    request.set_total_bytes(static_cast<int64_t>(data.size()));
+    request.set_data(data.substr(p * kCheckpointPartBytes, kCheckpointPartBytes));
+    RETURN_IF_ERROR(ctx.connection().PutCheckpoint(request, ctx.rpc()));
+  }
+  return absl::OkStatus();
+}
+
+// The task's latest checkpoint, put together from its parts. NOT_FOUND when
+// there is none.
+absl::StatusOr<std::string> GetCheckpoint(TaskContext& ctx) {
+  v1::GetCheckpointRequest request;
   request.set_task_id(ctx.task_id());
-  request.set_lease_token(ctx.token());
-  request.set_step(step);
-  request.set_data(std::move(data));
-  return ctx.connection().PutCheckpoint(request, ctx.rpc());
+  ASSIGN_OR_RETURN(v1::Checkpoint first, ctx.connection().GetCheckpoint(request, ctx.rpc()));
+  std::string data = std::move(*first.mutable_data());
+  for (int32_t p = 1; p < first.num_parts(); ++p) {
+    request.set_part(p);
+    ASSIGN_OR_RETURN(v1::Checkpoint part, ctx.connection().GetCheckpoint(request, ctx.rpc()));
+    if (part.step() != first.step()) {
+      // A newer checkpoint replaced it while we read: start again.
+      return GetCheckpoint(ctx);
+    }
+    data += part.data();
+  }
+  if (first.num_parts() > 0 && static_cast<int64_t>(data.size()) != first.total_bytes()) {
+    return absl::DataLossError(absl::StrCat("task ", ctx.task_id(), ": checkpoint holds ",
+                                            data.size(), " bytes, not ", first.total_bytes()));
+  }
+  return data;
 }
 
 class FineTuneRunner final : public TaskRunner {
@@ -70,12 +109,10 @@ class FineTuneRunner final : public TaskRunner {
     // the one it was running.
     v1::FineTuneCheckpoint saved;
     {
-      v1::GetCheckpointRequest request;
-      request.set_task_id(ctx.task_id());
-      absl::StatusOr<v1::Checkpoint> checkpoint = ctx.connection().GetCheckpoint(request, ctx.rpc());
+      absl::StatusOr<std::string> checkpoint = GetCheckpoint(ctx);
       const absl::Status got = checkpoint.status();
       if (got.ok()) {
-        if (!saved.ParseFromString(checkpoint->data())) {
+        if (!saved.ParseFromString(*checkpoint)) {
           return absl::DataLossError(absl::StrCat("task ", ctx.task_id(), ": checkpoint does not parse"));
         }
         LogInfo("worker", "task ", ctx.task_id(), ": resuming from a checkpoint at seed index ",
@@ -115,6 +152,7 @@ class FineTuneRunner final : public TaskRunner {
       outcomes.push_back(std::move(o));
     }
     const std::string variant = params.batch_norm() ? "finetune bn" : "finetune";
+    int64_t sequence = 0;  // of this attempt's checkpoints
     for (size_t s = 0; s < seeds.size(); ++s) {
       compute::ImageSet subset;
       const compute::ImageSet* fit = &train;
@@ -134,7 +172,7 @@ class FineTuneRunner final : public TaskRunner {
             SeedCheckpoint(static_cast<int32_t>(s), outcomes);
         checkpoint.set_step(step);
         checkpoint.set_state(bytes);
-        return PutCheckpoint(ctx, step, checkpoint.SerializeAsString());
+        return PutCheckpoint(ctx, ++sequence, checkpoint.SerializeAsString());
       };
       auto progress = [&](int64_t done, int64_t total) {
         ctx.SetProgress(total * static_cast<int64_t>(s) + done,
@@ -154,7 +192,8 @@ class FineTuneRunner final : public TaskRunner {
       // Record the finished seed, so a later preemption does not redo it.
       if (s + 1 < seeds.size()) {
         RETURN_IF_ERROR(PutCheckpoint(
-            ctx, 0, SeedCheckpoint(static_cast<int32_t>(s + 1), outcomes).SerializeAsString()));
+            ctx, ++sequence,
+            SeedCheckpoint(static_cast<int32_t>(s + 1), outcomes).SerializeAsString()));
       }
     }
     TaskOutcome outcome;

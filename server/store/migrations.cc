@@ -134,6 +134,26 @@ ALTER TABLE feature_chunks
   ADD COLUMN blob_crc BIGINT,
   ADD COLUMN dtype TEXT NOT NULL DEFAULT 'float32';
 )sql"},
+      {5, "checkpoints in parts, their bytes in the blob store", R"sql(
+CREATE TABLE checkpoint_parts (
+  task_id     BIGINT NOT NULL REFERENCES tasks(id),
+  token       BIGINT NOT NULL,
+  step        BIGINT NOT NULL,
+  part        INT NOT NULL,
+  num_parts   INT NOT NULL,
+  total_bytes BIGINT NOT NULL,
+  blob_key    TEXT NOT NULL,
+  bytes       BIGINT NOT NULL,
+  crc         BIGINT NOT NULL,
+  PRIMARY KEY (task_id, token, step, part)
+);
+-- Checkpoints written before this version keep their bytes in the row.
+ALTER TABLE checkpoints
+  ALTER COLUMN data DROP NOT NULL,
+  ADD COLUMN token BIGINT,
+  ADD COLUMN num_parts INT,
+  ADD COLUMN total_bytes BIGINT;
+)sql"},
   };
   return kMigrations;
 }

@@ -828,40 +828,6 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
   });
 }
 
-absl::Status PgStore::PutCheckpoint(int64_t task_id, int64_t token, int64_t step,
-                                    const std::string& data, absl::Time now) {
-  return Transact("put_checkpoint", [&](Txn& t) -> absl::Status {
-    auto& w = t.work;
-    const auto r = w.exec_params(
-        "SELECT state, lease_token FROM tasks WHERE id = $1 FOR SHARE", task_id);
-    if (r.empty()) return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-    const std::string state = r[0][0].as<std::string>();
-    const int64_t current = r[0][1].as<int64_t>();
-    if (current != token || state != "LEASED") return StaleToken(task_id, token, current, state);
-    w.exec_params(
-        "INSERT INTO checkpoints (task_id, step, data, updated_us) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (task_id) DO UPDATE SET step = $2, data = $3, updated_us = $4",
-        task_id, step, Bytes(data), Us(now));
-    return absl::OkStatus();
-  });
-}
-
-absl::StatusOr<v1::Checkpoint> PgStore::GetCheckpoint(int64_t task_id) {
-  v1::Checkpoint checkpoint;
-  RETURN_IF_ERROR(Transact("get_checkpoint", [&](Txn& t) -> absl::Status {
-    const auto r = t.work.exec_params(
-        "SELECT step, data FROM checkpoints WHERE task_id = $1", task_id);
-    if (r.empty()) {
-      return absl::NotFoundError(absl::StrCat("task ", task_id, " has no checkpoint"));
-    }
-    checkpoint.set_task_id(task_id);
-    checkpoint.set_step(r[0][0].as<int64_t>());
-    checkpoint.set_data(FromBytes(r[0][1]));
-    return absl::OkStatus();
-  }));
-  return checkpoint;
-}
-
 absl::StatusOr<v1::Artifact> PgStore::GetArtifact(int64_t artifact_id) {
   v1::Artifact artifact;
   RETURN_IF_ERROR(Transact("get_artifact", [&](Txn& t) -> absl::Status {

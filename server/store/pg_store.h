@@ -73,9 +73,8 @@ class PgStore final : public Store {
   absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const std::string& cache_key) override;
   absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) override;
-  absl::Status PutCheckpoint(int64_t task_id, int64_t token, int64_t step,
-                             const std::string& data, absl::Time now) override;
-  absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id) override;
+  absl::Status PutCheckpoint(const v1::PutCheckpointRequest& part, absl::Time now) override;
+  absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) override;
   absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState()
       override;
   absl::StatusOr<v1::StudySpec> GetStudySpec(int64_t study_id) override;

@@ -132,11 +132,12 @@ class Store {
   // NOT_FOUND for an unknown id.
   virtual absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) = 0;
 
-  // One checkpoint per task, replaced by each put (fenced by the lease).
-  virtual absl::Status PutCheckpoint(int64_t task_id, int64_t token, int64_t step,
-                                     const std::string& data, absl::Time now) = 0;
-  // NOT_FOUND when the task has none.
-  virtual absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id) = 0;
+  // One checkpoint per task, replaced when every part of a newer one is
+  // stored (fenced by the lease); see PutCheckpoint in worker_api.proto.
+  virtual absl::Status PutCheckpoint(const v1::PutCheckpointRequest& part, absl::Time now) = 0;
+  // Part `part` of the latest complete checkpoint. NOT_FOUND when the task
+  // has none, or no such part.
+  virtual absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) = 0;
 
   // For metrics: tasks by state name ("PENDING", ...).
   virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>

@@ -285,6 +285,57 @@ TEST_P(FeatureStoreOnBlobsTest, StaleWriterLeavesNoBlob) {
   EXPECT_EQ(BlobCount(), 0);
 }
 
+// Checkpoints cross in parts; one becomes the task's latest when its last
+// part arrives, whatever the order, and the parts of the one it replaces go.
+TEST_P(FeatureStoreOnBlobsTest, CheckpointsInPartsReplaceTheLatestWhenComplete) {
+  auto put = [&](int64_t step, int32_t part, int32_t parts, const std::string& data,
+                 int64_t total, int64_t token) {
+    v1::PutCheckpointRequest r;
+    r.set_task_id(lease_.task_id());
+    r.set_lease_token(token);
+    r.set_step(step);
+    r.set_part(part);
+    r.set_num_parts(parts);
+    r.set_total_bytes(total);
+    r.set_data(data);
+    return coordinator_->PutCheckpoint(r);
+  };
+  auto get = [&](int32_t part) {
+    v1::GetCheckpointRequest r;
+    r.set_task_id(lease_.task_id());
+    r.set_part(part);
+    return coordinator_->GetCheckpoint(r);
+  };
+  const int64_t token = lease_.lease_token();
+  EXPECT_EQ(get(0).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(put(1, 0, 1, "one message", 0, token).ok());
+  EXPECT_EQ(get(0)->data(), "one message");
+  EXPECT_EQ(get(0)->num_parts(), 1);
+
+  const std::string a(5 << 20, 'a'), b(5 << 20, 'b'), c(123, 'c');
+  const int64_t total = static_cast<int64_t>(a.size() + b.size() + c.size());
+  ASSERT_TRUE(put(2, 2, 3, c, total, token).ok());
+  ASSERT_TRUE(put(2, 0, 3, a, total, token).ok());
+  EXPECT_EQ(get(0)->data(), "one message");  // not complete yet
+  ASSERT_TRUE(put(2, 1, 3, b, total, token).ok());
+  auto first = get(0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->step(), 2);
+  EXPECT_EQ(first->num_parts(), 3);
+  EXPECT_EQ(first->total_bytes(), total);
+  EXPECT_TRUE(first->data() == a);
+  EXPECT_TRUE(get(1)->data() == b);
+  EXPECT_EQ(get(2)->data(), c);
+  EXPECT_EQ(get(3).status().code(), absl::StatusCode::kNotFound);
+  // The one-message checkpoint's blob is gone; the three parts remain.
+  EXPECT_EQ(BlobCount(), 3);
+
+  EXPECT_EQ(put(3, 0, 2, "x", 10, token + 7).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(put(3, 2, 2, "x", 10, token).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(put(4, 0, 2, "12345", 10, token).ok());
+  EXPECT_EQ(put(4, 1, 2, "123", 10, token).code(), absl::StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllBackends, FeatureStoreOnBlobsTest,
                          ::testing::Values(std::string("postgres"), std::string("folder")),
                          [](const auto& info) { return info.param; });
