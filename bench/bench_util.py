@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 
@@ -42,3 +43,17 @@ def run_json(command):
     """Runs a tool and returns the JSON object on the last line of its stdout."""
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def photo_corpus(root, tmp, classes, per_class):
+    """`root` if given, else a photo dataset (ImageFolder layout, train split
+    only) written by scripts/make_photo_corpus.py under `tmp`."""
+    if root is not None:
+        return root
+    root = os.path.join(tmp, "photos")
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run([sys.executable, os.path.join(here, "..", "scripts", "make_photo_corpus.py"),
+                    "--out", root, "--classes", str(classes),
+                    "--train-per-class", str(per_class), "--val-per-class", "0"],
+                   check=True)
+    return root

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from bench_util import photo_corpus
+
 # Both sides run as a worker does: OpenMP threads sleep while they wait
 # (libgomp reads this when torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -54,14 +56,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
-    root = args.root
-    if root is None:
-        root = os.path.join(tmp.name, "photos")
-        here = os.path.dirname(os.path.abspath(__file__))
-        subprocess.run([sys.executable, os.path.join(here, "..", "scripts", "make_photo_corpus.py"),
-                        "--out", root, "--classes", str(args.classes),
-                        "--train-per-class", str(args.per_class), "--val-per-class", "0"],
-                       check=True)
+    root = photo_corpus(args.root, tmp.name, args.classes, args.per_class)
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Identity()
     model.eval()

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from bench_util import photo_corpus
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -51,14 +53,7 @@ def main():
     if args.time:
         os.sched_setaffinity(0, {0})  # one core, as the C++ side (taskset)
     tmp = tempfile.TemporaryDirectory()
-    root = args.root
-    if root is None:
-        root = os.path.join(tmp.name, "photos")
-        here = os.path.dirname(os.path.abspath(__file__))
-        subprocess.run([sys.executable, os.path.join(here, "..", "scripts", "make_photo_corpus.py"),
-                        "--out", root, "--classes", str(args.classes),
-                        "--train-per-class", str(args.per_class), "--val-per-class", "0"],
-                       check=True)
+    root = photo_corpus(args.root, tmp.name, args.classes, args.per_class)
 
     keys = os.path.join(tmp.name, "keys.tsv")
     u8 = os.path.join(tmp.name, "u8.bin")

@@ -355,37 +355,31 @@ void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
 
 }  // namespace
 
+namespace {
+
+// The input positions [first, last) that outputs [begin, end) of a resize
+// from in_size to out_size read (all of [begin, end) when sizes are equal).
+std::pair<int, int> InputSpan(int in_size, int out_size, int begin, int end) {
+  if (in_size == out_size) return {begin, end};
+  const Coefficients c = Precompute(in_size, out_size, begin, end);
+  int first = in_size, last = 0;
+  for (size_t i = 0; i < c.first.size(); ++i) {
+    first = std::min(first, c.first[i]);
+    last = std::max(last, c.first[i] + c.count[i]);
+  }
+  return {first, last};
+}
+
+}  // namespace
+
 Region NeededRegion(const PreprocessOptions& options, int height, int width) {
   const Geometry g = Plan(options, height, width);
-  Region r{0, height, 0, width};
   const int y0 = std::max(0, g.top), y1 = std::min(g.resized_h, g.top + g.out_h);
   const int x0 = std::max(0, g.left), x1 = std::min(g.resized_w, g.left + g.out_w);
-  if (y0 >= y1 || x0 >= x1) return r;
-  if (g.resized_h != height) {
-    const Coefficients v = Precompute(height, g.resized_h, y0, y1);
-    r.top = height;
-    r.bottom = 0;
-    for (size_t i = 0; i < v.first.size(); ++i) {
-      r.top = std::min(r.top, v.first[i]);
-      r.bottom = std::max(r.bottom, v.first[i] + v.count[i]);
-    }
-  } else {
-    r.top = y0;
-    r.bottom = y1;
-  }
-  if (g.resized_w != width) {
-    const Coefficients h = Precompute(width, g.resized_w, x0, x1);
-    r.left = width;
-    r.right = 0;
-    for (size_t i = 0; i < h.first.size(); ++i) {
-      r.left = std::min(r.left, h.first[i]);
-      r.right = std::max(r.right, h.first[i] + h.count[i]);
-    }
-  } else {
-    r.left = x0;
-    r.right = x1;
-  }
-  return r;
+  if (y0 >= y1 || x0 >= x1) return Region{0, height, 0, width};
+  const auto [top, bottom] = InputSpan(height, g.resized_h, y0, y1);
+  const auto [left, right] = InputSpan(width, g.resized_w, x0, x1);
+  return Region{top, bottom, left, right};
 }
 
 void OutputSize(const PreprocessOptions& options, int height, int width, int* out_height,

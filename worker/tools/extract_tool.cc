@@ -17,8 +17,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "worker/compute/feature_extractor.h"
 #include "worker/datasets/dataset_reader.h"
 #include "worker/image/batch_loader.h"
@@ -42,23 +40,7 @@ ABSL_FLAG(std::string, features_out, "", "write float32 features here");
 
 namespace {
 
-std::vector<float> Floats(const std::string& csv) {
-  std::vector<float> out;
-  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
-    float v = 0;
-    if (!absl::SimpleAtof(part, &v)) {
-      std::fprintf(stderr, "not a number: %s\n", std::string(part).c_str());
-      std::exit(2);
-    }
-    out.push_back(v);
-  }
-  return out;
-}
-
-[[noreturn]] void Die(const absl::Status& s) {
-  std::fprintf(stderr, "sslbench-extract: %s\n", s.ToString().c_str());
-  std::exit(1);
-}
+[[noreturn]] void Die(const absl::Status& s) { sslbench::tools::Die("sslbench-extract", s); }
 
 }  // namespace
 
@@ -79,8 +61,8 @@ int main(int argc, char** argv) {
   model.input_size = absl::GetFlag(FLAGS_input_size);
   model.resize_size = absl::GetFlag(FLAGS_resize_size);
   model.channels = absl::GetFlag(FLAGS_channels);
-  model.mean = Floats(absl::GetFlag(FLAGS_mean));
-  model.std = Floats(absl::GetFlag(FLAGS_std));
+  model.mean = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_mean));
+  model.std = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_std));
   model.optimize = absl::GetFlag(FLAGS_optimize);
   auto extractor = compute::FeatureExtractor::Load(model);
   if (!extractor.ok()) Die(extractor.status());

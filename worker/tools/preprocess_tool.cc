@@ -19,8 +19,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "worker/datasets/dataset_reader.h"
 #include "worker/image/image.h"
 #include "worker/tools/tool_util.h"
@@ -43,23 +41,7 @@ ABSL_FLAG(bool, decode_only, false, "with --time: stop after decoding");
 
 namespace {
 
-std::vector<float> Floats(const std::string& csv) {
-  std::vector<float> out;
-  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
-    float v = 0;
-    if (!absl::SimpleAtof(part, &v)) {
-      std::fprintf(stderr, "not a number: %s\n", std::string(part).c_str());
-      std::exit(2);
-    }
-    out.push_back(v);
-  }
-  return out;
-}
-
-[[noreturn]] void Die(const absl::Status& s) {
-  std::fprintf(stderr, "sslbench-preprocess: %s\n", s.ToString().c_str());
-  std::exit(1);
-}
+[[noreturn]] void Die(const absl::Status& s) { sslbench::tools::Die("sslbench-preprocess", s); }
 
 }  // namespace
 
@@ -77,8 +59,8 @@ int main(int argc, char** argv) {
   options.resize = absl::GetFlag(FLAGS_resize);
   options.crop = absl::GetFlag(FLAGS_crop);
   options.channels = absl::GetFlag(FLAGS_channels);
-  options.mean = Floats(absl::GetFlag(FLAGS_mean));
-  options.std = Floats(absl::GetFlag(FLAGS_std));
+  options.mean = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_mean));
+  options.std = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_std));
   const auto& records = listing->records;
 
   if (absl::GetFlag(FLAGS_time)) {

@@ -3,7 +3,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 
 #include "worker/compute/features.h"
 #include "worker/compute/image_set.h"
@@ -32,6 +38,26 @@ inline compute::FeatureMatrix PixelFeatures(const compute::ImageSet& set) {
   }
   m.labels = set.labels;
   return m;
+}
+
+// "0.485,0.456,0.406" -> floats; exits with status 2 on a bad number.
+inline std::vector<float> ParseFloats(const std::string& csv) {
+  std::vector<float> out;
+  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
+    float v = 0;
+    if (!absl::SimpleAtof(part, &v)) {
+      std::fprintf(stderr, "not a number: %s\n", std::string(part).c_str());
+      std::exit(2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+// Prints "TOOL: STATUS" and exits with status 1.
+[[noreturn]] inline void Die(const char* tool, const absl::Status& s) {
+  std::fprintf(stderr, "%s: %s\n", tool, s.ToString().c_str());
+  std::exit(1);
 }
 
 }  // namespace sslbench::tools

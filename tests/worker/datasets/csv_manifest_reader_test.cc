@@ -9,22 +9,13 @@
 namespace sslbench::datasets {
 namespace {
 
+using ::sslbench::datasets::testing::Keys;
 using ::sslbench::datasets::testing::MakeTempDir;
 using ::sslbench::datasets::testing::WriteFile;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-std::vector<std::string> Keys(const SplitListing& l) {
-  std::vector<std::string> keys;
-  for (const Record& r : l.records) keys.push_back(r.key + ":" + std::to_string(r.label));
-  return keys;
-}
-
-std::unique_ptr<DatasetReader> Open(const std::string& root) {
-  auto reader = OpenDatasetReader({"csv", root});
-  EXPECT_TRUE(reader.ok()) << reader.status();
-  return reader.ok() ? *std::move(reader) : nullptr;
-}
+std::unique_ptr<DatasetReader> Open(const std::string& root) { return testing::Open("csv", root); }
 
 TEST(CsvManifestReaderTest, NamedLabelsAreSortedClassesInFileOrder) {
   const std::string root = MakeTempDir("named");

@@ -12,6 +12,7 @@
 namespace sslbench::datasets {
 namespace {
 
+using ::sslbench::datasets::testing::Keys;
 using ::sslbench::datasets::testing::MakeTempDir;
 using ::sslbench::datasets::testing::WriteFile;
 using ::testing::ElementsAre;
@@ -42,17 +43,7 @@ std::string Tar(const std::vector<std::pair<std::string, std::string>>& files) {
   return out;
 }
 
-std::vector<std::string> Keys(const SplitListing& l) {
-  std::vector<std::string> keys;
-  for (const Record& r : l.records) keys.push_back(r.key + ":" + std::to_string(r.label));
-  return keys;
-}
-
-std::unique_ptr<DatasetReader> Open(const std::string& root) {
-  auto reader = OpenDatasetReader({"webdataset", root});
-  EXPECT_TRUE(reader.ok()) << reader.status();
-  return reader.ok() ? *std::move(reader) : nullptr;
-}
+std::unique_ptr<DatasetReader> Open(const std::string& root) { return testing::Open("webdataset", root); }
 
 TEST(TarShardReaderTest, SamplesInShardOrderWithTheirClasses) {
   const std::string root = MakeTempDir("shards");
