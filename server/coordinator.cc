@@ -84,8 +84,17 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
 absl::StatusOr<v1::LeaseTaskResponse> Coordinator::LeaseTask(
     const v1::LeaseTaskRequest& request) {
   const absl::Time now = clock_.Now();
+  // Cache keys are 64 hex digits; anything else cannot match and is dropped.
+  std::vector<std::string> preferred;
+  for (const std::string& key : request.cached_feature_keys()) {
+    if (preferred.size() >= 1000) break;
+    if (key.size() == 64 && key.find_first_not_of("0123456789abcdef") == std::string::npos) {
+      preferred.push_back(key);
+    }
+  }
   ASSIGN_OR_RETURN(std::optional<Lease> lease,
-                   store_.LeaseTask(request.worker_id(), now, now + policy_.lease_duration));
+                   store_.LeaseTask(request.worker_id(), now, now + policy_.lease_duration,
+                                    preferred));
   v1::LeaseTaskResponse response;
   if (!lease) return response;
   if (metrics_) metrics_->LeaseGranted();

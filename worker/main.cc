@@ -33,6 +33,9 @@ ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9465",
 ABSL_FLAG(std::string, metrics_port_file, "",
           "write the bound metrics port here (for port 0)");
 ABSL_FLAG(int, chunk_kib, 4096, "target size of one uploaded feature chunk");
+ABSL_FLAG(std::string, feature_cache_dir, "",
+          "keep downloaded feature sets in this folder (empty: no disk cache)");
+ABSL_FLAG(double, feature_cache_gib, 20, "size limit of the feature cache, least recently used go first");
 
 int main(int argc, char** argv) {
   // OpenMP threads that spin while waiting for work take cores from
@@ -85,6 +88,19 @@ int main(int argc, char** argv) {
   args.SetMaxSendMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator),
                                            grpc::InsecureChannelCredentials(), args);
+  std::unique_ptr<sslbench::worker::LocalFeatureCache> feature_cache;
+  if (!absl::GetFlag(FLAGS_feature_cache_dir).empty()) {
+    auto opened = sslbench::worker::LocalFeatureCache::Open(
+        absl::GetFlag(FLAGS_feature_cache_dir),
+        static_cast<int64_t>(absl::GetFlag(FLAGS_feature_cache_gib) * (1 << 30)));
+    if (!opened.ok()) {
+      std::fprintf(stderr, "sslbench-worker: %s\n", opened.status().ToString().c_str());
+      return 1;
+    }
+    feature_cache = *std::move(opened);
+    runner_options.feature_cache = feature_cache.get();
+    options.cached_feature_keys = [cache = feature_cache.get()] { return cache->Keys(1000); };
+  }
   const sslbench::RealClock clock;
   std::unique_ptr<sslbench::worker::CoordinatorConnection> connection =
       sslbench::worker::NewGrpcCoordinatorConnection(channel, clock);

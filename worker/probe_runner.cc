@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "worker/compute/half.h"
+#include "worker/feature_cache.h"
 #include "worker/probe_tasks.h"
 #include "worker/runner_util.h"
 #include "worker/runners.h"
@@ -17,10 +18,8 @@
 namespace sslbench::worker {
 namespace {
 
-// Downloads a complete feature cache; rows of images skipped as
-// undecodable are left out and counted in `skipped`.
-absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
-                           compute::FeatureMatrix* out, int64_t* skipped) {
+// Downloads a complete feature cache, every row.
+absl::Status Download(TaskContext& ctx, const std::string& key, compute::FeatureMatrix* out) {
   v1::GetFeatureCacheRequest request;
   request.set_cache_key(key);
   v1::FeatureCacheInfo info;
@@ -66,7 +65,12 @@ absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
     return absl::DataLossError(absl::StrCat("feature cache ", key, ": chunks hold ", filled,
                                             " rows, expected ", info.num_rows()));
   }
-  // Rows of images skipped as undecodable carry label -1: leave them out.
+  return absl::OkStatus();
+}
+
+// Leaves out the rows of images skipped as undecodable (label -1); returns
+// how many there were.
+int64_t DropSkipped(compute::FeatureMatrix* out) {
   int64_t kept = 0;
   for (int64_t r = 0; r < out->rows; ++r) {
     if (out->labels[r] < 0) continue;
@@ -77,24 +81,45 @@ absl::Status FetchFeatures(TaskContext& ctx, const std::string& key,
     }
     ++kept;
   }
-  *skipped = out->rows - kept;
-  if (kept < out->rows) {
-    LogInfo("worker", "task ", ctx.task_id(), ": feature cache ", key, ": ", out->rows - kept,
-            " rows of skipped images left out");
-    out->rows = kept;
-    out->data.resize(static_cast<size_t>(kept * out->dim));
-    out->labels.resize(static_cast<size_t>(kept));
+  const int64_t skipped = out->rows - kept;
+  out->rows = kept;
+  out->data.resize(static_cast<size_t>(kept * out->dim));
+  out->labels.resize(static_cast<size_t>(kept));
+  return skipped;
+}
+
+// A complete feature set, from the worker's disk cache when it holds it
+// (else downloaded, then kept there), without the rows of skipped images.
+absl::Status FetchFeatures(TaskContext& ctx, LocalFeatureCache* cache, const std::string& key,
+                           compute::FeatureMatrix* out, int64_t* skipped) {
+  absl::StatusOr<compute::FeatureMatrix> cached =
+      cache != nullptr ? cache->Get(key) : absl::NotFoundError("no cache");
+  if (cached.ok()) {
+    *out = *std::move(cached);
+    LogInfo("worker", "task ", ctx.task_id(), ": features ", key.substr(0, 12),
+            " from the local cache");
+  } else {
+    RETURN_IF_ERROR(Download(ctx, key, out));
+    if (cache != nullptr) {
+      if (absl::Status s = cache->Put(key, *out); !s.ok()) {
+        LogWarning("worker", "feature cache: ", s.message());
+      }
+    }
   }
+  *skipped = DropSkipped(out);
   return absl::OkStatus();
 }
 
 class ProbeRunner final : public TaskRunner {
  public:
+  explicit ProbeRunner(LocalFeatureCache* cache) : cache_(cache) {}
+
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     compute::FeatureMatrix train, test;
     int64_t train_skipped = 0, test_skipped = 0;
-    RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec().train_cache_key(), &train, &train_skipped));
-    RETURN_IF_ERROR(FetchFeatures(ctx, ctx.spec().test_cache_key(), &test, &test_skipped));
+    RETURN_IF_ERROR(
+        FetchFeatures(ctx, cache_, ctx.spec().train_cache_key(), &train, &train_skipped));
+    RETURN_IF_ERROR(FetchFeatures(ctx, cache_, ctx.spec().test_cache_key(), &test, &test_skipped));
     // Progress is reported in the protocol's own units; returning false stops it.
     auto progress = [&](int64_t done, int64_t total) {
       ctx.SetProgress(done, total);
@@ -115,10 +140,15 @@ class ProbeRunner final : public TaskRunner {
     }
     return outcome;
   }
+
+ private:
+  LocalFeatureCache* const cache_;
 };
 
 }  // namespace
 
-std::shared_ptr<TaskRunner> NewProbeRunner() { return std::make_shared<ProbeRunner>(); }
+std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache) {
+  return std::make_shared<ProbeRunner>(cache);
+}
 
 }  // namespace sslbench::worker

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "worker/feature_cache.h"
 #include "worker/task_runner.h"
 #include "worker/worker_metrics.h"
 
@@ -15,14 +16,17 @@ struct RunnerOptions {
   int64_t chunk_bytes = 4 << 20;
   // Threads decoding and preprocessing images while the model runs.
   int decode_threads = 1;
+  // The worker's disk cache of feature sets; may be null.
+  LocalFeatureCache* feature_cache = nullptr;
 };
 
 // Extract: features of (model, dataset, split), uploaded in chunks; resumes
 // after the chunks an earlier attempt stored. `metrics` may be null.
 std::shared_ptr<TaskRunner> NewExtractRunner(const RunnerOptions& options,
                                              WorkerMetrics* metrics);
-// kNN, linear probe, logistic regression on cached features.
-std::shared_ptr<TaskRunner> NewProbeRunner();
+// kNN, linear probe, logistic regression on cached features (read through
+// `cache` when given).
+std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache);
 // End-to-end fine-tuning, checkpointed, resuming from the latest checkpoint.
 std::shared_ptr<TaskRunner> NewFineTuneRunner();
 

@@ -113,6 +113,11 @@ absl::Status WorkerDaemon::Run() {
   while (!stop_.HasBeenNotified()) {
     v1::LeaseTaskRequest request;
     request.set_worker_id(worker_id_);
+    if (options_.cached_feature_keys) {
+      for (std::string& key : options_.cached_feature_keys()) {
+        request.add_cached_feature_keys(std::move(key));
+      }
+    }
     const absl::StatusOr<v1::LeaseTaskResponse> lease = connection_.LeaseTask(request, Once());
     if (absl::IsNotFound(lease.status())) {
       // The coordinator's database forgot us (e.g. it was reset): register again.

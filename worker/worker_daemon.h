@@ -4,8 +4,10 @@
 // CoordinatorConnection and time through a Clock, both injected, so the loop
 // is unit-tested against fakes (tests/worker/worker_daemon_test.cc).
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
@@ -25,6 +27,9 @@ struct WorkerOptions {
   absl::Duration rpc_timeout = absl::Seconds(60);
   // How long a task's RPCs retry transient failures (coordinator restarts).
   absl::Duration rpc_retry_window = absl::Seconds(60);
+  // The feature caches this worker holds on disk, sent with each lease
+  // request so that probes reading them come here; may be empty.
+  std::function<std::vector<std::string>()> cached_feature_keys;
 };
 
 class WorkerDaemon {

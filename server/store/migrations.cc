@@ -154,6 +154,9 @@ ALTER TABLE checkpoints
   ADD COLUMN num_parts INT,
   ADD COLUMN total_bytes BIGINT;
 )sql"},
+      {6, "the features a probe reads, for leasing it where they are cached", R"sql(
+ALTER TABLE tasks ADD COLUMN input_key TEXT NOT NULL DEFAULT '';
+)sql"},
   };
   return kMigrations;
 }

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "server/store/migrations.h"
@@ -315,10 +316,10 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     auto insert_task = [&](const v1::TaskSpec& spec) -> int64_t {
       const auto r = w.exec_params(
           "INSERT INTO tasks (study_id, kind, state, spec, cache_key, "
-          "max_attempts, created_us) VALUES ($1, $2, 'PENDING', $3, $4, $5, $6) "
+          "max_attempts, created_us, input_key) VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7) "
           "RETURNING id",
           study_id, KindName(spec.kind()), Bytes(spec.SerializeAsString()),
-          spec.cache_key(), plan.spec.max_attempts(), now_us);
+          spec.cache_key(), plan.spec.max_attempts(), now_us, spec.train_cache_key());
       ++created.tasks;
       return r[0][0].as<int64_t>();
     };
@@ -558,9 +559,11 @@ absl::StatusOr<std::vector<v1::WorkerInfo>> PgStore::ListWorkers(
   return workers;
 }
 
-absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(int64_t worker_id,
-                                                        absl::Time now,
-                                                        absl::Time deadline) {
+absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
+    int64_t worker_id, absl::Time now, absl::Time deadline,
+    const std::vector<std::string>& preferred_keys) {
+  // A text[] literal; the keys are hex digits (the coordinator checks).
+  const std::string preferred = absl::StrCat("{", absl::StrJoin(preferred_keys, ","), "}");
   std::optional<Lease> lease;
   RETURN_IF_ERROR(Transact("lease_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
@@ -582,9 +585,10 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(int64_t worker_id,
         " AND t.not_before_us <= $2 AND NOT EXISTS ("
         "  SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
         "  WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') "
-        " ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
+        " ORDER BY (t.input_key = ANY($4::text[])) DESC, t.id "
+        " LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
         "RETURNING id, lease_token, attempts, spec",
-        worker_id, Us(now), Us(deadline));
+        worker_id, Us(now), Us(deadline), preferred);
     if (r.empty()) return absl::OkStatus();
     Lease l;
     l.task_id = r[0][0].as<int64_t>();

@@ -49,9 +49,9 @@ class PgStore final : public Store {
                                          absl::Time now) override;
   absl::StatusOr<std::vector<v1::WorkerInfo>> ListWorkers(
       absl::Time alive_since) override;
-  absl::StatusOr<std::optional<Lease>> LeaseTask(int64_t worker_id,
-                                                 absl::Time now,
-                                                 absl::Time deadline) override;
+  absl::StatusOr<std::optional<Lease>> LeaseTask(
+      int64_t worker_id, absl::Time now, absl::Time deadline,
+      const std::vector<std::string>& preferred_keys) override;
   absl::StatusOr<HeartbeatOutcome> Heartbeat(int64_t worker_id, int64_t task_id,
                                              int64_t token, int64_t work_done,
                                              int64_t work_total, absl::Time now,

@@ -96,10 +96,12 @@ class Store {
       absl::Time alive_since) = 0;
 
   // Leases the oldest runnable task (PENDING, backoff elapsed, dependencies
-  // SUCCEEDED) with a fresh fencing token; nullopt when none.
-  virtual absl::StatusOr<std::optional<Lease>> LeaseTask(int64_t worker_id,
-                                                         absl::Time now,
-                                                         absl::Time deadline) = 0;
+  // SUCCEEDED) with a fresh fencing token, preferring probes whose train
+  // features are among `preferred_keys` (the worker holds them); nullopt
+  // when none.
+  virtual absl::StatusOr<std::optional<Lease>> LeaseTask(
+      int64_t worker_id, absl::Time now, absl::Time deadline,
+      const std::vector<std::string>& preferred_keys) = 0;
   virtual absl::StatusOr<HeartbeatOutcome> Heartbeat(
       int64_t worker_id, int64_t task_id, int64_t token, int64_t work_done,
       int64_t work_total, absl::Time now, absl::Time new_deadline) = 0;

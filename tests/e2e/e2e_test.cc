@@ -683,11 +683,14 @@ TEST_F(EndToEndTest, ImageFolderStudySurvivesAWorkerKilledMidExtraction) {
   database_ = *db;
   fs::remove(dir_ + "/coordinator.port");
   StartCoordinator();
-  StartWorker("steady", {"--threads=1"});
+  // This worker keeps feature sets on its disk: the second probe reads them
+  // from there.
+  StartWorker("steady", {"--threads=1", "--feature_cache_dir=" + dir_ + "/feature-cache"});
   const int64_t again = Submit(study_file);
   ASSERT_EQ(Cli({"watch", absl::StrCat(again)}).exit_code, 0);
   const auto steady = Results(again);
   EXPECT_EQ(Top1ByName(steady), Top1ByName(interrupted));
+  EXPECT_THAT(ReadFile(dir_ + "/steady.log"), HasSubstr("from the local cache"));
   for (const auto& [name, top1] : Top1ByName(steady)) {
     std::printf("photos %s: top-1 %.4f\n", name.c_str(), top1);
     // Six photographs, 12 test crops each: features separate them.

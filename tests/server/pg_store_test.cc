@@ -654,3 +654,47 @@ TEST_F(PgStoreTest, SurvivesADatabaseRestart) {
 
 }  // namespace
 }  // namespace sslbench::server
+
+namespace sslbench::server {
+namespace {
+
+// A worker that holds a probe's train features on its disk is leased that
+// probe before older runnable ones.
+TEST_F(PgStoreTest, ProbesGoFirstToWorkersThatCacheTheirFeatures) {
+  Submit(testing::MakeStudy(3, 1));
+  const int64_t worker = Register();
+  // Run the six extractions, and note each probe's train features.
+  std::vector<std::string> train_keys;
+  for (;;) {
+    auto lease = Lease(worker);
+    ASSERT_NE(lease.task_id(), 0);
+    if (lease.spec().kind() != v1::TASK_KIND_EXTRACT) {
+      // The oldest probe (model0); hand it back untouched.
+      v1::FailTaskRequest back;
+      back.set_task_id(lease.task_id());
+      back.set_lease_token(lease.lease_token());
+      back.set_preempted(true);
+      back.set_retryable(true);
+      ASSERT_TRUE(coordinator_->FailTask(back).ok());
+      EXPECT_EQ(lease.spec().model().name(), "model0");
+      break;
+    }
+    ASSERT_TRUE(CompleteExtract(lease).ok());
+    if (lease.spec().split() == "train") train_keys.push_back(lease.spec().cache_key());
+  }
+  ASSERT_EQ(train_keys.size(), 3u);
+  v1::LeaseTaskRequest request;
+  request.set_worker_id(worker);
+  request.add_cached_feature_keys(std::string(64, 'f'));  // held, but not needed
+  request.add_cached_feature_keys(train_keys[2]);         // model2's
+  request.add_cached_feature_keys("not a key");           // ignored
+  auto preferred = coordinator_->LeaseTask(request);
+  ASSERT_TRUE(preferred.ok()) << preferred.status();
+  EXPECT_EQ(preferred->spec().model().name(), "model2");
+  EXPECT_EQ(preferred->spec().train_cache_key(), train_keys[2]);
+  // Without a preference, the oldest again.
+  EXPECT_EQ(Lease(worker).spec().model().name(), "model0");
+}
+
+}  // namespace
+}  // namespace sslbench::server
