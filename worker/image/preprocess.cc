@@ -267,12 +267,13 @@ Image ToGrey(const Image& in) {
 // The window [top, top+out_h) x [left, left+out_w) of the resized image, as
 // uint8 HWC with the source's channel count; pixels outside the resized
 // image (crop padding) are 0.
-void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
+// The window [top, top+out_h) x [left, left+out_w) of the resized image,
+// row by row: sink(out_y, out_x, pixels, n) receives n pixels (source
+// channels, interleaved) of window row out_y starting at column out_x. Rows
+// and columns outside the resized image (crop padding) are never sent.
+template <typename Sink>
+void ResizeRows(const Image& src, const Geometry& g, Sink&& sink) {
   const int ch = src.channels;
-  out.height = g.out_h;
-  out.width = g.out_w;
-  out.channels = ch;
-  out.pixels.assign(static_cast<size_t>(g.out_h) * g.out_w * ch, 0);
   // The part of the window inside the resized image.
   const int y0 = std::max(0, g.top), y1 = std::min(g.resized_h, g.top + g.out_h);
   const int x0 = std::max(0, g.left), x1 = std::min(g.resized_w, g.left + g.out_w);
@@ -330,14 +331,14 @@ void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
   const int row_bytes = tmp_w * ch;
   thread_local std::vector<int32_t> acc;
   acc.resize(static_cast<size_t>(row_bytes));
+  thread_local std::vector<uint8_t> row;
+  row.resize(static_cast<size_t>(row_bytes));
   for (int y = y0; y < y1; ++y) {
-    uint8_t* o = out.pixels.data() +
-                 (static_cast<size_t>(y - g.top) * g.out_w + (x0 - g.left)) * ch;
     if (!need_v) {
-      const uint8_t* in = tmp.data() + static_cast<size_t>(y - row_first) * row_bytes;
-      std::copy(in, in + row_bytes, o);
+      sink(y - g.top, x0 - g.left, tmp.data() + static_cast<size_t>(y - row_first) * row_bytes, tmp_w);
       continue;
     }
+    uint8_t* o = row.data();
     const int i = y - y0;
     const int32_t* k = &vert.k[static_cast<size_t>(i) * vert.ksize];
     const uint8_t* base = tmp.data() + static_cast<size_t>(vert.first[i] - row_first) * row_bytes;
@@ -350,7 +351,20 @@ void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
       for (int b = 0; b < row_bytes; ++b) a[b] += p[b] * kt;
     }
     for (int b = 0; b < row_bytes; ++b) o[b] = Clip8(a[b]);
+    sink(y - g.top, x0 - g.left, o, tmp_w);
   }
+}
+
+void ResizeWindow(const Image& src, const Geometry& g, Image& out) {
+  const int ch = src.channels;
+  out.height = g.out_h;
+  out.width = g.out_w;
+  out.channels = ch;
+  out.pixels.assign(static_cast<size_t>(g.out_h) * g.out_w * ch, 0);
+  ResizeRows(src, g, [&](int oy, int ox, const uint8_t* p, int n) {
+    std::memcpy(out.pixels.data() + (static_cast<size_t>(oy) * g.out_w + ox) * ch, p,
+                static_cast<size_t>(n) * ch);
+  });
 }
 
 }  // namespace
@@ -408,10 +422,17 @@ Image ResizeAndCrop(const Image& in, const PreprocessOptions& options) {
 }
 
 void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
-  thread_local Image window;
-  ResizeAndCropInto(in, options, window);
+  // PIL converts to the model's mode before resizing (RGB -> L for grey
+  // models); grey sources are resized as grey and replicated.
+  thread_local Image grey;
+  const Image* src = &in;
+  if (options.channels == 1 && in.channels == 3) {
+    grey = ToGrey(in);
+    src = &grey;
+  }
+  const Geometry g = Plan(options, src->height, src->width);
   const int channels = options.channels;
-  const size_t plane = static_cast<size_t>(window.height) * window.width;
+  const size_t plane = static_cast<size_t>(g.out_h) * g.out_w;
   // ToTensor divides by 255 in float; Normalize subtracts, then divides.
   float lut[3][256];
   for (int c = 0; c < channels; ++c) {
@@ -419,22 +440,32 @@ void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
     const float std = options.std.empty() ? 1.0f : options.std[options.std.size() == 1 ? 0 : c];
     for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - mean) / std;
   }
-  const uint8_t* p = window.pixels.data();
-  if (window.channels == 1) {
-    for (int c = 0; c < channels; ++c) {
-      float* o = out + c * plane;
-      for (size_t i = 0; i < plane; ++i) o[i] = lut[c][p[i]];
+  // Crop padding (a crop larger than the resized image) is black.
+  const bool padded = g.top < 0 || g.left < 0 || g.top + g.out_h > g.resized_h ||
+                      g.left + g.out_w > g.resized_w;
+  if (padded) {
+    for (int c = 0; c < channels; ++c) std::fill(out + c * plane, out + (c + 1) * plane, lut[c][0]);
+  }
+  // Rows go straight from the vertical pass into the normalised planes.
+  const int src_channels = src->channels;
+  ResizeRows(*src, g, [&](int oy, int ox, const uint8_t* p, int n) {
+    const size_t at = static_cast<size_t>(oy) * g.out_w + ox;
+    if (src_channels == 1) {
+      for (int c = 0; c < channels; ++c) {
+        float* o = out + c * plane + at;
+        for (int i = 0; i < n; ++i) o[i] = lut[c][p[i]];
+      }
+      return;
     }
-    return;
-  }
-  float* r = out;
-  float* g = out + plane;
-  float* b = out + 2 * plane;
-  for (size_t i = 0; i < plane; ++i, p += 3) {
-    r[i] = lut[0][p[0]];
-    g[i] = lut[1][p[1]];
-    b[i] = lut[2][p[2]];
-  }
+    float* r = out + at;
+    float* gr = out + plane + at;
+    float* b = out + 2 * plane + at;
+    for (int i = 0; i < n; ++i, p += 3) {
+      r[i] = lut[0][p[0]];
+      gr[i] = lut[1][p[1]];
+      b[i] = lut[2][p[2]];
+    }
+  });
 }
 
 }  // namespace sslbench::image
