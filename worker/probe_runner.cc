@@ -116,28 +116,16 @@ class ProbeRunner final : public TaskRunner {
 
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     compute::FeatureMatrix train, test;
-    int64_t train_skipped = 0, test_skipped = 0;
-    RETURN_IF_ERROR(
-        FetchFeatures(ctx, cache_, ctx.spec().train_cache_key(), &train, &train_skipped));
-    RETURN_IF_ERROR(FetchFeatures(ctx, cache_, ctx.spec().test_cache_key(), &test, &test_skipped));
+    SkippedImages skipped;
+    RETURN_IF_ERROR(FetchFeatures(ctx, cache_, ctx.spec().train_cache_key(), &train, &skipped.train));
+    RETURN_IF_ERROR(FetchFeatures(ctx, cache_, ctx.spec().test_cache_key(), &test, &skipped.test));
     // Progress is reported in the protocol's own units; returning false stops it.
     auto progress = [&](int64_t done, int64_t total) {
       ctx.SetProgress(done, total);
       return !ctx.ShouldStop();
     };
     TaskOutcome outcome;
-    ASSIGN_OR_RETURN(outcome.results, RunProbeTask(ctx.spec(), train, test, progress));
-    if (train_skipped + test_skipped > 0) {
-      // Images left out under on_bad_image: skip are part of the result.
-      for (v1::ProbeResult& r : outcome.results) {
-        std::string config = r.config_json();
-        const size_t end = config.rfind('}');
-        if (end == std::string::npos) continue;
-        config.insert(end, absl::StrCat(end > 1 ? "," : "", "\"skipped_images\":{\"train\":",
-                                        train_skipped, ",\"test\":", test_skipped, "}"));
-        r.set_config_json(config);
-      }
-    }
+    ASSIGN_OR_RETURN(outcome.results, RunProbeTask(ctx.spec(), train, test, progress, skipped));
     return outcome;
   }
 

@@ -219,7 +219,7 @@ v1::ProbeResult AggregateSeeds(const v1::TaskSpec& spec, const std::string& vari
                                const std::vector<SeedOutcome>& runs,
                                const std::vector<int64_t>& train_rows_used,
                                int64_t train_rows, int64_t test_rows, int64_t dim,
-                               int num_classes) {
+                               int num_classes, const SkippedImages& skipped) {
   const v1::ProtocolSpec& protocol = spec.protocol();
   std::vector<double> top1, top5, mpc;
   for (const auto& o : runs) {
@@ -259,7 +259,12 @@ v1::ProbeResult AggregateSeeds(const v1::TaskSpec& spec, const std::string& vari
       few_shot ? Json(spec.subset()) : std::string("null"), ",\"seeds\":[",
       absl::StrJoin(seeds, ","), "],\"selected\":[", absl::StrJoin(selected, ","),
       "],\"train_rows_used\":", Doubles(rows_used), ",\"train_rows\":", train_rows,
-      ",\"test_rows\":", test_rows, ",\"dim\":", dim, ",\"num_classes\":", num_classes,
+      ",\"test_rows\":", test_rows,
+      skipped.train + skipped.test > 0
+          ? absl::StrCat(",\"skipped_images\":{\"train\":", skipped.train, ",\"test\":",
+                         skipped.test, "}")
+          : std::string(),
+      ",\"dim\":", dim, ",\"num_classes\":", num_classes,
       ",\"model\":", Json(spec.model()), ",\"dataset\":", Json(spec.dataset()),
       ",\"train_cache\":\"", spec.train_cache_key(), "\",\"test_cache\":\"",
       spec.test_cache_key(), "\",\"versions\":{\"sslbench\":\"", kSslbenchVersion,
@@ -270,7 +275,8 @@ v1::ProbeResult AggregateSeeds(const v1::TaskSpec& spec, const std::string& vari
 
 absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     const v1::TaskSpec& spec, const compute::FeatureMatrix& train,
-    const compute::FeatureMatrix& test, const compute::ProgressFn& progress) {
+    const compute::FeatureMatrix& test, const compute::ProgressFn& progress,
+    const SkippedImages& skipped) {
   const v1::ProtocolSpec& protocol = spec.protocol();
   const bool kind_fits = (spec.kind() == v1::TASK_KIND_KNN && protocol.has_knn()) ||
                          (spec.kind() == v1::TASK_KIND_LINEAR && protocol.has_linear()) ||
@@ -336,7 +342,7 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
   std::vector<v1::ProbeResult> results;
   for (const std::string& variant : order) {
     results.push_back(AggregateSeeds(spec, variant, seeds, by_variant[variant], train_rows_used,
-                                     train.rows, test.rows, train.dim, num_classes));
+                                     train.rows, test.rows, train.dim, num_classes, skipped));
   }
   return results;
 }

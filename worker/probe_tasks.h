@@ -15,11 +15,19 @@
 
 namespace sslbench::worker {
 
+// Images left out of the features as undecodable (on_bad_image: skip).
+struct SkippedImages {
+  int64_t train = 0;
+  int64_t test = 0;
+};
+
 // INVALID_ARGUMENT for a task whose protocol does not fit its kind;
 // CANCELLED when `progress` returns false; errors of the compute core as is.
+// `skipped` is reported in each result's configuration when not zero.
 absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     const v1::TaskSpec& spec, const compute::FeatureMatrix& train,
-    const compute::FeatureMatrix& test, const compute::ProgressFn& progress);
+    const compute::FeatureMatrix& test, const compute::ProgressFn& progress,
+    const SkippedImages& skipped = {});
 
 // One variant's outcome on one seed.
 struct SeedOutcome {
@@ -38,7 +46,7 @@ v1::ProbeResult AggregateSeeds(const v1::TaskSpec& spec, const std::string& vari
                                const std::vector<SeedOutcome>& runs,
                                const std::vector<int64_t>& train_rows_used,
                                int64_t train_rows, int64_t test_rows, int64_t dim,
-                               int num_classes);
+                               int num_classes, const SkippedImages& skipped = {});
 
 // The seeds a probe task runs: the subset's (default {0}) for few-shot tasks,
 // else the protocol's own seed.

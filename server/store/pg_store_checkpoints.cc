@@ -2,8 +2,6 @@
 // fence, their bytes in the blob store; a checkpoint becomes the task's
 // latest when its last part is recorded.
 
-#include <zlib.h>
-
 #include <string>
 #include <vector>
 
@@ -17,21 +15,6 @@ namespace sslbench::server {
 namespace {
 
 constexpr int32_t kMaxParts = 1 << 16;
-
-uint32_t Crc(const std::string& bytes) {
-  return static_cast<uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
-}
-
-absl::Status CheckLease(pqxx::work& w, int64_t task_id, int64_t token) {
-  const auto r =
-      w.exec_params("SELECT state, lease_token FROM tasks WHERE id = $1 FOR SHARE", task_id);
-  if (r.empty()) return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-  const std::string state = r[0][0].as<std::string>();
-  const int64_t current = r[0][1].as<int64_t>();
-  if (current != token || state != "LEASED") return StaleToken(task_id, token, current, state);
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -66,7 +49,7 @@ absl::Status PgStore::PutCheckpoint(const v1::PutCheckpointRequest& request, abs
         "total_bytes = EXCLUDED.total_bytes, blob_key = EXCLUDED.blob_key, "
         "bytes = EXCLUDED.bytes, crc = EXCLUDED.crc",
         task_id, token, request.step(), request.part(), num_parts, total, key,
-        static_cast<int64_t>(request.data().size()), static_cast<int64_t>(Crc(request.data())));
+        static_cast<int64_t>(request.data().size()), static_cast<int64_t>(Crc32(request.data())));
     const auto have = w.exec_params(
         "SELECT count(*), COALESCE(sum(bytes), 0), min(num_parts), max(num_parts), "
         "min(total_bytes), max(total_bytes) FROM checkpoint_parts "
@@ -157,7 +140,7 @@ absl::StatusOr<v1::Checkpoint> PgStore::GetCheckpoint(int64_t task_id, int32_t p
   }));
   if (key.empty()) return checkpoint;
   ASSIGN_OR_RETURN(std::string data, blobs_->Get(key));
-  if (static_cast<int64_t>(data.size()) != bytes || static_cast<int64_t>(Crc(data)) != crc) {
+  if (static_cast<int64_t>(data.size()) != bytes || static_cast<int64_t>(Crc32(data)) != crc) {
     return absl::DataLossError(absl::StrCat("checkpoint of task ", task_id, ": part ", part,
                                             " is damaged in ", blobs_->Describe()));
   }

@@ -1,8 +1,6 @@
 // PgStore's feature caches: chunk records in the database, chunk bytes in a
 // BlobStore (by default the `blobs` table of the same database).
 
-#include <zlib.h>
-
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -23,13 +21,12 @@ class PgStore::TableBlobStore final : public BlobStore {
   explicit TableBlobStore(PgStore& store) : store_(store) {}
 
   absl::Status Put(const std::string& key, std::string_view bytes) override {
-    const std::string data(bytes);
     return store_.Transact("put_blob", [&](Txn& t) -> absl::Status {
       t.work.exec0("SET LOCAL synchronous_commit TO OFF");
       t.work.exec_params(
           "INSERT INTO blobs (key, data) VALUES ($1, $2) "
           "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data",
-          key, Bytes(data));
+          key, Bytes(bytes));
       return absl::OkStatus();
     });
   }
@@ -64,23 +61,14 @@ std::shared_ptr<BlobStore> PgStore::NewTableBlobStore() {
 
 namespace {
 
-uint32_t Crc(std::string_view bytes) {
-  return static_cast<uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
-}
-
 // Checks that task `task_id` holds its lease with `token` and fills `key`.
 absl::Status CheckFence(pqxx::work& w, int64_t task_id, int64_t token,
                         const std::string& cache_key) {
-  const auto r = w.exec_params(
-      "SELECT state, lease_token, cache_key FROM tasks WHERE id = $1 FOR SHARE", task_id);
-  if (r.empty()) return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-  const std::string state = r[0][0].as<std::string>();
-  const int64_t current = r[0][1].as<int64_t>();
-  if (current != token || state != "LEASED") return StaleToken(task_id, token, current, state);
-  if (r[0][2].as<std::string>() != cache_key) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "task ", task_id, " fills cache ", r[0][2].as<std::string>(), ", not ", cache_key));
+  std::string fills;
+  RETURN_IF_ERROR(CheckLease(w, task_id, token, &fills));
+  if (fills != cache_key) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", task_id, " fills cache ", fills, ", not ", cache_key));
   }
   return absl::OkStatus();
 }
@@ -120,7 +108,7 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
   std::string bytes;
   bytes.reserve(chunk.features().size() + chunk.labels().size());
   bytes.append(chunk.features()).append(chunk.labels());
-  const uint32_t crc = Crc(bytes);
+  const uint32_t crc = Crc32(bytes);
   RETURN_IF_ERROR(blobs_->Put(key, bytes));
   std::string replaced;
   const absl::Status recorded = Transact("put_feature_chunk", [&](Txn& t) -> absl::Status {
@@ -207,7 +195,7 @@ absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(const std::string& cac
   const int64_t feature_bytes =
       int64_t{chunk.num_rows()} * chunk.dim() * (chunk.dtype() == "float16" ? 2 : 4);
   if (static_cast<int64_t>(bytes.size()) != size || size != feature_bytes + chunk.num_rows() * 4 ||
-      static_cast<int64_t>(Crc(bytes)) != crc) {
+      static_cast<int64_t>(Crc32(bytes)) != crc) {
     return absl::DataLossError(absl::StrCat(
         "feature cache ", cache_key, ": chunk ", chunk_index, " is damaged in ",
         blobs_->Describe(), " (blob ", key, ": ", bytes.size(), " bytes, expected ", size,

@@ -48,13 +48,9 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace sslbench;
   compute::SetComputeThreads(absl::GetFlag(FLAGS_threads));
-  datasets::DatasetConfig config;
-  config.format = absl::GetFlag(FLAGS_format);
-  config.root = absl::GetFlag(FLAGS_root);
-  auto reader = datasets::OpenDatasetReader(config);
-  if (!reader.ok()) Die(reader.status());
-  auto listing = (*reader)->List(absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
-  if (!listing.ok()) Die(listing.status());
+  tools::OpenedSplit split =
+      tools::OpenSplitOrDie("sslbench-extract", absl::GetFlag(FLAGS_format), absl::GetFlag(FLAGS_root),
+                            absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
 
   compute::ModelOptions model;
   model.path = absl::GetFlag(FLAGS_model);
@@ -67,14 +63,14 @@ int main(int argc, char** argv) {
   auto extractor = compute::FeatureExtractor::Load(model);
   if (!extractor.ok()) Die(extractor.status());
 
-  const int64_t n = static_cast<int64_t>(listing->records.size());
+  const int64_t n = static_cast<int64_t>(split.listing.records.size());
   const int64_t batch_size = absl::GetFlag(FLAGS_batch);
   std::vector<image::BatchJob> jobs;
   for (int64_t b = 0; b < n; b += batch_size) jobs.push_back({b, std::min(batch_size, n - b)});
   const int decode_threads = absl::GetFlag(FLAGS_decode_threads);
   const auto start = std::chrono::steady_clock::now();
-  image::BatchLoader loader(reader->get(), &listing->records, std::move(jobs),
-                            compute::PreprocessOptionsFor(model), config.on_bad_image,
+  image::BatchLoader loader(split.reader.get(), &split.listing.records, std::move(jobs),
+                            compute::PreprocessOptionsFor(model), datasets::BadImagePolicy::kFail,
                             decode_threads, std::max(2, 2 * decode_threads));
   std::vector<float> features;
   int64_t dim = 0;

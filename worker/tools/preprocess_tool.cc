@@ -48,20 +48,16 @@ namespace {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace sslbench;
-  datasets::DatasetConfig config;
-  config.format = absl::GetFlag(FLAGS_format);
-  config.root = absl::GetFlag(FLAGS_root);
-  auto reader = datasets::OpenDatasetReader(config);
-  if (!reader.ok()) Die(reader.status());
-  auto listing = (*reader)->List(absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
-  if (!listing.ok()) Die(listing.status());
+  tools::OpenedSplit split =
+      tools::OpenSplitOrDie("sslbench-preprocess", absl::GetFlag(FLAGS_format), absl::GetFlag(FLAGS_root),
+                            absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
   image::PreprocessOptions options;
   options.resize = absl::GetFlag(FLAGS_resize);
   options.crop = absl::GetFlag(FLAGS_crop);
   options.channels = absl::GetFlag(FLAGS_channels);
   options.mean = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_mean));
   options.std = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_std));
-  const auto& records = listing->records;
+  const auto& records = split.listing.records;
 
   if (absl::GetFlag(FLAGS_time)) {
     const int repeat = absl::GetFlag(FLAGS_repeat);
@@ -71,7 +67,7 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     for (int r = 0; r < repeat; ++r) {
       for (const auto& record : records) {
-        auto bytes = (*reader)->ReadRecord(record);
+        auto bytes = split.reader->ReadRecord(record);
         if (!bytes.ok()) Die(bytes.status());
         absl::Status s = image::DecodeImageInto(bytes->bytes, record.key, &options, &decoded);
         if (!s.ok()) Die(s);
@@ -110,7 +106,7 @@ int main(int argc, char** argv) {
   FILE* f32 = open(absl::GetFlag(FLAGS_float_out));
   std::vector<float> out;
   for (const auto& record : records) {
-    auto bytes = (*reader)->ReadRecord(record);
+    auto bytes = split.reader->ReadRecord(record);
     if (!bytes.ok()) Die(bytes.status());
     auto img = image::DecodeImage(bytes->bytes, record.key, &options);
     if (!img.ok()) Die(img.status());
@@ -138,6 +134,6 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("{\"images\":%zu,\"classes\":%zu}\n", records.size(), listing->class_names.size());
+  std::printf("{\"images\":%zu,\"classes\":%zu}\n", records.size(), split.listing.class_names.size());
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -12,6 +13,7 @@
 #include "absl/strings/str_split.h"
 
 #include "worker/compute/features.h"
+#include "worker/datasets/dataset_reader.h"
 #include "worker/compute/image_set.h"
 
 namespace sslbench::tools {
@@ -58,6 +60,27 @@ inline std::vector<float> ParseFloats(const std::string& csv) {
 [[noreturn]] inline void Die(const char* tool, const absl::Status& s) {
   std::fprintf(stderr, "%s: %s\n", tool, s.ToString().c_str());
   std::exit(1);
+}
+
+// A dataset's reader and one split's listing.
+struct OpenedSplit {
+  std::unique_ptr<datasets::DatasetReader> reader;
+  datasets::SplitListing listing;
+};
+
+// Opens `split` of the dataset at `root`; prints the error and exits with
+// status 1 when it cannot.
+inline OpenedSplit OpenSplitOrDie(const char* tool, const std::string& format,
+                                  const std::string& root, const std::string& split,
+                                  int64_t limit) {
+  datasets::DatasetConfig config;
+  config.format = format;
+  config.root = root;
+  auto reader = datasets::OpenDatasetReader(config);
+  if (!reader.ok()) Die(tool, reader.status());
+  auto listing = (*reader)->List(split, limit);
+  if (!listing.ok()) Die(tool, listing.status());
+  return OpenedSplit{*std::move(reader), *std::move(listing)};
 }
 
 }  // namespace sslbench::tools
