@@ -337,6 +337,40 @@ std::string FormatCorrelationTable(const v1::CorrelateResponse& response) {
     out += Table({"x", "y", "n", "pearson", "spearman", "kendall tau-b"},
                  {false, false, true, true, true, true}, rows);
   }
+  if (response.groups_size() > 0) {
+    // Per group: mean accuracy in and out of domain, and the best predictor
+    // within the group (is a family's edge the backbone's?).
+    absl::StrAppend(&out, "\nby ", response.group_by(),
+                    " (mean over the group's models and its columns of each role)\n");
+    rows.clear();
+    for (const v1::GroupSummary& g : response.groups()) {
+      double in_sum = 0, out_sum = 0;
+      int in_n = 0, out_n = 0;
+      for (int c = 0; c < g.column_means_size() && c < response.columns_size(); ++c) {
+        const double v = g.column_means(c);
+        if (std::isnan(v)) continue;
+        if (response.columns(c).role() == v1::DATASET_ROLE_IN_DOMAIN) {
+          in_sum += v;
+          ++in_n;
+        } else if (response.columns(c).role() == v1::DATASET_ROLE_OUT_OF_DOMAIN) {
+          out_sum += v;
+          ++out_n;
+        }
+      }
+      std::string best = "(fewer than 3 models)";
+      if (g.predictors_size() > 0) {
+        const v1::Predictor& p = g.predictors(0);
+        best = absl::StrCat(ColumnAt(response, p.column()).label(), " tau-b ",
+                            Coef(p.mean_kendall()));
+      }
+      rows.push_back({g.value(), absl::StrCat(g.models_size()),
+                      in_n > 0 ? absl::StrFormat("%.4f", in_sum / in_n) : "-",
+                      out_n > 0 ? absl::StrFormat("%.4f", out_sum / out_n) : "-", best});
+    }
+    out += Table({response.group_by(), "models", "in-domain", "out-of-domain",
+                  "best predictor within"},
+                 {false, true, true, true, false}, rows);
+  }
   return out;
 }
 

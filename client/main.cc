@@ -30,6 +30,7 @@
 #include "client/coordinator_client.h"
 #include "client/format.h"
 #include "client/local_stack.h"
+#include "client/study_estimate.h"
 #include "client/study_file.h"
 #include "common/subprocess.h"
 
@@ -38,11 +39,19 @@ ABSL_FLAG(std::string, coordinator, "",
           "./.sslbench/coordinator.addr, else localhost:7070)");
 ABSL_FLAG(std::string, request_id, "",
           "submit: idempotency key; the same key returns the same study");
+ABSL_FLAG(bool, dry_run, false,
+          "submit: validate the study, print its tasks and estimated cost, submit "
+          "nothing (model files and dataset folders need not exist)");
+ABSL_FLAG(double, images_per_second, 7000,
+          "submit --dry_run: images/s per GPU node for backbones without a measured rate");
 ABSL_FLAG(std::string, format, "table", "results, correlate: table, csv or json");
 ABSL_FLAG(std::string, metric, "top1", "correlate: top1, top5 or mean_per_class");
 ABSL_FLAG(int32_t, bootstrap, 1000,
           "correlate: bootstrap resamples for the confidence intervals (0: none)");
 ABSL_FLAG(uint64_t, seed, 0, "correlate: seed of the bootstrap");
+ABSL_FLAG(std::string, by, "",
+          "correlate: also group the models by their labels: backbone, method, family "
+          "(or several, comma-separated)");
 ABSL_FLAG(std::string, output, "",
           "artifact: write the bytes to this file (short: -o FILE); unset or '-': "
           "standard output, unless it is a terminal");
@@ -72,6 +81,9 @@ constexpr char kUsage[] = R"(sslbench: evaluate self-supervised vision models.
 usage: sslbench COMMAND [ARGS] [--flags]
 
   submit STUDY.yaml [--request_id=ID]   submit a study; prints its id
+  submit STUDY.yaml --dry_run [--images_per_second=7000]
+                                        validate it and print its tasks and
+                                        estimated GPU time and storage instead
   watch ID                              progress bars until the study ends
                                         (exit 0 succeeded, 1 failed, 2 cancelled,
                                         3 could not follow it)
@@ -83,7 +95,11 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         the models, with bootstrap intervals;
                                         in-domain columns ranked as predictors
                                         of out-of-domain accuracy first;
-                                        --seed=N fixes the resamples
+                                        --seed=N fixes the resamples;
+                                        --by=family (backbone, method, or
+                                        several: --by=backbone,family) adds
+                                        each group's mean accuracy and best
+                                        predictor within it
   artifact ID -o FILE                   write a stored artefact (a trained head;
                                         ids in the results' artifact column) to
                                         FILE (or --output=FILE; without it, to
@@ -135,8 +151,28 @@ bool StudyIdArg(const std::vector<std::string>& args, int64_t* id, int* exit_cod
   return true;
 }
 
+int DryRun(const std::string& path) {
+  std::vector<std::string> missing;
+  StudyFileOptions options;
+  options.read_files = false;
+  options.notes = &missing;
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(path, options);
+  if (!spec.ok()) return Fail(spec.status(), "");
+  absl::StatusOr<StudyEstimate> estimate =
+      EstimateStudy(*spec, CountImages(*spec), absl::GetFlag(FLAGS_images_per_second));
+  if (!estimate.ok()) return Fail(estimate.status(), "");
+  std::printf("%s", FormatEstimate(*spec, *estimate).c_str());
+  if (!missing.empty()) {
+    std::printf("\nnot found here (submit needs them; workers may see other paths):\n");
+    for (const std::string& m : missing) std::printf("  - %s\n", m.c_str());
+  }
+  std::printf("\nthe study is valid; nothing was submitted (--dry_run)\n");
+  return kExitOk;
+}
+
 int CmdSubmit(const std::vector<std::string>& args) {
   if (args.size() != 1) return Usage("submit takes one study file");
+  if (absl::GetFlag(FLAGS_dry_run)) return DryRun(args[0]);
   const std::string address = CoordinatorAddress();
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
   if (!spec.ok()) return Fail(spec.status(), address);
@@ -243,6 +279,7 @@ int CmdCorrelate(const std::vector<std::string>& args) {
   request.set_metric(metric);
   request.set_bootstrap_resamples(bootstrap);
   request.set_seed(absl::GetFlag(FLAGS_seed));
+  request.set_group_by(absl::GetFlag(FLAGS_by));
   const std::string address = CoordinatorAddress();
   CoordinatorClient client(address);
   absl::StatusOr<v1::CorrelateResponse> response = Correlate(client, request);

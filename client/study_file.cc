@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -266,6 +268,40 @@ absl::StatusOr<std::vector<YAML::Node>> Items(const Map& study, const std::strin
   return items;
 }
 
+// Replaces each ${NAME} with the environment variable NAME (so a shared study
+// file names its data roots once: root: ${SSLBENCH_DATA}/imagenet).
+absl::StatusOr<std::string> ExpandVariables(const std::string& text) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t open = text.find("${", i);
+    if (open == std::string::npos) {
+      out.append(text, i, std::string::npos);
+      break;
+    }
+    const size_t close = text.find('}', open + 2);
+    if (close == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", text, "\": unclosed ${"));
+    }
+    const std::string name = text.substr(open + 2, close - open - 2);
+    bool valid = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0]));
+    for (char c : name) valid &= std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    if (!valid) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", text, "\": \"", name, "\" is not a variable name"));
+    }
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", text, "\": the environment variable ", name, " is not set"));
+    }
+    out.append(text, i, open - i);
+    out += value;
+    i = close + 1;
+  }
+  return out;
+}
+
 std::string Resolve(const std::string& path, const fs::path& base) {
   fs::path p(path);
   if (p.is_relative()) p = base / p;
@@ -273,13 +309,27 @@ std::string Resolve(const std::string& path, const fs::path& base) {
 }
 
 absl::Status ParseModel(const YAML::Node& node, const std::string& path,
-                        const fs::path& base, v1::ModelSpec* model) {
+                        const fs::path& base, const StudyFileOptions& options,
+                        v1::ModelSpec* model) {
   ASSIGN_OR_RETURN(Map m, Map::Of(node, path,
                                   {"name", "path", "input_size", "resize_size", "channels",
-                                   "mean", "std"}));
-  std::string name, file;
+                                   "mean", "std", "backbone", "method", "family"}));
+  std::string name, file, backbone, method, family;
   RETURN_IF_ERROR(m.String("name", /*required=*/true, &name));
   RETURN_IF_ERROR(m.String("path", /*required=*/true, &file));
+  RETURN_IF_ERROR(m.String("backbone", /*required=*/false, &backbone));
+  RETURN_IF_ERROR(m.String("method", /*required=*/false, &method));
+  RETURN_IF_ERROR(m.String("family", /*required=*/false, &family));
+  model->set_backbone(backbone);
+  model->set_method(method);
+  model->set_family(family);
+  {
+    absl::StatusOr<std::string> expanded = ExpandVariables(file);
+    if (!expanded.ok()) {
+      return Invalid(m.Field("path"), m.Get("path"), std::string(expanded.status().message()));
+    }
+    file = *expanded;
+  }
   int64_t input_size = 0, resize_size = 0, channels = 0;
   RETURN_IF_ERROR(m.Int("input_size", kInt32Min, kInt32Max, &input_size));
   RETURN_IF_ERROR(m.Int("resize_size", kInt32Min, kInt32Max, &resize_size));
@@ -297,6 +347,16 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
   const std::string absolute = Resolve(file, base);
   const std::string field = m.Field("path");
   std::error_code ec;
+  if (!options.read_files) {
+    // A dry run: no hashing; a placeholder hash keeps models apart.
+    model->set_path(absolute);
+    model->set_sha256(Sha256Hex(absl::StrCat("unread model file ", absolute)));
+    if (!fs::is_regular_file(absolute, ec) && options.notes != nullptr) {
+      options.notes->push_back(absl::StrCat(field, ": file ", absolute, " does not exist",
+                                            Where(m.Get("path"))));
+    }
+    return absl::OkStatus();
+  }
   if (!fs::exists(absolute, ec)) {
     return absl::NotFoundError(absl::StrCat(field, ": file ", absolute,
                                             " does not exist", Where(m.Get("path"))));
@@ -316,12 +376,13 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
 }
 
 absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
-                          const fs::path& base,
+                          const fs::path& base, const StudyFileOptions& options,
                           std::map<std::string, std::string>& digests,
                           v1::DatasetSpec* dataset) {
   ASSIGN_OR_RETURN(Map d, Map::Of(node, path,
                                   {"name", "format", "root", "role", "train_limit",
-                                   "test_limit", "on_bad_image"}));
+                                   "test_limit", "on_bad_image", "train_images",
+                                   "test_images"}));
   std::string name, format = datasets::kDefaultFormat, root, role, on_bad_image;
   RETURN_IF_ERROR(d.String("name", /*required=*/true, &name));
   RETURN_IF_ERROR(d.String("format", /*required=*/false, &format));
@@ -332,6 +393,18 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   const int64_t kMax = std::numeric_limits<int64_t>::max();
   RETURN_IF_ERROR(d.Int("train_limit", 0, kMax, &train_limit));
   RETURN_IF_ERROR(d.Int("test_limit", 0, kMax, &test_limit));
+  int64_t train_images = 0, test_images = 0;
+  RETURN_IF_ERROR(d.Int("train_images", 0, kMax, &train_images));
+  RETURN_IF_ERROR(d.Int("test_images", 0, kMax, &test_images));
+  dataset->set_train_images(train_images);
+  dataset->set_test_images(test_images);
+  {
+    absl::StatusOr<std::string> expanded = ExpandVariables(root);
+    if (!expanded.ok()) {
+      return Invalid(d.Field("root"), d.Get("root"), std::string(expanded.status().message()));
+    }
+    root = *expanded;
+  }
   dataset->set_name(name);
   dataset->set_format(format);
   dataset->set_on_bad_image(on_bad_image);
@@ -358,6 +431,14 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   const std::string field = d.Field("root");
   dataset->set_root(absolute);
   std::error_code ec;
+  if (!options.read_files) {
+    dataset->set_digest(absl::StrCat("unread:", absolute));
+    if (!fs::is_directory(absolute, ec) && options.notes != nullptr) {
+      options.notes->push_back(absl::StrCat(field, ": folder ", absolute, " does not exist",
+                                            Where(d.Get("root"))));
+    }
+    return absl::OkStatus();
+  }
   if (!fs::is_directory(absolute, ec)) {
     return absl::NotFoundError(absl::StrCat(field, ": folder ", absolute,
                                             " does not exist", Where(d.Get("root"))));
@@ -372,6 +453,31 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
     cached = digests.emplace(absolute, *digest).first;
   }
   dataset->set_digest(cached->second);
+  // Declared sizes catch a partial copy or a wrong root before any work.
+  if (train_images > 0 || test_images > 0) {
+    datasets::DatasetConfig config;
+    config.format = format;
+    config.root = absolute;
+    ASSIGN_OR_RETURN(std::unique_ptr<datasets::DatasetReader> reader,
+                     datasets::OpenDatasetReader(config));
+    const std::pair<const char*, int64_t> splits[] = {{"train", train_images},
+                                                      {"test", test_images}};
+    for (const auto& [split, want] : splits) {
+      if (want == 0) continue;
+      absl::StatusOr<datasets::SplitListing> listing = reader->List(split, 0);
+      if (!listing.ok()) {
+        return absl::Status(listing.status().code(),
+                            absl::StrCat(field, ": ", listing.status().message()));
+      }
+      const int64_t have = static_cast<int64_t>(listing->records.size());
+      if (have != want) {
+        const std::string key = absl::StrCat(split, "_images");
+        return Invalid(d.Field(key), d.Get(key),
+                       absl::StrCat("the ", split, " split of ", absolute, " holds ", have,
+                                    " images, not ", want));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -568,7 +674,8 @@ absl::Status ParseProtocol(const YAML::Node& node, const std::string& path,
 }  // namespace
 
 absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
-                                             const std::string& base_dir) {
+                                             const std::string& base_dir,
+                                             const StudyFileOptions& options) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
@@ -628,13 +735,13 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
                                     spec.add_protocols()));
     }
     for (size_t i = 0; i < models.size(); ++i) {
-      RETURN_IF_ERROR(ParseModel(models[i], absl::StrCat("models[", i, "]"), base,
+      RETURN_IF_ERROR(ParseModel(models[i], absl::StrCat("models[", i, "]"), base, options,
                                  spec.add_models()));
     }
     std::map<std::string, std::string> digests;
     for (size_t i = 0; i < datasets.size(); ++i) {
       RETURN_IF_ERROR(ParseDataset(datasets[i], absl::StrCat("datasets[", i, "]"),
-                                   base, digests, spec.add_datasets()));
+                                   base, options, digests, spec.add_datasets()));
     }
   } catch (const YAML::Exception& e) {
     // Defensive: the accessors above check types before converting.
@@ -645,7 +752,8 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
   return spec;
 }
 
-absl::StatusOr<v1::StudySpec> LoadStudyFile(const std::string& path) {
+absl::StatusOr<v1::StudySpec> LoadStudyFile(const std::string& path,
+                                            const StudyFileOptions& options) {
   std::error_code ec;
   if (!fs::exists(path, ec)) {
     return absl::NotFoundError(absl::StrCat("study file ", path, " does not exist"));
@@ -658,7 +766,7 @@ absl::StatusOr<v1::StudySpec> LoadStudyFile(const std::string& path) {
   text << in.rdbuf();
   const fs::path parent = fs::path(path).parent_path();
   absl::StatusOr<v1::StudySpec> spec =
-      ParseStudyYaml(text.str(), parent.empty() ? "." : parent.string());
+      ParseStudyYaml(text.str(), parent.empty() ? "." : parent.string(), options);
   if (!spec.ok()) {
     return absl::Status(spec.status().code(),
                         absl::StrCat(path, ": ", spec.status().message()));

@@ -7,7 +7,11 @@
 //   extract_batch_size: 256      # optional
 //   models:
 //     - name: identity
-//       path: models/identity.pt # relative to the study file
+//       path: models/identity.pt # relative to the study file; ${VAR} is
+//                                # replaced by the environment variable VAR
+//       backbone: resnet50       # optional labels for grouping results and
+//       method: dino             # for cost estimates
+//       family: distillation
 //       input_size: 28           # optional, 0 = keep the dataset's size
 //       channels: 1              # optional, 1 or 3 (default 1)
 //       mean: [0.0]              # optional, one per channel or one for all
@@ -15,10 +19,12 @@
 //   datasets:
 //     - name: fashion-mnist
 //       format: idx              # optional (default idx)
-//       root: /usr/share/datasets/fashion-mnist
+//       root: /usr/share/datasets/fashion-mnist  # ${VAR} as for paths
 //       role: in-domain          # optional: in-domain | out-of-domain
 //       train_limit: 0           # optional, 0 = all
 //       test_limit: 0
+//       train_images: 60000      # optional: the full split's size, checked
+//       test_images: 10000       # at submit; --dry-run estimates from it
 //   protocols:                   # kind-specific keys are the fields of the
 //                                # kind's params in types.proto; every one is
 //                                # optional (DESIGN.md defaults)
@@ -63,11 +69,20 @@
 // A complete example: client/examples/study-all-protocols.yaml.
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "sslbench/v1/types.pb.h"
 
 namespace sslbench::client {
+
+struct StudyFileOptions {
+  // false (a dry run): model files and dataset folders are neither hashed
+  // nor required; placeholders stand in for hashes and digests, and each
+  // missing file or folder is added to `notes`.
+  bool read_files = true;
+  std::vector<std::string>* notes = nullptr;
+};
 
 // Parses `yaml_text`, resolves relative model paths and dataset roots against
 // `base_dir` (made absolute), fills each model's sha256 and each dataset's
@@ -81,10 +96,12 @@ namespace sslbench::client {
 // spec reads 0 as "the default", such as momentum: 0); NOT_FOUND for a
 // missing model file, dataset folder or dataset file.
 absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
-                                             const std::string& base_dir);
+                                             const std::string& base_dir,
+                                             const StudyFileOptions& options = {});
 
 // Reads the file at `path` and parses it with its folder as base; error
 // messages start with `path: `. NOT_FOUND when the file does not exist.
-absl::StatusOr<v1::StudySpec> LoadStudyFile(const std::string& path);
+absl::StatusOr<v1::StudySpec> LoadStudyFile(const std::string& path,
+                                            const StudyFileOptions& options = {});
 
 }  // namespace sslbench::client

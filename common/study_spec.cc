@@ -265,6 +265,9 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
       if (!(ft.min_scale() > 0 && ft.min_scale() <= 1)) {
         return Invalid(f + ".min_scale", "must be in (0, 1]");
       }
+      if (ft.layer_decay() < 0 || ft.layer_decay() > 1) {
+        return Invalid(f + ".layer_decay", "must be in (0, 1], or 0 for off");
+      }
       if (ft.checkpoint_every_steps() < 0) {
         return Invalid(f + ".checkpoint_every_steps", "must be >= 0");
       }

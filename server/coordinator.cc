@@ -229,6 +229,7 @@ absl::StatusOr<v1::CorrelateResponse> Coordinator::Correlate(
         kMaxBootstrapResamples, "]"));
   }
   options.seed = request.seed();
+  options.group_by = request.group_by();
   ASSIGN_OR_RETURN(v1::StudySpec spec, store_.GetStudySpec(request.study_id()));
   ASSIGN_OR_RETURN(std::vector<v1::ProbeResult> results,
                    store_.ListResults(request.study_id()));

@@ -133,6 +133,7 @@ class FineTuneRunner final : public TaskRunner {
     options.warmup_epochs = std::min(params.warmup_epochs(), std::max(0, params.epochs() - 1));
     options.label_smoothing = params.label_smoothing();
     options.batch_norm = params.batch_norm();
+    options.layer_decay = params.layer_decay();
     options.min_scale = params.min_scale();
     options.flip = !params.no_flip();
     options.checkpoint_every_steps = params.checkpoint_every_steps();
@@ -186,8 +187,10 @@ class FineTuneRunner final : public TaskRunner {
       o.variant = variant;
       o.metrics = std::move(r.test);
       o.selected_json = absl::StrFormat(
-          R"({"steps":%d,"resumed_from_step":%d,"final_train_loss":%.6g})", r.steps,
-          r.resumed_from_step, r.final_train_loss);
+          R"({"steps":%d,"resumed_from_step":%d,"final_train_loss":%.6g,)"
+          R"("layer_decay":%.6g,"layer_decay_blocks":%d})",
+          r.steps, r.resumed_from_step, r.final_train_loss,
+          r.layer_decay_blocks > 0 ? options.layer_decay : 0.0, r.layer_decay_blocks);
       outcomes.push_back(std::move(o));
       // Record the finished seed, so a later preemption does not redo it.
       if (s + 1 < seeds.size()) {

@@ -4,10 +4,15 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <string>
+#include <vector>
 #include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
 #include "server/analysis/correlation.h"
 
 namespace sslbench::server::analysis {
@@ -136,6 +141,9 @@ MetricTable BuildMetricTable(const v1::StudySpec& spec,
   return table;
 }
 
+absl::Status AddGroups(const v1::StudySpec& spec, const std::vector<v1::ProbeResult>& results,
+                       const AnalysisOptions& options, v1::CorrelateResponse& response);
+
 absl::StatusOr<v1::CorrelateResponse> AnalyzeStudy(
     const v1::StudySpec& spec, const std::vector<v1::ProbeResult>& results,
     const AnalysisOptions& options) {
@@ -231,7 +239,71 @@ absl::StatusOr<v1::CorrelateResponse> AnalyzeStudy(
                      return l.mean_spearman() > r.mean_spearman();
                    });
   for (auto& p : predictors) *response.add_predictors() = std::move(p);
+  if (!options.group_by.empty()) RETURN_IF_ERROR(AddGroups(spec, results, options, response));
   return response;
+}
+
+absl::Status AddGroups(const v1::StudySpec& spec, const std::vector<v1::ProbeResult>& results,
+                       const AnalysisOptions& options, v1::CorrelateResponse& response) {
+  std::vector<std::string> labels = absl::StrSplit(options.group_by, ',', absl::SkipEmpty());
+  for (const std::string& label : labels) {
+    if (label != "backbone" && label != "method" && label != "family") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "group_by: \"", label, "\" is not a model label (backbone, method, family)"));
+    }
+  }
+  std::map<std::string, std::string> group_of;  // model name -> group value
+  for (const v1::ModelSpec& m : spec.models()) {
+    std::vector<std::string> parts;
+    for (const std::string& label : labels) {
+      const std::string& v = label == "backbone" ? m.backbone()
+                             : label == "method" ? m.method()
+                                                 : m.family();
+      parts.push_back(v.empty() ? "(none)" : v);
+    }
+    group_of[m.name()] = absl::StrJoin(parts, "/");
+  }
+  response.set_group_by(absl::StrJoin(labels, ","));
+  std::map<std::string, int> column_index;
+  for (int c = 0; c < response.columns_size(); ++c) column_index[response.columns(c).label()] = c;
+  std::map<std::string, std::vector<v1::ProbeResult>> by_group;
+  for (const v1::ProbeResult& r : results) {
+    auto it = group_of.find(r.model());
+    by_group[it == group_of.end() ? "(none)" : it->second].push_back(r);
+  }
+  for (const auto& [value, members] : by_group) {
+    const MetricTable table = BuildMetricTable(spec, members, options.metric);
+    if (table.models.empty()) continue;
+    v1::GroupSummary* group = response.add_groups();
+    group->set_value(value);
+    for (const std::string& m : table.models) group->add_models(m);
+    std::vector<double> means(response.columns_size(), kNaN);
+    for (size_t c = 0; c < table.columns.size(); ++c) {
+      double sum = 0;
+      int n = 0;
+      for (double v : table.values[c]) {
+        if (std::isnan(v)) continue;
+        sum += v;
+        ++n;
+      }
+      auto it = column_index.find(table.columns[c].label());
+      if (n > 0 && it != column_index.end()) means[it->second] = sum / n;
+    }
+    for (double m : means) group->add_column_means(m);
+    if (table.models.size() < static_cast<size_t>(kMinModels)) continue;
+    AnalysisOptions inner = options;
+    inner.group_by.clear();
+    inner.bootstrap_resamples = 0;
+    absl::StatusOr<v1::CorrelateResponse> within = AnalyzeStudy(spec, members, inner);
+    if (!within.ok()) continue;
+    for (v1::Predictor p : within->predictors()) {
+      auto it = column_index.find(within->columns(p.column()).label());
+      if (it == column_index.end()) continue;
+      p.set_column(it->second);
+      *group->add_predictors() = std::move(p);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sslbench::server::analysis

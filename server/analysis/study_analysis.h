@@ -45,13 +45,18 @@ struct AnalysisOptions {
   Metric metric = Metric::kTop1;
   int bootstrap_resamples = 1000;  // 0: no confidence intervals
   uint64_t seed = 0;
+  // ModelSpec labels to group by: "backbone", "method", "family", or several
+  // joined by commas; empty: no groups.
+  std::string group_by;
 };
 
 // The whole CorrelateResponse but study_id. Pairs are computed for every two
 // columns with at least 3 models in common; each pair's bootstrap draws from
 // its own generator, seeded from `seed` and the pair's column labels, so the
 // intervals do not depend on which other columns exist.
-// FAILED_PRECONDITION when fewer than 3 models have a value of the metric.
+// FAILED_PRECONDITION when fewer than 3 models have a value of the metric;
+// INVALID_ARGUMENT for an unknown group_by label. A model without the label
+// falls in the group "(none)".
 absl::StatusOr<v1::CorrelateResponse> AnalyzeStudy(
     const v1::StudySpec& spec, const std::vector<v1::ProbeResult>& results,
     const AnalysisOptions& options);

@@ -337,3 +337,51 @@ TEST(StudyAnalysisTest, FewerThanThreeModelsIsAFailedPrecondition) {
 
 }  // namespace
 }  // namespace sslbench::server::analysis
+
+namespace sslbench::server::analysis {
+namespace {
+
+// Models m0..m3 are "contrastive" ResNets, m4..m7 "distillation" ViTs: the
+// groups' means and within-group predictors come from their members alone.
+TEST(StudyAnalysisTest, GroupsByModelLabels) {
+  v1::StudySpec spec = Spec();
+  for (int m = 0; m < 8; ++m) {
+    v1::ModelSpec* model = spec.add_models();
+    model->set_name(absl::StrCat("m", m));
+    model->set_backbone(m < 4 ? "resnet50" : "vit_b_16");
+    model->set_family(m < 4 ? "contrastive" : "distillation");
+  }
+  AnalysisOptions options;
+  options.bootstrap_resamples = 0;
+  options.group_by = "family";
+  const auto response = AnalyzeStudy(spec, SyntheticStudy(), options);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->group_by(), "family");
+  ASSERT_EQ(response->groups_size(), 2);
+  const v1::GroupSummary& contrastive = response->groups(0);
+  EXPECT_EQ(contrastive.value(), "contrastive");
+  EXPECT_THAT(contrastive.models(), ElementsAre("m0", "m1", "m2", "m3"));
+  ASSERT_EQ(contrastive.column_means_size(), response->columns_size());
+  // linear/full@imagenet is column 0: 0.60 + 0.02 m over m = 0..3.
+  EXPECT_THAT(contrastive.column_means(0), DoubleNear(0.63, kTol));
+  EXPECT_THAT(response->groups(1).column_means(0), DoubleNear(0.71, kTol));
+  // Within each group in-domain linear still orders the models exactly.
+  ASSERT_EQ(contrastive.predictors_size(), 2);
+  EXPECT_EQ(response->columns(contrastive.predictors(0).column()).label(),
+            "linear/full@imagenet");
+  EXPECT_THAT(contrastive.predictors(0).mean_kendall(), DoubleNear(1.0, kTol));
+
+  options.group_by = "backbone,family";
+  const auto both = AnalyzeStudy(spec, SyntheticStudy(), options);
+  ASSERT_TRUE(both.ok()) << both.status();
+  ASSERT_EQ(both->groups_size(), 2);
+  EXPECT_EQ(both->groups(0).value(), "resnet50/contrastive");
+  EXPECT_EQ(both->groups(1).value(), "vit_b_16/distillation");
+
+  options.group_by = "colour";
+  EXPECT_EQ(AnalyzeStudy(spec, SyntheticStudy(), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace sslbench::server::analysis

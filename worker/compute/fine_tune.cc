@@ -7,6 +7,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <exception>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -292,7 +294,7 @@ uint64_t OptionsHash(const ModelOptions& model, const ImageSet& train, int num_c
       "|wd=", Hex(o.weight_decay), "|momentum=", Hex(o.momentum), "|epochs=", o.epochs,
       "|batch=", o.batch_size, "|warmup=", o.warmup_epochs, "|smoothing=", Hex(o.label_smoothing),
       "|bn=", o.batch_norm ? 1 : 0, "|min_scale=", Hex(o.min_scale), "|flip=", o.flip ? 1 : 0,
-      "|seed=", o.seed, "|classes=", num_classes, "|input_size=", model.input_size,
+      "|seed=", o.seed, "|layer_decay=", Hex(o.layer_decay), "|classes=", num_classes, "|input_size=", model.input_size,
       "|channels=", model.channels, "|mean=");
   for (float v : model.mean) absl::StrAppend(&s, Hex(v), ",");
   absl::StrAppend(&s, "|std=");
@@ -469,9 +471,17 @@ class FineTuneRun {
       dim_ = features.numel() / 2;
       module_.train();
       params_.clear();
-      for (at::Tensor p : module_.parameters()) {
+      std::vector<std::string> names;
+      for (const auto& named : module_.named_parameters(/*recurse=*/true)) {
+        at::Tensor p = named.value;
         p.requires_grad_(true);
         params_.push_back(p);
+        names.push_back(named.name);
+      }
+      param_scales_.assign(params_.size(), 1.0);
+      decay_blocks_ = 0;
+      if (options_.layer_decay > 0 && options_.layer_decay < 1) {
+        param_scales_ = LayerDecayScales(names, options_.layer_decay, &decay_blocks_);
       }
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("model '", model_.path, "' failed: ", ErrorText(e)));
@@ -481,20 +491,38 @@ class FineTuneRun {
     return absl::OkStatus();
   }
 
+  // One parameter group per learning-rate factor (one group without layer
+  // decay); the head trains at the full rate.
   void BuildOptimizer() {
     weight_.requires_grad_(true);
     bias_.requires_grad_(true);
     std::vector<at::Tensor> all = params_;
     all.push_back(weight_);
     all.push_back(bias_);
+    std::vector<double> scales = param_scales_;
+    scales.push_back(1.0);
+    scales.push_back(1.0);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    group_scales_.clear();
+    std::map<double, size_t> group_of;
+    std::vector<std::vector<at::Tensor>> members;
+    for (size_t i = 0; i < all.size(); ++i) {
+      auto [it, added] = group_of.emplace(scales[i], members.size());
+      if (added) {
+        members.emplace_back();
+        group_scales_.push_back(scales[i]);
+      }
+      members[it->second].push_back(all[i]);
+    }
+    for (auto& m : members) groups.emplace_back(std::move(m));
     if (options_.optimizer == "adamw") {
       optimizer_ = std::make_unique<torch::optim::AdamW>(
-          all, torch::optim::AdamWOptions(peak_lr_).weight_decay(options_.weight_decay));
+          groups, torch::optim::AdamWOptions(peak_lr_).weight_decay(options_.weight_decay));
     } else {
-      optimizer_ = std::make_unique<torch::optim::SGD>(all, torch::optim::SGDOptions(peak_lr_)
-                                                                .momentum(options_.momentum)
-                                                                .weight_decay(options_.weight_decay)
-                                                                .nesterov(false));
+      optimizer_ = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(peak_lr_)
+                                                                   .momentum(options_.momentum)
+                                                                   .weight_decay(options_.weight_decay)
+                                                                   .nesterov(false));
     }
     optimizer_params_ = std::move(all);
   }
@@ -618,6 +646,9 @@ class FineTuneRun {
   torch::jit::Module module_;
   int64_t dim_ = 0;
   std::vector<at::Tensor> params_;            // backbone parameters
+  std::vector<double> param_scales_;          // their lr factors (layer decay)
+  std::vector<double> group_scales_;          // lr factor of each optimizer group
+  int decay_blocks_ = 0;                      // blocks layer decay found
   std::vector<at::Tensor> optimizer_params_;  // backbone, then head weight, bias
   at::Tensor weight_;                         // head [num_classes, dim]
   at::Tensor bias_;                           // head [num_classes]
@@ -867,7 +898,10 @@ absl::StatusOr<FineTuneResult> FineTuneRun::Train(const CheckpointSink& checkpoi
       optimizer_->zero_grad();
       loss.backward();
       const double lr = LearningRate(pos_.step);
-      for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
+      auto& param_groups = optimizer_->param_groups();
+      for (size_t g = 0; g < param_groups.size(); ++g) {
+        param_groups[g].options().set_lr(lr * group_scales_[g]);
+      }
       optimizer_->step();
       const double value = loss.item<double>();
       if (!std::isfinite(value)) {
@@ -913,6 +947,7 @@ absl::StatusOr<FineTuneResult> FineTuneRun::Train(const CheckpointSink& checkpoi
   result.steps = pos_.step;
   result.resumed_from_step = resumed_from_step_;
   result.final_train_loss = pos_.final_loss;
+  result.layer_decay_blocks = decay_blocks_;
   return result;
 }
 
@@ -974,6 +1009,48 @@ absl::StatusOr<FineTuneResult> RunFineTune(const ModelOptions& model, const Imag
     return absl::InternalError(
         absl::StrCat("fine-tuning model '", model.path, "' failed: ", e.what()));
   }
+}
+
+
+std::vector<double> LayerDecayScales(const std::vector<std::string>& names, double decay,
+                                     int* blocks) {
+  // The block index in a parameter's name, or -1.
+  auto block_of = [](const std::string& name) -> int {
+    for (const char* marker : {"encoder_layer_", "blocks."}) {
+      const size_t at = name.find(marker);
+      if (at == std::string::npos) continue;
+      size_t i = at + std::strlen(marker);
+      int n = 0;
+      bool digits = false;
+      while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) {
+        n = n * 10 + (name[i++] - '0');
+        digits = true;
+      }
+      if (digits && n < 100000) return n;
+    }
+    return -1;
+  };
+  auto is_embedding = [](const std::string& name) {
+    for (const char* marker :
+         {"class_token", "cls_token", "pos_embed", "pos_embedding", "conv_proj.", "patch_embed."}) {
+      if (name.find(marker) != std::string::npos) return true;
+    }
+    return false;
+  };
+  int count = 0;
+  for (const std::string& name : names) count = std::max(count, block_of(name) + 1);
+  *blocks = count;
+  std::vector<double> scales(names.size(), 1.0);
+  if (count == 0) return scales;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int b = block_of(names[i]);
+    if (b >= 0) {
+      scales[i] = std::pow(decay, count - b);
+    } else if (is_embedding(names[i])) {
+      scales[i] = std::pow(decay, count + 1);
+    }
+  }
+  return scales;
 }
 
 }  // namespace sslbench::compute

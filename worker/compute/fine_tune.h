@@ -36,13 +36,25 @@ struct FineTuneOptions {
   // A checkpoint is offered every `checkpoint_every_steps` optimizer steps
   // (and at the end of every epoch when 0).
   int checkpoint_every_steps = 0;
+  // Layer-wise lr decay (0 or 1: off): see LayerDecayScales.
+  double layer_decay = 0.0;
 };
+
+// The learning-rate factor of each named parameter under layer-wise decay
+// `decay` (BEiT/MAE): with L transformer blocks found by name
+// (encoder_layer_N, blocks.N), block N gets decay^(L - N); embeddings
+// (class_token, cls_token, pos_embed*, pos_embedding, conv_proj,
+// patch_embed) decay^(L + 1); everything else 1. `*blocks` receives L (0 when
+// none is found: every factor is then 1).
+std::vector<double> LayerDecayScales(const std::vector<std::string>& names, double decay,
+                                     int* blocks);
 
 struct FineTuneResult {
   ClassificationMetrics test;
   int64_t steps = 0;              // optimizer steps taken in total
   int64_t resumed_from_step = 0;  // 0 when the run started afresh
   double final_train_loss = 0;
+  int layer_decay_blocks = 0;     // transformer blocks layer decay found (0: not applied)
 };
 
 // Receives an opaque checkpoint (model, head, optimizer state, step, RNG

@@ -9,8 +9,11 @@
 #include <utility>
 #include <vector>
 
+#include <torch/script.h>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/compute/test_util.h"
@@ -360,6 +363,94 @@ TEST_F(FineTuneTest, RejectsBadOptionsAndModels) {
   }
   EXPECT_THAT(RunFineTune(garbage, train, *test_, kClasses, Options(), "", nullptr).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "failed to load model"));
+}
+
+}  // namespace
+}  // namespace sslbench::compute
+
+namespace sslbench::compute {
+namespace {
+
+TEST(LayerDecayScalesTest, TorchvisionAndTimmNamesCountBlocksFromTheHead) {
+  int blocks = -1;
+  const std::vector<double> tv = LayerDecayScales(
+      {"class_token", "conv_proj.weight", "encoder.pos_embedding",
+       "encoder.layers.encoder_layer_0.ln_1.weight", "encoder.layers.encoder_layer_1.mlp.0.weight",
+       "encoder.layers.encoder_layer_2.self_attention.in_proj_weight", "encoder.ln.weight"},
+      0.5, &blocks);
+  EXPECT_EQ(blocks, 3);
+  EXPECT_THAT(tv, ElementsAre(0.0625, 0.0625, 0.0625, 0.125, 0.25, 0.5, 1.0));
+
+  const std::vector<double> timm = LayerDecayScales(
+      {"vit.cls_token", "vit.pos_embed", "vit.patch_embed.proj.weight", "vit.blocks.0.attn.qkv.weight",
+       "vit.blocks.11.mlp.fc2.bias", "vit.norm.weight", "fc_norm.bias"},
+      0.65, &blocks);
+  EXPECT_EQ(blocks, 12);
+  EXPECT_DOUBLE_EQ(timm[0], std::pow(0.65, 13));
+  EXPECT_DOUBLE_EQ(timm[2], std::pow(0.65, 13));
+  EXPECT_DOUBLE_EQ(timm[3], std::pow(0.65, 12));
+  EXPECT_DOUBLE_EQ(timm[4], 0.65);
+  EXPECT_EQ(timm[5], 1.0);
+  EXPECT_EQ(timm[6], 1.0);
+
+  // A ResNet has no blocks by these names: one rate for everything.
+  const std::vector<double> resnet =
+      LayerDecayScales({"conv1.weight", "layer1.0.conv1.weight", "fc.weight"}, 0.65, &blocks);
+  EXPECT_EQ(blocks, 0);
+  EXPECT_THAT(resnet, ElementsAre(1.0, 1.0, 1.0));
+}
+
+// A two-block "transformer" in TorchScript whose parameter names follow
+// torchvision's ViT: a strided patch embedding, then residual blocks.
+void WriteTinyBlockModel(const std::string& path) {
+  torch::manual_seed(5);
+  torch::jit::Module root("__torch__.TinyBlocks");
+  torch::jit::Module embed("__torch__.TinyEmbed");
+  embed.register_parameter("weight", torch::randn({8, 1, 7, 7}) * 0.2, false);
+  root.register_module("conv_proj", embed);
+  for (int b = 0; b < 2; ++b) {
+    torch::jit::Module block(absl::StrCat("__torch__.TinyBlock", b));
+    block.register_parameter("weight", torch::randn({8, 8}) * 0.3, false);
+    root.register_module(absl::StrCat("encoder_layer_", b), block);
+  }
+  root.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.conv_proj.weight, None, [7, 7])
+        y = y.flatten(2).mean(2)
+        y = torch.relu(torch.matmul(y, self.encoder_layer_0.weight)) + y
+        y = torch.relu(torch.matmul(y, self.encoder_layer_1.weight)) + y
+        return y
+  )");
+  root.save(path);
+}
+
+TEST_F(FineTuneTest, LayerDecayAppliesToBlocksAndResumesExactly) {
+  const std::string path = *dir_ + "/blocks.pt";
+  WriteTinyBlockModel(path);
+  ModelOptions model = Model();
+  model.path = path;
+  const ImageSet train = SmallTrain();
+  FineTuneOptions o = Options();
+  absl::StatusOr<FineTuneResult> plain = RunFineTune(model, train, *test_, kClasses, o, "", nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->layer_decay_blocks, 0);
+  o.layer_decay = 0.5;
+  absl::StatusOr<FineTuneResult> decayed =
+      RunFineTune(model, train, *test_, kClasses, o, "", nullptr);
+  ASSERT_TRUE(decayed.ok()) << decayed.status();
+  EXPECT_EQ(decayed->layer_decay_blocks, 2);
+  EXPECT_NE(decayed->final_train_loss, plain->final_train_loss);
+  o.checkpoint_every_steps = 3;
+  CheckResumeEquivalence(model, train, *test_, o, /*stop_at=*/6);
+
+  // The CNN has no blocks: layer decay leaves it as it was.
+  FineTuneOptions cnn = Options();
+  absl::StatusOr<FineTuneResult> a = RunFineTune(Model(), train, *test_, kClasses, cnn, "", nullptr);
+  cnn.layer_decay = 0.5;
+  absl::StatusOr<FineTuneResult> b = RunFineTune(Model(), train, *test_, kClasses, cnn, "", nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->layer_decay_blocks, 0);
+  ExpectSameResult(*a, *b);
 }
 
 }  // namespace
