@@ -28,6 +28,7 @@
 #include "absl/time/clock.h"
 #include "client/artifact.h"
 #include "client/coordinator_client.h"
+#include "client/data_suite.h"
 #include "client/format.h"
 #include "client/local_stack.h"
 #include "client/study_estimate.h"
@@ -64,6 +65,9 @@ ABSL_FLAG(std::string, blob_store, "postgres",
           "up/demo: where the coordinator keeps feature chunk bytes "
           "(postgres, or file:///PATH)");
 ABSL_FLAG(int32_t, port, 0, "up/demo: coordinator port on 127.0.0.1 (0: any free one)");
+ABSL_FLAG(std::string, out_dir, "sslbench-data", "data build: folder of the suite");
+ABSL_FLAG(int64_t, train_per_domain, 6000, "data build: train images per domain");
+ABSL_FLAG(int64_t, test_per_domain, 1000, "data build: test images per domain");
 ABSL_FLAG(int64_t, train_limit, 0, "demo: use only the first N training images (0: all)");
 ABSL_FLAG(int64_t, test_limit, 0, "demo: use only the first N test images (0: all)");
 
@@ -106,6 +110,12 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         standard output when that is not a
                                         terminal)
   cancel ID                             cancel a study's unfinished tasks
+  data build [--out_dir=sslbench-data] [--train_per_domain=6000]
+             [--test_per_domain=1000]   the domain-shift suite: Fashion-MNIST and
+                                        six shifted copies (sketch, inverted,
+                                        low resolution, noisy, rotated, coarse
+                                        labels) as ImageFolder PNG datasets,
+                                        plus suite.yaml; reused when unchanged
   workers                               the registered workers
   up [--state_dir=.sslbench] [--workers=1] [--worker_threads=1] [--port=0]
      [--blob_store=postgres|file:///PATH]
@@ -287,6 +297,30 @@ int CmdCorrelate(const std::vector<std::string>& args) {
   absl::StatusOr<std::string> text = FormatCorrelation(*response, format);
   if (!text.ok()) return Fail(text.status(), address);
   std::fputs(text->c_str(), stdout);
+  return kExitOk;
+}
+
+int CmdData(const std::vector<std::string>& args) {
+  if (args.size() != 1 || args[0] != "build") return Usage("data takes one subcommand: build");
+  SuiteOptions options;
+  options.out = absl::GetFlag(FLAGS_out_dir);
+  options.train_per_domain = absl::GetFlag(FLAGS_train_per_domain);
+  options.test_per_domain = absl::GetFlag(FLAGS_test_per_domain);
+  absl::StatusOr<std::vector<SuiteDomain>> domains =
+      BuildSuite(options, [](const std::string& domain, int64_t done, int64_t total) {
+        std::fprintf(stderr, "\rsslbench: data build: %-16s %7lld / %lld images", domain.c_str(),
+                     static_cast<long long>(done), static_cast<long long>(total));
+        if (done == total) std::fprintf(stderr, "\n");
+      });
+  if (!domains.ok()) return Fail(domains.status(), "");
+  for (const SuiteDomain& d : *domains) {
+    std::printf("%-16s %-13s %2d classes  train %6lld  test %5lld  %s%s\n", d.name.c_str(),
+                d.in_domain ? "in-domain" : "out-of-domain", d.classes,
+                static_cast<long long>(d.train), static_cast<long long>(d.test), d.root.c_str(),
+                d.cached ? "  (reused)" : "");
+  }
+  std::printf("study entries: %s/suite.yaml\n", domains->front().root.substr(
+      0, domains->front().root.rfind('/')).c_str());
   return kExitOk;
 }
 
@@ -652,6 +686,7 @@ int Main(int argc, char** argv) {
   if (command == "status") return CmdStatus(args);
   if (command == "results") return CmdResults(args);
   if (command == "correlate") return CmdCorrelate(args);
+  if (command == "data") return CmdData(args);
   if (command == "cancel") return CmdCancel(args);
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);
