@@ -65,7 +65,10 @@ ABSL_FLAG(std::string, blob_store, "postgres",
           "up/demo: where the coordinator keeps feature chunk bytes "
           "(postgres, or file:///PATH)");
 ABSL_FLAG(int32_t, port, 0, "up/demo: coordinator port on 127.0.0.1 (0: any free one)");
-ABSL_FLAG(std::string, out_dir, "sslbench-data", "data build: folder of the suite");
+ABSL_FLAG(std::string, out_dir, "",
+          "data build / zoo build: output folder (default: sslbench-data, sslbench-zoo)");
+ABSL_FLAG(int32_t, steps, 150, "zoo build: optimizer steps per model");
+ABSL_FLAG(std::string, only, "", "zoo build: comma-separated model names (default: all)");
 ABSL_FLAG(int64_t, train_per_domain, 6000, "data build: train images per domain");
 ABSL_FLAG(int64_t, test_per_domain, 1000, "data build: test images per domain");
 ABSL_FLAG(int64_t, train_limit, 0, "demo: use only the first N training images (0: all)");
@@ -110,6 +113,12 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         standard output when that is not a
                                         terminal)
   cancel ID                             cancel a study's unfinished tasks
+  zoo build [--out_dir=sslbench-zoo] [--steps=150] [--worker_threads=N]
+            [--only=a,b]                the model zoo: a small ResNet and a tiny
+                                        ViT pre-trained here on Fashion-MNIST
+                                        (random, supervised, rotation, SimCLR,
+                                        BYOL, DINO, MAE-style), as TorchScript
+                                        plus zoo.yaml; reused when unchanged
   data build [--out_dir=sslbench-data] [--train_per_domain=6000]
              [--test_per_domain=1000]   the domain-shift suite: Fashion-MNIST and
                                         six shifted copies (sketch, inverted,
@@ -303,7 +312,7 @@ int CmdCorrelate(const std::vector<std::string>& args) {
 int CmdData(const std::vector<std::string>& args) {
   if (args.size() != 1 || args[0] != "build") return Usage("data takes one subcommand: build");
   SuiteOptions options;
-  options.out = absl::GetFlag(FLAGS_out_dir);
+  options.out = absl::GetFlag(FLAGS_out_dir).empty() ? "sslbench-data" : absl::GetFlag(FLAGS_out_dir);
   options.train_per_domain = absl::GetFlag(FLAGS_train_per_domain);
   options.test_per_domain = absl::GetFlag(FLAGS_test_per_domain);
   absl::StatusOr<std::vector<SuiteDomain>> domains =
@@ -322,6 +331,28 @@ int CmdData(const std::vector<std::string>& args) {
   std::printf("study entries: %s/suite.yaml\n", domains->front().root.substr(
       0, domains->front().root.rfind('/')).c_str());
   return kExitOk;
+}
+
+// Runs sslbench-zoo (LibTorch stays out of this binary) with the output
+// passed through.
+int CmdZoo(const std::vector<std::string>& args) {
+  if (args.size() != 1 || args[0] != "build") return Usage("zoo takes one subcommand: build");
+  absl::StatusOr<std::string> bin_dir = ExecutableDir();
+  if (!bin_dir.ok()) return Fail(bin_dir.status(), "");
+  absl::StatusOr<std::string> tool = FindSibling(*bin_dir, "sslbench-zoo");
+  if (!tool.ok()) return Fail(tool.status(), "");
+  std::vector<std::string> argv = {
+      *tool,
+      absl::StrCat("--out=",
+                   absl::GetFlag(FLAGS_out_dir).empty() ? "sslbench-zoo" : absl::GetFlag(FLAGS_out_dir)),
+      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)),
+      absl::StrCat("--threads=", std::max(1, absl::GetFlag(FLAGS_worker_threads)))};
+  if (!absl::GetFlag(FLAGS_only).empty()) argv.push_back("--only=" + absl::GetFlag(FLAGS_only));
+  absl::StatusOr<std::unique_ptr<Subprocess>> child = Subprocess::Start(argv, "");
+  if (!child.ok()) return Fail(child.status(), "");
+  (*child)->Wait(absl::InfiniteDuration());
+  const int code = (*child)->Stop();
+  return code == 0 ? kExitOk : kExitError;
 }
 
 int CmdCancel(const std::vector<std::string>& args) {
@@ -687,6 +718,7 @@ int Main(int argc, char** argv) {
   if (command == "results") return CmdResults(args);
   if (command == "correlate") return CmdCorrelate(args);
   if (command == "data") return CmdData(args);
+  if (command == "zoo") return CmdZoo(args);
   if (command == "cancel") return CmdCancel(args);
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);
