@@ -68,11 +68,12 @@ absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
   return response;
 }
 
-absl::StatusOr<v1::StudyStatus> CoordinatorClient::GetStudy(int64_t study_id) {
+absl::StatusOr<v1::StudyStatus> CoordinatorClient::GetStudy(int64_t study_id, bool include_spec) {
   grpc::ClientContext context;
   SetDeadline(context);
   v1::GetStudyRequest request;
   request.set_study_id(study_id);
+  request.set_include_spec(include_spec);
   v1::StudyStatus response;
   const grpc::Status status = stub_->GetStudy(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);

@@ -40,7 +40,7 @@ class CoordinatorClient {
 
   absl::StatusOr<v1::SubmitStudyResponse> SubmitStudy(const v1::StudySpec& spec,
                                                       const std::string& request_id);
-  absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id);
+  absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id, bool include_spec = false);
   absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();

@@ -423,4 +423,77 @@ absl::StatusOr<std::string> FormatCorrelation(const v1::CorrelateResponse& respo
       absl::StrCat("--format=", format, " is not one of table, csv, json"));
 }
 
+std::string FormatModelAccuracy(const v1::StudySpec& spec, const v1::ListResultsResponse& results,
+                                const std::string& protocol) {
+  // top1 of `protocol` on the full train split, by (model, dataset).
+  std::map<std::pair<std::string, std::string>, double> top1;
+  for (const v1::ProbeResult& r : results.results()) {
+    if (r.protocol() != protocol || (!r.subset().empty() && r.subset() != "full")) continue;
+    top1.emplace(std::make_pair(r.model(), r.dataset()), r.top1());
+  }
+  std::string in_domain;
+  for (const v1::DatasetSpec& d : spec.datasets()) {
+    if (d.role() == v1::DATASET_ROLE_IN_DOMAIN) {
+      in_domain = d.name();
+      break;
+    }
+  }
+  struct Row {
+    double key;
+    std::vector<std::string> cells;
+  };
+  std::vector<Row> rows;
+  for (const v1::ModelSpec& m : spec.models()) {
+    Row row;
+    auto own = top1.find({m.name(), in_domain});
+    row.key = own == top1.end() ? -1 : own->second;
+    row.cells = {m.name(), m.family()};
+    double sum = 0;
+    int n = 0;
+    for (const v1::DatasetSpec& d : spec.datasets()) {
+      auto it = top1.find({m.name(), d.name()});
+      row.cells.push_back(it == top1.end() ? "-" : absl::StrFormat("%.4f", it->second));
+      if (it != top1.end() && d.role() == v1::DATASET_ROLE_OUT_OF_DOMAIN) {
+        sum += it->second;
+        ++n;
+      }
+    }
+    row.cells.push_back(n > 0 ? absl::StrFormat("%.4f", sum / n) : "-");
+    rows.push_back(std::move(row));
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.key > b.key; });
+  std::vector<std::string> header = {"model", "family"};
+  std::vector<bool> right = {false, false};
+  for (const v1::DatasetSpec& d : spec.datasets()) {
+    header.push_back(d.name());
+    right.push_back(true);
+  }
+  header.push_back("mean out-of-domain");
+  right.push_back(true);
+  std::vector<std::vector<std::string>> cells;
+  for (Row& r : rows) cells.push_back(std::move(r.cells));
+  return absl::StrCat(protocol, " top-1 by model (sorted by ", in_domain.empty() ? "?" : in_domain,
+                      ")\n", Table(header, right, cells));
+}
+
+std::string FormatPredictorRanking(const v1::CorrelateResponse& response) {
+  std::string out = absl::StrCat("in-domain protocols as predictors of out-of-domain accuracy (",
+                                 response.metric(), ", ", response.models_size(), " models)\n");
+  std::vector<std::vector<std::string>> rows;
+  int rank = 0;
+  for (const auto& p : response.predictors()) {
+    rows.push_back({absl::StrCat(++rank), ColumnAt(response, p.column()).label(),
+                    Coef(p.mean_kendall()), Coef(p.mean_spearman()), Coef(p.min_kendall()),
+                    Coef(p.max_kendall()), absl::StrCat(p.targets())});
+  }
+  if (rows.empty()) {
+    out += "  (none: the study needs datasets with role in-domain and out-of-domain)\n";
+  } else {
+    out += Table({"rank", "in-domain column", "mean tau-b", "mean rho", "min tau-b", "max tau-b",
+                  "targets"},
+                 {true, false, true, true, true, true, true}, rows);
+  }
+  return out;
+}
+
 }  // namespace sslbench::client

@@ -80,4 +80,13 @@ std::string FormatCorrelationJson(const v1::CorrelateResponse& response);
 absl::StatusOr<std::string> FormatCorrelation(const v1::CorrelateResponse& response,
                                               const std::string& format);
 
+// One protocol's top-1 (full train split) as a models x datasets table with
+// each model's family and mean out-of-domain accuracy, sorted by the
+// in-domain column.
+std::string FormatModelAccuracy(const v1::StudySpec& spec, const v1::ListResultsResponse& results,
+                                const std::string& protocol);
+
+// The predictor ranking of a correlation, without the pairs.
+std::string FormatPredictorRanking(const v1::CorrelateResponse& response);
+
 }  // namespace sslbench::client

@@ -31,8 +31,10 @@
 #include "client/data_suite.h"
 #include "client/format.h"
 #include "client/local_stack.h"
+#include "client/report.h"
 #include "client/study_estimate.h"
 #include "client/study_file.h"
+#include "common/status_macros.h"
 #include "common/subprocess.h"
 
 ABSL_FLAG(std::string, coordinator, "",
@@ -50,6 +52,9 @@ ABSL_FLAG(std::string, metric, "top1", "correlate: top1, top5 or mean_per_class"
 ABSL_FLAG(int32_t, bootstrap, 1000,
           "correlate: bootstrap resamples for the confidence intervals (0: none)");
 ABSL_FLAG(uint64_t, seed, 0, "correlate: seed of the bootstrap");
+ABSL_FLAG(std::string, figure, "",
+          "report: write one figure as SVG instead of the page: heatmap, scatter, "
+          "scatter:N, fewshot:PROTOCOL");
 ABSL_FLAG(std::string, by, "",
           "correlate: also group the models by their labels: backbone, method, family "
           "(or several, comma-separated)");
@@ -59,7 +64,7 @@ ABSL_FLAG(std::string, output, "",
 ABSL_FLAG(std::string, state_dir, "",
           "up/demo: state folder (default: .sslbench for up, a fresh temporary "
           "folder for demo)");
-ABSL_FLAG(int32_t, workers, 1, "up/demo: number of worker processes");
+ABSL_FLAG(int32_t, workers, 2, "up/demo: number of worker processes");
 ABSL_FLAG(int32_t, worker_threads, 1, "up/demo: compute threads per worker");
 ABSL_FLAG(std::string, blob_store, "postgres",
           "up/demo: where the coordinator keeps feature chunk bytes "
@@ -67,12 +72,13 @@ ABSL_FLAG(std::string, blob_store, "postgres",
 ABSL_FLAG(int32_t, port, 0, "up/demo: coordinator port on 127.0.0.1 (0: any free one)");
 ABSL_FLAG(std::string, out_dir, "",
           "data build / zoo build: output folder (default: sslbench-data, sslbench-zoo)");
-ABSL_FLAG(int32_t, steps, 150, "zoo build: optimizer steps per model");
+ABSL_FLAG(int32_t, steps, 300, "zoo build/demo: optimizer steps per model");
 ABSL_FLAG(std::string, only, "", "zoo build: comma-separated model names (default: all)");
-ABSL_FLAG(int64_t, train_per_domain, 6000, "data build: train images per domain");
-ABSL_FLAG(int64_t, test_per_domain, 1000, "data build: test images per domain");
-ABSL_FLAG(int64_t, train_limit, 0, "demo: use only the first N training images (0: all)");
-ABSL_FLAG(int64_t, test_limit, 0, "demo: use only the first N test images (0: all)");
+ABSL_FLAG(int64_t, train_per_domain, 6000, "data build/demo: train images per domain");
+ABSL_FLAG(int64_t, test_per_domain, 1000, "data build/demo: test images per domain");
+ABSL_FLAG(std::string, cache_dir, "",
+          "demo: where the zoo and the suite are kept between runs (default: "
+          "$XDG_CACHE_HOME/sslbench, else ~/.cache/sslbench)");
 
 namespace sslbench::client {
 namespace {
@@ -112,8 +118,15 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         FILE (or --output=FILE; without it, to
                                         standard output when that is not a
                                         terminal)
+  report ID -o report.html [--figure=heatmap|scatter[:N]|fewshot:PROTOCOL]
+                                        one self-contained HTML page: sortable
+                                        results with their configurations, the
+                                        correlation heatmap, each in-domain
+                                        protocol against out-of-domain accuracy,
+                                        few-shot curves; --figure writes one
+                                        figure as SVG
   cancel ID                             cancel a study's unfinished tasks
-  zoo build [--out_dir=sslbench-zoo] [--steps=150] [--worker_threads=N]
+  zoo build [--out_dir=sslbench-zoo] [--steps=300] [--worker_threads=N]
             [--only=a,b]                the model zoo: a small ResNet and a tiny
                                         ViT pre-trained here on Fashion-MNIST
                                         (random, supervised, rotation, SimCLR,
@@ -126,13 +139,19 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         labels) as ImageFolder PNG datasets,
                                         plus suite.yaml; reused when unchanged
   workers                               the registered workers
-  up [--state_dir=.sslbench] [--workers=1] [--worker_threads=1] [--port=0]
+  up [--state_dir=.sslbench] [--workers=2] [--worker_threads=1] [--port=0]
      [--blob_store=postgres|file:///PATH]
                                         run a local stack (PostgreSQL, coordinator,
                                         workers) until Ctrl-C
-  demo [--state_dir=DIR] [--workers=1] [--train_limit=N] [--test_limit=N]
-                                        local stack + a kNN study of two models on
-                                        Fashion-MNIST, end to end
+  demo [--state_dir=DIR] [--workers=2] [--cache_dir=DIR]
+       [--train_per_domain=6000] [--test_per_domain=1000] [--steps=300]
+                                        the study in small, end to end: the model
+                                        zoo and the domain-shift suite (built
+                                        once, cached), a local stack, zoo x
+                                        suite x (kNN, linear with and without
+                                        BatchNorm, logistic regression, few-shot
+                                        linear), the zoo's accuracies and the
+                                        predictor ranking
 
 Every command but up and demo talks to --coordinator=HOST:PORT (default:
 $SSLBENCH_COORDINATOR, else ./.sslbench/coordinator.addr, else localhost:7070).
@@ -406,6 +425,73 @@ int CmdArtifact(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// Everything a report shows, from the coordinator.
+absl::StatusOr<ReportInput> FetchReport(CoordinatorClient& client, int64_t id) {
+  ReportInput input;
+  ASSIGN_OR_RETURN(input.status, client.GetStudy(id, /*include_spec=*/true));
+  input.spec = input.status.spec();
+  ASSIGN_OR_RETURN(v1::ListResultsResponse results, client.ListResults(id));
+  input.results.assign(results.results().begin(), results.results().end());
+  v1::CorrelateRequest request;
+  request.set_study_id(id);
+  absl::StatusOr<v1::CorrelateResponse> correlation = Correlate(client, request);
+  if (correlation.ok()) {
+    input.correlation = *std::move(correlation);
+  } else if (absl::IsFailedPrecondition(correlation.status())) {
+    input.correlation_note = std::string(correlation.status().message());
+  } else {
+    return correlation.status();
+  }
+  return input;
+}
+
+// Writes `text` to --output (or standard output when it is not a terminal).
+int WriteOutput(const std::string& text, const std::string& what) {
+  const std::string output = absl::GetFlag(FLAGS_output);
+  if (output.empty() || output == "-") {
+    if (isatty(STDOUT_FILENO) == 1) {
+      return Usage(absl::StrCat(what, ": name a file with -o FILE, or redirect the output"));
+    }
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return kExitOk;
+  }
+  const std::string tmp = output + ".partial";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    out << text;
+    if (!out) {
+      std::fprintf(stderr, "sslbench: cannot write %s\n", tmp.c_str());
+      return kExitError;
+    }
+  }
+  if (std::rename(tmp.c_str(), output.c_str()) != 0) {
+    std::fprintf(stderr, "sslbench: cannot write %s: %s\n", output.c_str(), std::strerror(errno));
+    return kExitError;
+  }
+  std::fprintf(stderr, "sslbench: wrote %s (%zu bytes)\n", output.c_str(), text.size());
+  return kExitOk;
+}
+
+int CmdReport(const std::vector<std::string>& args) {
+  int64_t id = 0;
+  int exit_code = 0;
+  if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address, absl::Minutes(5));
+  absl::StatusOr<ReportInput> input = FetchReport(client, id);
+  if (!input.ok()) return Fail(input.status(), address);
+  const std::string figure = absl::GetFlag(FLAGS_figure);
+  if (!figure.empty()) {
+    absl::StatusOr<std::string> svg = FigureSvg(*input, figure);
+    if (!svg.ok()) {
+      if (absl::IsInvalidArgument(svg.status())) return Usage(std::string(svg.status().message()));
+      return Fail(svg.status(), address);
+    }
+    return WriteOutput(*svg, "report --figure");
+  }
+  return WriteOutput(ReportHtml(*input), "report");
+}
+
 // --- local stack --------------------------------------------------------------
 
 // The signals that end `up` and `demo`. Blocked in every thread (before any
@@ -526,56 +612,118 @@ absl::StatusOr<std::string> MakeDemoFolder() {
   return std::string(pattern);
 }
 
-std::string DemoStudyYaml(int64_t train_limit, int64_t test_limit) {
-  return absl::StrFormat(R"(# Written by `sslbench demo`: raw pixels against a random small CNN,
-# kNN with the default parameters, on Fashion-MNIST.
-name: demo-fmnist-knn
-models:
-  - name: identity
-    path: models/identity.pt
-    channels: 1
-  - name: cnn
-    path: models/cnn.pt
-    channels: 1
-datasets:
-  - name: fashion-mnist
-    format: idx
-    root: %s
-    role: in-domain
-    train_limit: %d
-    test_limit: %d
-protocols:
-  - name: knn
+// Where the demo keeps its zoo and suite between runs:
+// --cache_dir, else $XDG_CACHE_HOME/sslbench, else ~/.cache/sslbench.
+std::string DemoCacheDir() {
+  std::string dir = absl::GetFlag(FLAGS_cache_dir);
+  if (!dir.empty()) return dir;
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg != nullptr && xdg[0] == '/') return absl::StrCat(xdg, "/sslbench");
+  const char* home = std::getenv("HOME");
+  return absl::StrCat(home != nullptr && home[0] == '/' ? home : "/tmp", "/.cache/sslbench");
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The study in small: the zoo's models (zoo.yaml) x the suite's domains
+// (suite.yaml) x kNN, linear probes with and without BatchNorm, logistic
+// regression and few-shot linear probes.
+std::string DemoStudyYaml(const std::string& zoo_yaml, const std::string& suite_yaml) {
+  return absl::StrCat(R"(# Written by `sslbench demo`: the zoo x the domain-shift suite x the
+# protocols the field compares, then which in-domain protocol predicts
+# out-of-domain accuracy.
+name: demo-closer-look
 )",
-                         kDemoDataset, train_limit, test_limit);
+                      zoo_yaml, suite_yaml, R"(protocols:
+  - name: knn
+    ks: [20]
+    euclidean_k: 20
+  - name: linear
+    learning_rates: [0.03, 0.1, 0.3, 1.0]
+    epochs: 30
+    warmup_epochs: 3
+  - name: linear-bn
+    kind: linear
+    batch_norm: true
+    learning_rates: [0.03, 0.1, 0.3, 1.0]
+    epochs: 30
+    warmup_epochs: 3
+  - name: logreg
+    num_cs: 8
+    c_min: 1e-3
+    c_max: 1e2
+    max_iterations: 300
+  - name: linear-fewshot
+    kind: linear
+    learning_rates: [0.1, 1.0]
+    epochs: 30
+    warmup_epochs: 3
+    few_shot:
+      shots: [5, 25]
+      seeds: [0, 1, 2]
+)");
+}
+
+// Builds (or reuses) the zoo and the suite under the cache folder; returns
+// the study file's path in `state`.
+absl::StatusOr<std::string> PrepareDemoStudy(const std::string& state) {
+  const std::string cache = DemoCacheDir();
+  ASSIGN_OR_RETURN(std::string bin_dir, ExecutableDir());
+  ASSIGN_OR_RETURN(std::string zoo_tool, FindSibling(bin_dir, "sslbench-zoo"));
+  const absl::Time start = absl::Now();
+  std::fprintf(stderr, "sslbench: demo [1/4] model zoo in %s/zoo (built once, then reused)\n",
+               cache.c_str());
+  const std::vector<std::string> zoo_argv = {
+      zoo_tool, absl::StrCat("--out=", cache, "/zoo"),
+      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)), "--threads=2"};
+  ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> zoo, Subprocess::Start(zoo_argv, ""));
+  while (!zoo->Wait(absl::Milliseconds(200))) {
+    if (StopSignalPending()) {
+      zoo->Stop();
+      return absl::CancelledError("interrupted");
+    }
+  }
+  if (const int code = zoo->Stop(); code != 0) {
+    return absl::InternalError(absl::StrCat("sslbench-zoo failed (exit ", code, ")"));
+  }
+  std::fprintf(stderr, "sslbench: demo [2/4] domain-shift suite in %s/suite\n", cache.c_str());
+  SuiteOptions suite;
+  suite.out = cache + "/suite";
+  suite.train_per_domain = absl::GetFlag(FLAGS_train_per_domain);
+  suite.test_per_domain = absl::GetFlag(FLAGS_test_per_domain);
+  const SuiteProgress suite_progress = [](const std::string& domain, int64_t done, int64_t total) {
+    std::fprintf(stderr, "\rsslbench: data build: %-16s %7lld / %lld images", domain.c_str(),
+                 static_cast<long long>(done), static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\n");
+  };
+  ASSIGN_OR_RETURN(std::vector<SuiteDomain> domains, BuildSuite(suite, suite_progress));
+  std::fprintf(stderr, "sslbench: demo: zoo and suite ready after %s (%zu domains)\n",
+               FormatDuration(absl::ToDoubleSeconds(absl::Now() - start)).c_str(),
+               domains.size());
+  const std::string zoo_yaml = ReadAll(cache + "/zoo/zoo.yaml");
+  const std::string suite_yaml = ReadAll(cache + "/suite/suite.yaml");
+  const std::string study_path = state + "/demo-study.yaml";
+  std::ofstream out(study_path, std::ios::trunc);
+  out << DemoStudyYaml(zoo_yaml, suite_yaml);
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", study_path));
+  return study_path;
 }
 
 // Runs the demo study on a started stack; returns the exit code.
 int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
   const std::string state = stack.state_dir();
-  absl::StatusOr<std::string> bin_dir = ExecutableDir();
-  if (!bin_dir.ok()) return Fail(bin_dir.status(), stack.address());
-  absl::StatusOr<std::string> make_models = FindSibling(*bin_dir, "sslbench-make-models");
-  if (!make_models.ok()) return Fail(make_models.status(), stack.address());
-  std::fprintf(stderr, "sslbench: writing the demo models to %s/models\n", state.c_str());
-  absl::StatusOr<CommandResult> made = RunCommand({*make_models, state + "/models"});
-  if (!made.ok()) return Fail(made.status(), stack.address());
-  if (made->exit_code != 0) {
-    std::fprintf(stderr, "sslbench: demo: sslbench-make-models failed (exit %d):\n%s\n",
-                 made->exit_code, made->output.c_str());
-    return kExitError;
+  absl::StatusOr<std::string> study_path = PrepareDemoStudy(state);
+  if (!study_path.ok()) {
+    if (absl::IsCancelled(study_path.status())) return kExitInterrupted;
+    return Fail(study_path.status(), stack.address());
   }
-
-  const std::string study_path = state + "/demo-study.yaml";
-  {
-    std::ofstream out(study_path, std::ios::trunc);
-    out << DemoStudyYaml(absl::GetFlag(FLAGS_train_limit), absl::GetFlag(FLAGS_test_limit));
-    if (!out) {
-      std::fprintf(stderr, "sslbench: demo: cannot write %s\n", study_path.c_str());
-      return kExitError;
-    }
-  }
-  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(study_path);
+  std::fprintf(stderr, "sslbench: demo [3/4] the study: %s\n", study_path->c_str());
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(*study_path);
   if (!spec.ok()) return Fail(spec.status(), stack.address());
 
   CoordinatorClient client(stack.address(), absl::Seconds(60));
@@ -583,7 +731,7 @@ int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
   if (!submitted.ok()) return Fail(submitted.status(), stack.address());
   const int64_t id = submitted->study_id();
   std::fprintf(stderr, "sslbench: submitted study %lld (%s): %lld tasks\n",
-               static_cast<long long>(id), study_path.c_str(),
+               static_cast<long long>(id), study_path->c_str(),
                static_cast<long long>(submitted->tasks()));
 
   // The watch runs here; a second thread takes the stop signals and watches
@@ -627,15 +775,36 @@ int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
 
   absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
   if (!results.ok()) return Fail(results.status(), stack.address());
-  if (!results->results().empty()) {
-    std::printf("\n%s", FormatResultsTable(*results).c_str());
-    std::fflush(stdout);
-  }
-  if (watch_code == kExitOk && results->results().empty()) {
+  if (watch_code != kExitOk) return kExitError;
+  if (results->results().empty()) {
     std::fprintf(stderr, "sslbench: demo: the study succeeded but has no results\n");
     return kExitError;
   }
-  return watch_code == kExitOk ? kExitOk : kExitError;
+  // BatchNorm before the head: the linear probe least sensitive to the
+  // scale of each model's features.
+  std::printf("\n%s", FormatModelAccuracy(*spec, *results, "linear-bn").c_str());
+  std::fprintf(stderr, "sslbench: demo [4/4] correlations across the %d models, the report\n",
+               spec->models_size());
+  v1::CorrelateRequest request;
+  request.set_study_id(id);
+  request.set_group_by("family");
+  absl::StatusOr<v1::CorrelateResponse> correlation = Correlate(client, request);
+  if (!correlation.ok()) return Fail(correlation.status(), stack.address());
+  std::printf("\n%s", FormatPredictorRanking(*correlation).c_str());
+  absl::StatusOr<ReportInput> report = FetchReport(client, id);
+  if (!report.ok()) return Fail(report.status(), stack.address());
+  const std::string report_path = state + "/report.html";
+  {
+    std::ofstream out(report_path, std::ios::trunc);
+    out << ReportHtml(*report);
+    if (!out) {
+      std::fprintf(stderr, "sslbench: demo: cannot write %s\n", report_path.c_str());
+      return kExitError;
+    }
+  }
+  std::printf("\nthe report: %s\nthe study file: %s\n", report_path.c_str(), study_path->c_str());
+  std::fflush(stdout);
+  return kExitOk;
 }
 
 int CmdDemo(const std::vector<std::string>& args) {
@@ -719,6 +888,7 @@ int Main(int argc, char** argv) {
   if (command == "correlate") return CmdCorrelate(args);
   if (command == "data") return CmdData(args);
   if (command == "zoo") return CmdZoo(args);
+  if (command == "report") return CmdReport(args);
   if (command == "cancel") return CmdCancel(args);
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);

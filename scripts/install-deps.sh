@@ -15,6 +15,8 @@ PACKAGES=(
   # Reference implementations for parity tests and benchmarks only.
   python3 python3-numpy python3-scipy python3-sklearn python3-torch
   python3-torchvision python3-pil python3-skimage
+  # Opens the study report in the end-to-end test (headless).
+  chromium
 )
 
 missing=()

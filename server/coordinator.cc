@@ -38,8 +38,12 @@ absl::StatusOr<v1::SubmitStudyResponse> Coordinator::SubmitStudy(
   return response;
 }
 
-absl::StatusOr<v1::StudyStatus> Coordinator::GetStudy(int64_t study_id) {
-  return store_.GetStudyStatus(study_id, clock_.Now());
+absl::StatusOr<v1::StudyStatus> Coordinator::GetStudy(int64_t study_id, bool include_spec) {
+  ASSIGN_OR_RETURN(v1::StudyStatus status, store_.GetStudyStatus(study_id, clock_.Now()));
+  if (include_spec) {
+    ASSIGN_OR_RETURN(*status.mutable_spec(), store_.GetStudySpec(study_id));
+  }
+  return status;
 }
 
 absl::StatusOr<v1::StudyStatus> Coordinator::CancelStudy(int64_t study_id) {

@@ -29,7 +29,7 @@ class Coordinator {
   // Client API.
   absl::StatusOr<v1::SubmitStudyResponse> SubmitStudy(
       const v1::SubmitStudyRequest& request);
-  absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id);
+  absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id, bool include_spec = false);
   absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();

@@ -104,7 +104,9 @@ grpc::ServerUnaryReactor* StudyServiceImpl::GetStudy(
     grpc::CallbackServerContext* context, const v1::GetStudyRequest* request,
     v1::StudyStatus* response) {
   return RunUnary(context, "GetStudy", pool_, metrics_, response,
-                  [this, request] { return coordinator_.GetStudy(request->study_id()); });
+                  [this, request] {
+                    return coordinator_.GetStudy(request->study_id(), request->include_spec());
+                  });
 }
 
 grpc::ServerWriteReactor<v1::StudyStatus>* StudyServiceImpl::WatchStudy(

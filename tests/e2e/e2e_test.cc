@@ -19,6 +19,7 @@
 #include <map>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -39,6 +40,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kBinDir[] = SSLBENCH_BIN_DIR;
 constexpr char kSourceDir[] = SSLBENCH_SOURCE_DIR;
@@ -751,6 +753,94 @@ TEST_F(EndToEndTest, HalfPrecisionFeaturesHalveTheStoreAndKeepAccuracy) {
   EXPECT_EQ(c16.dtype(), "float16");
   ASSERT_GT(c16.num_rows(), 0);
   EXPECT_EQ(c16.features().size() * 2 * c32.num_rows(), c32.features().size() * c16.num_rows());
+}
+
+// The study in small through the service, then its report opened in
+// headless Chromium: the page lays out a heatmap, a scatter per in-domain
+// protocol and few-shot curves, with no script error.
+TEST_F(EndToEndTest, ReportRendersInHeadlessChromium) {
+  const std::string chromium = "/usr/bin/chromium";
+  // scripts/install-deps.sh installs it: its absence is a broken setup.
+  ASSERT_TRUE(fs::exists(chromium)) << "chromium is not installed (apt-get install chromium)";
+  const CommandResult zoo =
+      RunCommand({Bin("sslbench-zoo"), "--out=" + dir_ + "/zoo", "--steps=3", "--batch_size=16",
+                  "--train_images=64", "--only=resnet-random,resnet-supervised,vit-random"})
+          .value_or(CommandResult{});
+  ASSERT_EQ(zoo.exit_code, 0) << zoo.output;
+  const CommandResult suite = Cli({"data", "build", "--out_dir=" + dir_ + "/suite",
+                                   "--train_per_domain=200", "--test_per_domain=100"});
+  ASSERT_EQ(suite.exit_code, 0) << suite.output;
+  std::string models = TwoModels();
+  {
+    std::ifstream in(dir_ + "/zoo/zoo.yaml");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (absl::StartsWith(line, "  ")) models += line + "\n";
+    }
+  }
+  const std::string path = dir_ + "/report-study.yaml";
+  {
+    std::ofstream out(path);
+    out << "name: report\nmodels:\n" << models << "datasets:\n";
+    for (const char* d : {"fmnist", "fmnist-inverted", "fmnist-lowres"}) {
+      out << "  - name: " << d << "\n    format: imagefolder\n    root: " << dir_ << "/suite/" << d
+          << "\n    role: " << (std::string(d) == "fmnist" ? "in-domain" : "out-of-domain") << "\n";
+    }
+    out << "protocols:\n  - name: knn\n    ks: [5]\n    euclidean_k: -1\n"
+        << "  - name: linear-fewshot\n    kind: linear\n    epochs: 5\n    learning_rates: [0.1]\n"
+        << "    few_shot: {shots: [2, 5], seeds: [0, 1]}\n";
+  }
+  StartCoordinator();
+  StartWorker("worker-1");
+  const int64_t study = Submit(path);
+  ASSERT_EQ(Cli({"watch", absl::StrCat(study)}).exit_code, 0);
+  const std::string report = dir_ + "/report.html";
+  const CommandResult wrote = Cli({"report", absl::StrCat(study), "-o", report});
+  ASSERT_EQ(wrote.exit_code, 0) << wrote.output;
+  const CommandResult figure =
+      Cli({"report", absl::StrCat(study), "--figure=heatmap", "-o", dir_ + "/heatmap.svg"});
+  ASSERT_EQ(figure.exit_code, 0) << figure.output;
+
+  const CommandResult page =
+      RunCommand({chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                  "--user-data-dir=" + dir_ + "/chromium", "--virtual-time-budget=5000",
+                  "--enable-logging=stderr", "--v=0", "--dump-dom", "file://" + report})
+          .value_or(CommandResult{});
+  ASSERT_EQ(page.exit_code, 0) << page.output;
+  EXPECT_THAT(page.output, Not(HasSubstr("Uncaught"))) << "a script error in the page";
+  EXPECT_THAT(page.output, HasSubstr("<div id=\"errors\"></div>"));
+  // data-rendered: "ID:WIDTHxHEIGHT:MARKS ..." for every figure, measured by
+  // the browser after layout.
+  const size_t at = page.output.find("data-rendered=\"");
+  ASSERT_NE(at, std::string::npos) << page.output.substr(0, 2000);
+  const std::string rendered =
+      page.output.substr(at + 15, page.output.find('"', at + 15) - at - 15);
+  std::printf("rendered: %s\n", rendered.c_str());
+  int heatmaps = 0, scatters = 0, fewshots = 0;
+  for (absl::string_view entry : absl::StrSplit(rendered, ' ', absl::SkipEmpty())) {
+    std::vector<std::string> parts = absl::StrSplit(entry, ':');
+    ASSERT_EQ(parts.size(), 3u) << entry;
+    std::vector<std::string> size = absl::StrSplit(parts[1], 'x');
+    int w = 0, h = 0, marks = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(size[0], &w) && absl::SimpleAtoi(size[1], &h) &&
+                absl::SimpleAtoi(parts[2], &marks))
+        << entry;
+    EXPECT_GT(w, 100) << entry;
+    EXPECT_GT(h, 100) << entry;
+    if (parts[0] == "heatmap") {
+      ++heatmaps;
+      EXPECT_EQ(marks, 9 * 9) << entry;  // (knn, 2-shot, 5-shot) x 3 datasets
+    } else if (absl::StartsWith(parts[0], "scatter-")) {
+      ++scatters;
+      EXPECT_EQ(marks, 5) << entry;  // one point per model
+    } else if (absl::StartsWith(parts[0], "fewshot-")) {
+      ++fewshots;
+      EXPECT_EQ(marks, 5 + 5 * 2) << entry;  // a curve and two points per model
+    }
+  }
+  EXPECT_EQ(heatmaps, 1);
+  EXPECT_EQ(scatters, 3);  // one per in-domain column
+  EXPECT_EQ(fewshots, 1);
 }
 
 }  // namespace

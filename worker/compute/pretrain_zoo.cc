@@ -36,7 +36,8 @@ constexpr int kClasses = 10;
 constexpr float kMean = 0.286f;  // Fashion-MNIST
 constexpr float kStd = 0.353f;
 constexpr int kWidth = 64;       // feature width of both backbones
-constexpr char kStampVersion[] = "sslbench zoo 1";
+// Bump when a recipe changes: stamps of older builds then no longer match.
+constexpr char kStampVersion[] = "sslbench zoo 3";
 constexpr double kPi = 3.14159265358979323846;
 
 struct Spec {
@@ -122,6 +123,8 @@ def forward(self, x):
 constexpr int kPatch = 7;
 constexpr int kTokens = (kSide / kPatch) * (kSide / kPatch);  // 16
 constexpr int kBlocks = 3;
+constexpr int kPrototypes = 128;  // DINO head outputs
+constexpr double kEmaStart = 0.95;
 
 // A pre-norm transformer block; parameters named as torchvision's
 // encoder_layer_N so layer-wise lr decay finds them.
@@ -312,7 +315,10 @@ absl::StatusOr<double> Pretrain(const Spec& spec, torch::jit::Module& backbone, 
   Mlp rot({kWidth, 4}, gen);                                  // rotation
   Mlp proj({kWidth, 128, 32}, gen);                           // simclr
   Mlp byol_proj({kWidth, 128, 64}, gen), byol_pred({64, 128, 64}, gen);
-  Mlp dino_head({kWidth, 128, 64}, gen);                      // 64 prototypes
+  // DINO's head: an MLP to an l2-normalised bottleneck, then prototypes
+  // of unit norm (cosine logits).
+  Mlp dino_head({kWidth, 128, 32}, gen);
+  at::Tensor protos = Randn({32, kPrototypes}, 1.0, gen).requires_grad_();
   Mlp decoder({kWidth, kPatch * kPatch}, gen);                // mae
   std::vector<at::Tensor> head_params;
   if (method == "supervised") head_params = head.params();
@@ -323,11 +329,18 @@ absl::StatusOr<double> Pretrain(const Spec& spec, torch::jit::Module& backbone, 
     auto more = byol_pred.params();
     head_params.insert(head_params.end(), more.begin(), more.end());
   }
-  if (method == "dino") head_params = dino_head.params();
+  if (method == "dino") {
+    head_params = dino_head.params();
+    head_params.push_back(protos);
+  }
   if (method == "mae") head_params = decoder.params();
   params.insert(params.end(), head_params.begin(), head_params.end());
   Mlp teacher_head = CopyMlp(method == "byol" ? byol_proj : dino_head);
-  at::Tensor center = at::zeros({1, 64});
+  at::Tensor teacher_protos = protos.detach().clone();
+  auto prototype_logits = [](const at::Tensor& z, const at::Tensor& p) {
+    return at::matmul(L2Normalize(z), p / at::clamp_min(p.norm(2, {0}, /*keepdim=*/true), 1e-12));
+  };
+  at::Tensor center = at::zeros({1, kPrototypes});
 
 
   // Supervised training takes a larger step (its labels are a strong signal).
@@ -381,6 +394,7 @@ absl::StatusOr<double> Pretrain(const Spec& spec, torch::jit::Module& backbone, 
       {
         at::NoGradGuard no_grad;
         t = teacher_head(Features(teacher, at::cat({v2, v1})));  // swapped views
+        if (method == "dino") t = prototype_logits(t, teacher_protos);
       }
       if (method == "byol") {
         at::Tensor p = L2Normalize(byol_pred(byol_proj(s)));
@@ -388,7 +402,7 @@ absl::StatusOr<double> Pretrain(const Spec& spec, torch::jit::Module& backbone, 
         loss = (2 - 2 * (p * tn).sum(1)).mean();
       } else {
         at::Tensor targets = at::softmax((t - center) / 0.04, 1);
-        loss = -(targets * at::log_softmax(dino_head(s) / 0.1, 1)).sum(1).mean();
+        loss = -(targets * at::log_softmax(prototype_logits(dino_head(s), protos) / 0.1, 1)).sum(1).mean();
         at::NoGradGuard no_grad;
         center = center * 0.9 + t.mean(0, /*keepdim=*/true) * 0.1;
       }
@@ -407,9 +421,15 @@ absl::StatusOr<double> Pretrain(const Spec& spec, torch::jit::Module& backbone, 
     loss.backward();
     optimizer.step();
     if (method == "byol" || method == "dino") {
-      const double m = 1 - (1 - 0.98) * (std::cos(kPi * step / o.steps) + 1) / 2;
+      // Target momentum from kEmaStart to 1 on a cosine (short schedules
+      // need a faster-moving target than the usual 0.996).
+      const double m = 1 - (1 - kEmaStart) * (std::cos(kPi * step / o.steps) + 1) / 2;
       Ema(teacher, backbone, m);
       EmaHead(teacher_head, method == "byol" ? byol_proj : dino_head, m);
+      if (method == "dino") {
+        at::NoGradGuard no_grad;
+        teacher_protos.mul_(m).add_(protos.detach(), 1.0 - m);
+      }
     }
     const double value = loss.item<double>();
     if (!std::isfinite(value)) {

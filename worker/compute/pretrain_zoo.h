@@ -29,8 +29,8 @@ namespace sslbench::compute {
 struct ZooOptions {
   std::string fmnist_root = "/usr/share/datasets/fashion-mnist";
   std::string out;               // folder of NAME.pt files and zoo.yaml
-  int steps = 150;               // optimizer steps per pre-training
-  int batch_size = 128;
+  int steps = 300;               // optimizer steps per pre-training
+  int batch_size = 64;
   int64_t train_images = 20000;  // the first N train images, labels unused but by supervised
   uint64_t seed = 0;
   std::vector<std::string> only; // model names to build; empty: all

@@ -1,7 +1,7 @@
 // sslbench-zoo: builds the model zoo (worker/compute/pretrain_zoo.h); run by
 // `sslbench zoo build`, which finds it beside itself.
 //
-//   sslbench-zoo --out=DIR [--steps=150] [--batch_size=128]
+//   sslbench-zoo --out=DIR [--steps=300] [--batch_size=64]
 //       [--train_images=20000] [--seed=0] [--threads=2] [--only=a,b]
 //
 // Prints progress on stderr and one line per model on stdout.
@@ -19,8 +19,8 @@
 
 ABSL_FLAG(std::string, out, "", "folder of the models");
 ABSL_FLAG(std::string, fmnist, "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX folder");
-ABSL_FLAG(int, steps, 150, "optimizer steps per model");
-ABSL_FLAG(int, batch_size, 128, "images per step");
+ABSL_FLAG(int, steps, 300, "optimizer steps per model");
+ABSL_FLAG(int, batch_size, 64, "images per step");
 ABSL_FLAG(int64_t, train_images, 20000, "first N train images");
 ABSL_FLAG(uint64_t, seed, 0, "seed of every run");
 ABSL_FLAG(int, threads, 2, "LibTorch threads");
