@@ -16,7 +16,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/seed_mix.h"
 #include "common/status_macros.h"
+#include "worker/datasets/files.h"
 #include "worker/datasets/dataset_reader.h"
 
 namespace sslbench::client {
@@ -200,20 +202,6 @@ std::string Stamp(const SuiteOptions& o, const std::string& domain) {
                       "\nseed=", o.seed, "\n");
 }
 
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-uint64_t Mix(uint64_t a, uint64_t b) {
-  uint64_t z = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 }  // namespace
 
 std::vector<std::string> SuiteDomainNames() {
@@ -244,7 +232,8 @@ absl::StatusOr<std::vector<SuiteDomain>> BuildSuite(const SuiteOptions& options,
     domain.in_domain = def.shift == Shift::kNone;
     domain.classes = def.shift == Shift::kCoarse ? 4 : 10;
     const std::string stamp = Stamp(options, def.name);
-    const std::string existing = ReadText(domain.root + "/" + kStampName);
+    const std::string existing =
+        datasets::ReadWholeFile(domain.root + "/" + kStampName).value_or("");
     if (existing.rfind(stamp, 0) == 0 &&
         std::sscanf(existing.c_str() + stamp.size(), "images=%lld %lld",
                     reinterpret_cast<long long*>(&domain.train),
@@ -278,7 +267,7 @@ absl::StatusOr<std::vector<SuiteDomain>> BuildSuite(const SuiteOptions& options,
         }
       }
       for (size_t i = 0; i < source->images.size(); ++i) {
-        std::mt19937_64 rng(Mix(Mix(options.seed, d), Mix(std::string(split) == "train", i)));
+        std::mt19937_64 rng(MixSeed(MixSeed(options.seed, d), MixSeed(std::string(split) == "train", i)));
         const Pixels& in = source->images[i];
         Pixels pixels = in;
         switch (def.shift) {

@@ -299,6 +299,23 @@ std::string ColumnCsv(const v1::CorrelationColumn& c) {
                       CsvField(c.subset()), ",", CsvField(c.dataset()));
 }
 
+// The in-domain columns ranked as predictors, one row each.
+std::string PredictorTable(const v1::CorrelateResponse& response) {
+  std::vector<std::vector<std::string>> rows;
+  int rank = 0;
+  for (const auto& p : response.predictors()) {
+    rows.push_back({absl::StrCat(++rank), ColumnAt(response, p.column()).label(),
+                    Coef(p.mean_kendall()), Coef(p.mean_spearman()), Coef(p.min_kendall()),
+                    Coef(p.max_kendall()), absl::StrCat(p.targets())});
+  }
+  if (rows.empty()) {
+    return "  (none: the study needs datasets with role in-domain and out-of-domain)\n";
+  }
+  return Table({"rank", "in-domain column", "mean tau-b", "mean rho", "min tau-b", "max tau-b",
+                "targets"},
+               {true, false, true, true, true, true, true}, rows);
+}
+
 }  // namespace
 
 std::string FormatCorrelationTable(const v1::CorrelateResponse& response) {
@@ -310,22 +327,9 @@ std::string FormatCorrelationTable(const v1::CorrelateResponse& response) {
                     " resamples of the models (seed ", response.seed(), ")");
   }
   out += "\n\nin-domain columns as predictors of out-of-domain accuracy\n";
-  std::vector<std::vector<std::string>> rows;
-  int rank = 0;
-  for (const auto& p : response.predictors()) {
-    rows.push_back({absl::StrCat(++rank), ColumnAt(response, p.column()).label(),
-                    Coef(p.mean_kendall()), Coef(p.mean_spearman()), Coef(p.min_kendall()),
-                    Coef(p.max_kendall()), absl::StrCat(p.targets())});
-  }
-  if (rows.empty()) {
-    out += "  (none: the study needs datasets with role in-domain and out-of-domain)\n";
-  } else {
-    out += Table({"rank", "in-domain column", "mean tau-b", "mean rho", "min tau-b",
-                  "max tau-b", "targets"},
-                 {true, false, true, true, true, true, true}, rows);
-  }
+  out += PredictorTable(response);
   out += "\npairs of columns (models in common: n)\n";
-  rows.clear();
+  std::vector<std::vector<std::string>> rows;
   for (const auto& pair : response.pairs()) {
     rows.push_back({ColumnAt(response, pair.x()).label(), ColumnAt(response, pair.y()).label(),
                     absl::StrCat(pair.n()), CoefWithInterval(pair.pearson()),
@@ -477,23 +481,9 @@ std::string FormatModelAccuracy(const v1::StudySpec& spec, const v1::ListResults
 }
 
 std::string FormatPredictorRanking(const v1::CorrelateResponse& response) {
-  std::string out = absl::StrCat("in-domain protocols as predictors of out-of-domain accuracy (",
-                                 response.metric(), ", ", response.models_size(), " models)\n");
-  std::vector<std::vector<std::string>> rows;
-  int rank = 0;
-  for (const auto& p : response.predictors()) {
-    rows.push_back({absl::StrCat(++rank), ColumnAt(response, p.column()).label(),
-                    Coef(p.mean_kendall()), Coef(p.mean_spearman()), Coef(p.min_kendall()),
-                    Coef(p.max_kendall()), absl::StrCat(p.targets())});
-  }
-  if (rows.empty()) {
-    out += "  (none: the study needs datasets with role in-domain and out-of-domain)\n";
-  } else {
-    out += Table({"rank", "in-domain column", "mean tau-b", "mean rho", "min tau-b", "max tau-b",
-                  "targets"},
-                 {true, false, true, true, true, true, true}, rows);
-  }
-  return out;
+  return absl::StrCat("in-domain protocols as predictors of out-of-domain accuracy (",
+                      response.metric(), ", ", response.models_size(), " models)\n",
+                      PredictorTable(response));
 }
 
 }  // namespace sslbench::client

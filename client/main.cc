@@ -35,6 +35,7 @@
 #include "client/study_estimate.h"
 #include "client/study_file.h"
 #include "common/status_macros.h"
+#include "worker/datasets/files.h"
 #include "common/subprocess.h"
 
 ABSL_FLAG(std::string, coordinator, "",
@@ -623,13 +624,6 @@ std::string DemoCacheDir() {
   return absl::StrCat(home != nullptr && home[0] == '/' ? home : "/tmp", "/.cache/sslbench");
 }
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // The study in small: the zoo's models (zoo.yaml) x the suite's domains
 // (suite.yaml) x kNN, linear probes with and without BatchNorm, logistic
 // regression and few-shot linear probes.
@@ -705,8 +699,9 @@ absl::StatusOr<std::string> PrepareDemoStudy(const std::string& state) {
   std::fprintf(stderr, "sslbench: demo: zoo and suite ready after %s (%zu domains)\n",
                FormatDuration(absl::ToDoubleSeconds(absl::Now() - start)).c_str(),
                domains.size());
-  const std::string zoo_yaml = ReadAll(cache + "/zoo/zoo.yaml");
-  const std::string suite_yaml = ReadAll(cache + "/suite/suite.yaml");
+  ASSIGN_OR_RETURN(const std::string zoo_yaml, datasets::ReadWholeFile(cache + "/zoo/zoo.yaml"));
+  ASSIGN_OR_RETURN(const std::string suite_yaml,
+                   datasets::ReadWholeFile(cache + "/suite/suite.yaml"));
   const std::string study_path = state + "/demo-study.yaml";
   std::ofstream out(study_path, std::ios::trunc);
   out << DemoStudyYaml(zoo_yaml, suite_yaml);

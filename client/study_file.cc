@@ -302,6 +302,16 @@ absl::StatusOr<std::string> ExpandVariables(const std::string& text) {
   return out;
 }
 
+// ExpandVariables on the string value of `key`, errors naming the field.
+absl::Status ExpandField(const Map& map, const std::string& key, std::string* value) {
+  absl::StatusOr<std::string> expanded = ExpandVariables(*value);
+  if (!expanded.ok()) {
+    return Invalid(map.Field(key), map.Get(key), std::string(expanded.status().message()));
+  }
+  *value = *std::move(expanded);
+  return absl::OkStatus();
+}
+
 std::string Resolve(const std::string& path, const fs::path& base) {
   fs::path p(path);
   if (p.is_relative()) p = base / p;
@@ -323,13 +333,7 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
   model->set_backbone(backbone);
   model->set_method(method);
   model->set_family(family);
-  {
-    absl::StatusOr<std::string> expanded = ExpandVariables(file);
-    if (!expanded.ok()) {
-      return Invalid(m.Field("path"), m.Get("path"), std::string(expanded.status().message()));
-    }
-    file = *expanded;
-  }
+  RETURN_IF_ERROR(ExpandField(m, "path", &file));
   int64_t input_size = 0, resize_size = 0, channels = 0;
   RETURN_IF_ERROR(m.Int("input_size", kInt32Min, kInt32Max, &input_size));
   RETURN_IF_ERROR(m.Int("resize_size", kInt32Min, kInt32Max, &resize_size));
@@ -398,13 +402,7 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   RETURN_IF_ERROR(d.Int("test_images", 0, kMax, &test_images));
   dataset->set_train_images(train_images);
   dataset->set_test_images(test_images);
-  {
-    absl::StatusOr<std::string> expanded = ExpandVariables(root);
-    if (!expanded.ok()) {
-      return Invalid(d.Field("root"), d.Get("root"), std::string(expanded.status().message()));
-    }
-    root = *expanded;
-  }
+  RETURN_IF_ERROR(ExpandField(d, "root", &root));
   dataset->set_name(name);
   dataset->set_format(format);
   dataset->set_on_bad_image(on_bad_image);

@@ -44,56 +44,54 @@ NESTED_KEYS = ("state_dict", "model", "teacher", "target_encoder", "network", "m
                "model_state", "state")
 
 
-def timm_vit_to_torchvision(state):
-    """Renames timm-style ViT keys to torchvision's VisionTransformer."""
+# timm ViT names -> torchvision VisionTransformer names: within a block, then
+# at the top level (whole names, then prefixes).
+BLOCK_RENAMES = (("norm1.", "ln_1."), ("norm2.", "ln_2."),
+                 ("attn.qkv.weight", "self_attention.in_proj_weight"),
+                 ("attn.qkv.bias", "self_attention.in_proj_bias"),
+                 ("attn.proj.", "self_attention.out_proj."),
+                 ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.3."))
+TOP_NAMES = (("cls_token", "class_token"), ("pos_embed", "encoder.pos_embedding"))
+TOP_PREFIXES = (("patch_embed.proj.", "conv_proj."), ("norm.", "encoder.ln."))
+BLOCK_PATTERNS = (r"blocks\.(\d+)\.(.*)", "blocks.{}.{}",
+                  r"encoder\.layers\.encoder_layer_(\d+)\.(.*)", "encoder.layers.encoder_layer_{}.{}")
+
+
+def rename_vit(state, to_torchvision=True):
+    """Renames ViT keys between timm's and torchvision's conventions."""
+    src, dst = (0, 1) if to_torchvision else (1, 0)
+    pattern = BLOCK_PATTERNS[0] if to_torchvision else BLOCK_PATTERNS[2]
+    template = BLOCK_PATTERNS[3] if to_torchvision else BLOCK_PATTERNS[1]
     out = {}
     for key, value in state.items():
         k = key
-        m = re.match(r"blocks\.(\d+)\.(.*)", k)
+        m = re.match(pattern, k)
         if m:
-            i, rest = m.group(1), m.group(2)
-            rest = (rest.replace("norm1.", "ln_1.").replace("norm2.", "ln_2.")
-                    .replace("attn.qkv.weight", "self_attention.in_proj_weight")
-                    .replace("attn.qkv.bias", "self_attention.in_proj_bias")
-                    .replace("attn.proj.", "self_attention.out_proj.")
-                    .replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3."))
-            k = f"encoder.layers.encoder_layer_{i}.{rest}"
-        elif k == "cls_token":
-            k = "class_token"
-        elif k == "pos_embed":
-            k = "encoder.pos_embedding"
-        elif k.startswith("patch_embed.proj."):
-            k = "conv_proj." + k[len("patch_embed.proj."):]
-        elif k.startswith("norm."):
-            k = "encoder.ln." + k[len("norm."):]
+            rest = m.group(2)
+            for pair in BLOCK_RENAMES:
+                rest = rest.replace(pair[src], pair[dst])
+            k = template.format(m.group(1), rest)
+        else:
+            for pair in TOP_NAMES:
+                if k == pair[src]:
+                    k = pair[dst]
+                    break
+            else:
+                for pair in TOP_PREFIXES:
+                    if k.startswith(pair[src]):
+                        k = pair[dst] + k[len(pair[src]):]
+                        break
         out[k] = value
     return out
+
+
+def timm_vit_to_torchvision(state):
+    return rename_vit(state, True)
 
 
 def torchvision_vit_to_timm(state):
     """The inverse of timm_vit_to_torchvision (for tests)."""
-    out = {}
-    for key, value in state.items():
-        k = key
-        m = re.match(r"encoder\.layers\.encoder_layer_(\d+)\.(.*)", k)
-        if m:
-            i, rest = m.group(1), m.group(2)
-            rest = (rest.replace("ln_1.", "norm1.").replace("ln_2.", "norm2.")
-                    .replace("self_attention.in_proj_weight", "attn.qkv.weight")
-                    .replace("self_attention.in_proj_bias", "attn.qkv.bias")
-                    .replace("self_attention.out_proj.", "attn.proj.")
-                    .replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2."))
-            k = f"blocks.{i}.{rest}"
-        elif k == "class_token":
-            k = "cls_token"
-        elif k == "encoder.pos_embedding":
-            k = "pos_embed"
-        elif k.startswith("conv_proj."):
-            k = "patch_embed.proj." + k[len("conv_proj."):]
-        elif k.startswith("encoder.ln."):
-            k = "norm." + k[len("encoder.ln."):]
-        out[k] = value
-    return out
+    return rename_vit(state, False)
 
 
 def unwrap(obj):

@@ -23,7 +23,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/seed_mix.h"
 #include "common/status_macros.h"
+#include "worker/datasets/files.h"
 #include "worker/compute/image_set.h"
 
 namespace sslbench::compute {
@@ -453,20 +455,6 @@ std::string Stamp(const ZooOptions& o, const Spec& s) {
                       "\nseed=", o.seed, "\n");
 }
 
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-uint64_t Mix(uint64_t a, uint64_t b) {
-  uint64_t z = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 }  // namespace
 
 std::vector<std::string> ZooModelNames() {
@@ -507,7 +495,7 @@ absl::StatusOr<std::vector<ZooModel>> BuildZoo(const ZooOptions& o, const ZooPro
     model.feature_dim = kWidth;
     const std::string stamp_path = (out / absl::StrCat(s.name, ".stamp")).string();
     const std::string stamp = Stamp(o, s);
-    const std::string existing = ReadText(stamp_path);
+    const std::string existing = datasets::ReadWholeFile(stamp_path).value_or("");
     if (existing.rfind(stamp, 0) == 0 && fs::is_regular_file(model.path, ec) &&
         std::sscanf(existing.c_str() + stamp.size(), "final_loss=%lf", &model.final_loss) == 1) {
       model.cached = true;
@@ -522,7 +510,7 @@ absl::StatusOr<std::vector<ZooModel>> BuildZoo(const ZooOptions& o, const ZooPro
       }
       data = std::make_unique<ImageSet>(std::move(set));
     }
-    const uint64_t seed = Mix(o.seed, i);
+    const uint64_t seed = MixSeed(o.seed, i);
     const auto start = std::chrono::steady_clock::now();
     try {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
