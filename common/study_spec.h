@@ -13,6 +13,11 @@ namespace sslbench {
 // preprocessing or extraction code invalidates old caches by construction.
 inline constexpr char kExtractorVersion[] = "2";
 
+// The most chunks one feature set may have (ImageNet train at 2048-d float32
+// in 4 MiB chunks is ~2,500): the coordinator refuses larger indexes and a
+// worker resuming an extraction ignores them.
+inline constexpr int32_t kMaxFeatureChunks = 1 << 20;
+
 // Fills unset optional fields with the protocol defaults of DESIGN.md.
 void ApplyStudyDefaults(v1::StudySpec& spec);
 

@@ -13,6 +13,7 @@
 #include "common/dataset_digest.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/study_spec.h"
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/half.h"
 #include "worker/datasets/dataset_reader.h"
@@ -58,6 +59,8 @@ class ExtractRunner final : public TaskRunner {
       ASSIGN_OR_RETURN(info, ctx.connection().GetFeatureCache(request, ctx.rpc()));
       stored_chunk_rows = info.chunk_rows();
       for (int32_t index : info.present_chunks()) {
+        // The coordinator refuses such indexes; a worker never sizes by one.
+        if (index < 0 || index >= kMaxFeatureChunks) continue;
         if (index >= static_cast<int32_t>(present.size())) present.resize(index + 1, false);
         present[index] = true;
       }

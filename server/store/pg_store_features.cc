@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/study_spec.h"
 #include "server/store/pg_internal.h"
 #include "server/store/pg_store.h"
 
@@ -81,6 +82,24 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
       chunk.row_start() < 0) {
     return absl::InvalidArgumentError(
         "chunk: num_rows and dim must be positive, chunk_index and row_start >= 0");
+  }
+  // Chunk c of a feature set starts at c x R rows for one R (all chunks but
+  // the last hold R rows): a chunk that breaks that layout, or an index no
+  // feature set reaches, is refused here, before any worker resuming the
+  // extraction has to size anything by it.
+  if (chunk.chunk_index() >= kMaxFeatureChunks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk_index ", chunk.chunk_index(), " is beyond the ", kMaxFeatureChunks,
+        " chunks a feature set may have"));
+  }
+  if (chunk.chunk_index() == 0 ? chunk.row_start() != 0
+                               : (chunk.row_start() % chunk.chunk_index() != 0 ||
+                                  chunk.num_rows() > chunk.row_start() / chunk.chunk_index())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk ", chunk.chunk_index(), ": rows [", chunk.row_start(), ", ",
+        chunk.row_start() + chunk.num_rows(),
+        ") do not fit a layout of equal chunks (chunk c starts at c x R rows and holds at "
+        "most R)"));
   }
   if (!chunk.dtype().empty() && chunk.dtype() != "float32" && chunk.dtype() != "float16") {
     return absl::InvalidArgumentError(

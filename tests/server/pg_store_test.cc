@@ -293,22 +293,60 @@ TEST_F(PgStoreTest, OverlappingChunksCannotComplete) {
     auto* chunk = put.mutable_chunk();
     chunk->set_cache_key(lease.spec().cache_key());
     chunk->set_chunk_index(c);
-    chunk->set_row_start(c);  // chunk 1 overlaps chunk 0 (rows 0-1)
-    chunk->set_num_rows(2);
+    chunk->set_row_start(3 * c);  // chunk 1 leaves row 2 out (rows 0-1, then 3-5)
+    chunk->set_num_rows(2 + c);
     chunk->set_dim(1);
-    chunk->set_features(std::string(8, '\0'));
-    chunk->set_labels(std::string(8, '\0'));
+    chunk->set_features(std::string(4 * (2 + c), '\0'));
+    chunk->set_labels(std::string(4 * (2 + c), '\0'));
     ASSERT_TRUE(coordinator_->PutFeatureChunk(put).ok());
   }
   v1::CompleteTaskRequest complete;
   complete.set_task_id(lease.task_id());
   complete.set_lease_token(lease.lease_token());
-  complete.set_feature_rows(4);
+  complete.set_feature_rows(6);
   complete.set_feature_dim(1);
   complete.set_feature_chunks(2);
   const absl::Status status = coordinator_->CompleteTask(complete);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("do not start where"));
+}
+
+// A chunk index no feature set reaches (it once made every worker that
+// resumed the extraction size a vector by it), and chunks that break the
+// equal-chunks layout, are refused before they are stored.
+TEST_F(PgStoreTest, ChunkOutsideTheLayoutIsRefused) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto lease = Lease(worker);
+  auto put = [&](int32_t index, int64_t row_start, int32_t rows) {
+    v1::PutFeatureChunkRequest request;
+    request.set_task_id(lease.task_id());
+    request.set_lease_token(lease.lease_token());
+    auto* chunk = request.mutable_chunk();
+    chunk->set_cache_key(lease.spec().cache_key());
+    chunk->set_chunk_index(index);
+    chunk->set_row_start(row_start);
+    chunk->set_num_rows(rows);
+    chunk->set_dim(1);
+    chunk->set_features(std::string(4 * rows, '\0'));
+    chunk->set_labels(std::string(4 * rows, '\0'));
+    return coordinator_->PutFeatureChunk(request);
+  };
+  const absl::Status poison = put(2147483647, 0, 1);
+  EXPECT_EQ(poison.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(poison.message()), HasSubstr("beyond the 1048576 chunks"));
+  EXPECT_EQ(put(0, 3, 4).code(), absl::StatusCode::kInvalidArgument);  // chunk 0 not at row 0
+  EXPECT_EQ(put(2, 5, 2).code(), absl::StatusCode::kInvalidArgument);  // 5 is not 2 x R
+  EXPECT_EQ(put(2, 8, 5).code(), absl::StatusCode::kInvalidArgument);  // 5 rows > R = 4
+  EXPECT_TRUE(put(0, 0, 4).ok());
+  EXPECT_TRUE(put(1, 4, 4).ok());
+  EXPECT_TRUE(put(2, 8, 3).ok());  // a shorter last chunk
+  v1::GetFeatureCacheRequest info_request;
+  info_request.set_cache_key(lease.spec().cache_key());
+  auto info = coordinator_->GetFeatureCache(info_request);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_THAT(std::vector<int>(info->present_chunks().begin(), info->present_chunks().end()),
+              ::testing::ElementsAre(0, 1, 2));
 }
 
 TEST_F(PgStoreTest, StaleFencingTokenIsRejected) {
