@@ -1,5 +1,6 @@
 #include "server/coordinator.h"
 
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -124,7 +125,38 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(
   return response;
 }
 
+namespace {
+
+// A metric must be a finite fraction: a result outside [0, 1] or NaN comes
+// from a broken or forged worker and is never stored.
+absl::Status CheckFraction(const v1::ProbeResult& r, int index, const char* what, double v) {
+  if (std::isfinite(v) && v >= 0 && v <= 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("result ", index, " (", r.protocol(), " of ",
+                                                 r.model(), " on ", r.dataset(), "): ", what, " ", v,
+                                                 " is not a fraction in [0, 1]"));
+}
+
+absl::Status CheckResult(const v1::ProbeResult& r, int index) {
+  RETURN_IF_ERROR(CheckFraction(r, index, "top1", r.top1()));
+  RETURN_IF_ERROR(CheckFraction(r, index, "top5", r.top5()));
+  RETURN_IF_ERROR(CheckFraction(r, index, "mean_per_class", r.mean_per_class()));
+  RETURN_IF_ERROR(CheckFraction(r, index, "top1_std", r.top1_std()));
+  RETURN_IF_ERROR(CheckFraction(r, index, "top5_std", r.top5_std()));
+  RETURN_IF_ERROR(CheckFraction(r, index, "mean_per_class_std", r.mean_per_class_std()));
+  for (double v : r.per_class()) RETURN_IF_ERROR(CheckFraction(r, index, "per_class", v));
+  for (double v : r.seed_top1()) RETURN_IF_ERROR(CheckFraction(r, index, "seed_top1", v));
+  if (r.num_seeds() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("result ", index, ": num_seeds ", r.num_seeds(), " < 0"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& request) {
+  for (int i = 0; i < request.results_size(); ++i) {
+    RETURN_IF_ERROR(CheckResult(request.results(i), i));
+  }
   std::vector<v1::ProbeResult> results(request.results().begin(), request.results().end());
   ExtractCompletion extract{request.feature_rows(), request.feature_dim(),
                             request.feature_chunks()};

@@ -1,6 +1,7 @@
 // PgStore's feature caches: chunk records in the database, chunk bytes in a
 // BlobStore (by default the `blobs` table of the same database).
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -115,6 +116,28 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
         "chunk ", chunk.chunk_index(), ": ", chunk.features().size(),
         " feature bytes and ", chunk.labels().size(), " label bytes for ",
         chunk.num_rows(), " rows of width ", chunk.dim()));
+  }
+  // Non-finite features would poison every later study that reuses the
+  // cache: refused, naming the row.
+  const size_t width = dtype == "float16" ? 2 : 4;
+  const std::string& f = chunk.features();
+  for (size_t i = 0; i < f.size(); i += width) {
+    bool finite;
+    if (width == 2) {
+      uint16_t h;
+      std::memcpy(&h, f.data() + i, 2);
+      finite = (h & 0x7C00) != 0x7C00;
+    } else {
+      float v;
+      std::memcpy(&v, f.data() + i, 4);
+      finite = std::isfinite(v);
+    }
+    if (!finite) {
+      const int64_t value = static_cast<int64_t>(i / width);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk ", chunk.chunk_index(), ": row ", chunk.row_start() + value / chunk.dim(),
+          " holds a non-finite feature (NaN or infinity); the model's output is broken"));
+    }
   }
   // Check the fence before writing bytes, and again with the record.
   RETURN_IF_ERROR(Transact("check_fence", [&](Txn& t) {

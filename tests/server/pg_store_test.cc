@@ -588,6 +588,65 @@ TEST_F(PgStoreTest, FeatureChunksRoundTrip) {
   EXPECT_EQ(coordinator_->GetFeatureChunk(get).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A forged or broken worker's results (outside [0, 1], NaN) and non-finite
+// features are refused; nothing of them is stored.
+TEST_F(PgStoreTest, ForgedResultsAndNonFiniteFeaturesAreRefused) {
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  auto extract = Lease(worker);
+  v1::PutFeatureChunkRequest put;
+  put.set_task_id(extract.task_id());
+  put.set_lease_token(extract.lease_token());
+  auto* chunk = put.mutable_chunk();
+  chunk->set_cache_key(extract.spec().cache_key());
+  chunk->set_num_rows(2);
+  chunk->set_dim(2);
+  std::vector<float> values = {0.5f, 1.0f, std::nanf(""), 2.0f};
+  chunk->set_features(std::string(reinterpret_cast<const char*>(values.data()), 16));
+  chunk->set_labels(std::string(8, '\0'));
+  const absl::Status nan = coordinator_->PutFeatureChunk(put);
+  EXPECT_EQ(nan.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(nan.message()), HasSubstr("row 1 holds a non-finite feature"));
+  chunk->set_dtype("float16");
+  chunk->set_features(std::string("\x00\x3c\x00\x7c\x00\x3c\x00\x3c", 8));  // 1, +inf, 1, 1
+  EXPECT_EQ(coordinator_->PutFeatureChunk(put).code(), absl::StatusCode::kInvalidArgument);
+  v1::GetFeatureCacheRequest info_request;
+  info_request.set_cache_key(extract.spec().cache_key());
+  auto info = coordinator_->GetFeatureCache(info_request);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->present_chunks_size(), 0);
+
+  ASSERT_TRUE(CompleteExtract(extract).ok());
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  auto probe = Lease(worker);
+  v1::CompleteTaskRequest complete;
+  complete.set_task_id(probe.task_id());
+  complete.set_lease_token(probe.lease_token());
+  auto* result = complete.add_results();
+  result->set_model("model0");
+  result->set_dataset("dataset0");
+  result->set_protocol("knn");
+  result->set_top1(7.5);
+  const absl::Status forged = coordinator_->CompleteTask(complete);
+  EXPECT_EQ(forged.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(forged.message()), HasSubstr("top1 7.5 is not a fraction in [0, 1]"));
+  result->set_top1(std::nan(""));
+  EXPECT_EQ(coordinator_->CompleteTask(complete).code(), absl::StatusCode::kInvalidArgument);
+  result->set_top1(0.5);
+  result->add_per_class(-0.1);
+  EXPECT_EQ(coordinator_->CompleteTask(complete).code(), absl::StatusCode::kInvalidArgument);
+  auto none = coordinator_->ListResults(study);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->results_size(), 0);
+  result->clear_per_class();
+  result->set_top5(0.9);
+  result->set_mean_per_class(0.5);
+  ASSERT_TRUE(coordinator_->CompleteTask(complete).ok());
+  auto one = coordinator_->ListResults(study);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->results_size(), 1);
+}
+
 TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
   const int64_t study = Submit(testing::MakeStudy(1, 1));
   const int64_t worker = Register();
