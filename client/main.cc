@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -26,7 +27,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "absl/flags/reflection.h"
 #include "client/artifact.h"
+#include "client/cli_args.h"
 #include "client/coordinator_client.h"
 #include "client/data_suite.h"
 #include "client/format.h"
@@ -34,6 +37,7 @@
 #include "client/report.h"
 #include "client/study_estimate.h"
 #include "client/study_file.h"
+#include "common/build_info.h"
 #include "common/status_macros.h"
 #include "worker/datasets/files.h"
 #include "common/subprocess.h"
@@ -93,6 +97,8 @@ constexpr int kExitInterrupted = 130;
 constexpr char kUsage[] = R"(sslbench: evaluate self-supervised vision models.
 
 usage: sslbench COMMAND [ARGS] [--flags]
+       sslbench help [COMMAND]     this text, or one command's part of it
+       sslbench --version
 
   submit STUDY.yaml [--request_id=ID]   submit a study; prints its id
   submit STUDY.yaml --dry_run [--images_per_second=7000]
@@ -863,6 +869,33 @@ int Main(int argc, char** argv) {
       rewritten.push_back(arg);
     }
   }
+  // The first word that is not a flag (or a flag's value) names the command.
+  const auto known = [](const std::string& name) {
+    return absl::FindCommandLineFlag(name) != nullptr;
+  };
+  const std::vector<std::string> given = GivenFlagNames(rewritten, known);
+  const bool help = std::find(given.begin(), given.end(), "help") != given.end();
+  const bool version = std::find(given.begin(), given.end(), "version") != given.end();
+  std::string first_word;
+  for (size_t i = 1; i < rewritten.size(); ++i) {
+    if (!rewritten[i].empty() && rewritten[i][0] != '-') {
+      first_word = rewritten[i];
+      break;
+    }
+  }
+  if (version || first_word == "version") {
+    std::printf("sslbench %s (protobuf %s, gRPC %s, %s)\n", kSslbenchVersion, kProtobufVersion,
+                kGrpcVersion, kCompilerVersion);
+    return kExitOk;
+  }
+  if (help) {
+    const std::string own = CommandUsage(kUsage, first_word);
+    std::fputs(own.empty() ? kUsage : own.c_str(), stdout);
+    return kExitOk;
+  }
+  if (const std::string problem = CheckCommandFlags(first_word, given, known); !problem.empty()) {
+    return Usage(problem);
+  }
   std::vector<char*> rewritten_argv;
   for (std::string& arg : rewritten) rewritten_argv.push_back(arg.data());
   rewritten_argv.push_back(nullptr);
@@ -873,7 +906,14 @@ int Main(int argc, char** argv) {
   const std::string command = args.front();
   args.erase(args.begin());
   if (command == "help") {
-    std::fputs(kUsage, stdout);
+    if (args.size() > 1) return Usage("help takes at most one command");
+    if (args.empty()) {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    const std::string own = CommandUsage(kUsage, args[0]);
+    if (own.empty()) return Usage(absl::StrCat("unknown command \"", args[0], "\""));
+    std::fputs(own.c_str(), stdout);
     return kExitOk;
   }
   if (command == "submit") return CmdSubmit(args);
