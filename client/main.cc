@@ -441,6 +441,10 @@ absl::StatusOr<ReportInput> FetchReport(CoordinatorClient& client, int64_t id) {
   input.results.assign(results.results().begin(), results.results().end());
   v1::CorrelateRequest request;
   request.set_study_id(id);
+  // Grouped by method family when the models carry family labels.
+  for (const v1::ModelSpec& m : input.spec.models()) {
+    if (!m.family().empty()) request.set_group_by("family");
+  }
   absl::StatusOr<v1::CorrelateResponse> correlation = Correlate(client, request);
   if (correlation.ok()) {
     input.correlation = *std::move(correlation);

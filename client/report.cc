@@ -168,6 +168,41 @@ bool SubsetX(const std::string& subset, double* x, bool* percent) {
   return false;
 }
 
+// The models grouped by a label (CorrelateResponse.groups): mean top-1 in
+// and out of domain, and the best predictor within each group.
+std::string GroupTable(const v1::CorrelateResponse& c) {
+  if (c.groups_size() == 0) return "";
+  std::string out = absl::StrCat("<h3>By ", Esc(c.group_by()),
+                                 "</h3>\n<table id=\"groups\"><tr><th>", Esc(c.group_by()),
+                                 "</th><th>models</th><th>mean in-domain</th>"
+                                 "<th>mean out-of-domain</th><th>best predictor within</th></tr>\n");
+  for (const v1::GroupSummary& g : c.groups()) {
+    double sums[2] = {0, 0};
+    int counts[2] = {0, 0};
+    for (int k = 0; k < g.column_means_size() && k < c.columns_size(); ++k) {
+      const double v = g.column_means(k);
+      if (std::isnan(v)) continue;
+      const v1::DatasetRole role = c.columns(k).role();
+      if (role != v1::DATASET_ROLE_IN_DOMAIN && role != v1::DATASET_ROLE_OUT_OF_DOMAIN) continue;
+      const int r = role == v1::DATASET_ROLE_IN_DOMAIN ? 0 : 1;
+      sums[r] += v;
+      ++counts[r];
+    }
+    std::string best = "fewer than 3 models";
+    if (g.predictors_size() > 0) {
+      const v1::Predictor& p = g.predictors(0);
+      best = absl::StrCat(Esc(c.columns(p.column()).label()), " (tau-b ", Coef(p.mean_kendall()), ")");
+    }
+    absl::StrAppend(&out, "<tr><td>", Esc(g.value()), "</td><td>", Esc(absl::StrJoin(g.models(), ", ")),
+                    "</td><td class=\"n\">",
+                    counts[0] > 0 ? absl::StrFormat("%.4f", sums[0] / counts[0]) : "-",
+                    "</td><td class=\"n\">",
+                    counts[1] > 0 ? absl::StrFormat("%.4f", sums[1] / counts[1]) : "-", "</td><td>",
+                    best, "</td></tr>\n");
+  }
+  return out + "</table>\n";
+}
+
 }  // namespace
 
 std::string HeatmapSvg(const v1::CorrelateResponse& c) {
@@ -429,7 +464,8 @@ std::string ReportHtml(const ReportInput& in) {
                       "</td><td class=\"n\">", Coef(p.max_kendall()), "</td><td class=\"n\">",
                       p.targets(), "</td></tr>\n");
     }
-    absl::StrAppend(&out, "</table>\n<h2>In-domain protocols against out-of-domain accuracy</h2>\n"
+    absl::StrAppend(&out, "</table>\n", GroupTable(c));
+    absl::StrAppend(&out, "<h2>In-domain protocols against out-of-domain accuracy</h2>\n"
                           "<div class=\"figs\">\n");
     for (const v1::Predictor& p : c.predictors()) absl::StrAppend(&out, ScatterSvg(in, p.column()), "\n");
     absl::StrAppend(&out, "</div>\n<h2>Protocol correlations (Kendall tau-b over models; hover for the "

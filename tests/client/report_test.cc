@@ -66,6 +66,7 @@ ReportInput Synthetic() {
   }
   server::analysis::AnalysisOptions options;
   options.bootstrap_resamples = 50;
+  options.group_by = "family";
   auto correlation = server::analysis::AnalyzeStudy(in.spec, in.results, options);
   EXPECT_TRUE(correlation.ok()) << correlation.status();
   in.correlation = *correlation;
@@ -90,6 +91,11 @@ TEST(ReportTest, PageHasEveryFigureAndTheResultsAndLoadsNothing) {
   EXPECT_EQ(Count(html, "<tr><td>m"), static_cast<int>(in.results.size()));
   EXPECT_THAT(html, HasSubstr("{&quot;k&quot;:20,&quot;note&quot;:&quot;&lt;b&gt;&amp;&quot;}"));
   EXPECT_THAT(html, Not(HasSubstr("<b>&")));
+  // The models by family: two contrastive (m0, m1), three distillation.
+  EXPECT_THAT(html, HasSubstr("<h3>By family</h3>"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>contrastive</td><td>m0, m1</td>"));
+  EXPECT_THAT(html, HasSubstr("<tr><td>distillation</td><td>m2, m3, m4</td>"));
+  EXPECT_THAT(html, HasSubstr("fewer than 3 models"));
   // Self-contained: the only URL is SVG's namespace.
   EXPECT_THAT(html, Not(HasSubstr("src=")));
   EXPECT_THAT(html, Not(HasSubstr("<link")));
