@@ -359,26 +359,36 @@ int CmdData(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
-// Runs sslbench-zoo (LibTorch stays out of this binary) with the output
-// passed through.
+bool StopSignalPending();
+
+// Runs sslbench-zoo (LibTorch stays out of this binary) into `out` with
+// its output passed through; CANCELLED on a stop signal.
+absl::Status RunZooTool(const std::string& out, int threads) {
+  ASSIGN_OR_RETURN(std::string bin_dir, ExecutableDir());
+  ASSIGN_OR_RETURN(std::string tool, FindSibling(bin_dir, "sslbench-zoo"));
+  std::vector<std::string> argv = {tool, absl::StrCat("--out=", out),
+                                   absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)),
+                                   absl::StrCat("--threads=", threads)};
+  if (!absl::GetFlag(FLAGS_only).empty()) argv.push_back("--only=" + absl::GetFlag(FLAGS_only));
+  ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> zoo, Subprocess::Start(argv, ""));
+  while (!zoo->Wait(absl::Milliseconds(200))) {
+    if (StopSignalPending()) {
+      zoo->Stop();
+      return absl::CancelledError("interrupted");
+    }
+  }
+  if (const int code = zoo->Stop(); code != 0) {
+    return absl::InternalError(absl::StrCat("sslbench-zoo failed (exit ", code, ")"));
+  }
+  return absl::OkStatus();
+}
+
 int CmdZoo(const std::vector<std::string>& args) {
   if (args.size() != 1 || args[0] != "build") return Usage("zoo takes one subcommand: build");
-  absl::StatusOr<std::string> bin_dir = ExecutableDir();
-  if (!bin_dir.ok()) return Fail(bin_dir.status(), "");
-  absl::StatusOr<std::string> tool = FindSibling(*bin_dir, "sslbench-zoo");
-  if (!tool.ok()) return Fail(tool.status(), "");
-  std::vector<std::string> argv = {
-      *tool,
-      absl::StrCat("--out=",
-                   absl::GetFlag(FLAGS_out_dir).empty() ? "sslbench-zoo" : absl::GetFlag(FLAGS_out_dir)),
-      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)),
-      absl::StrCat("--threads=", std::max(1, absl::GetFlag(FLAGS_worker_threads)))};
-  if (!absl::GetFlag(FLAGS_only).empty()) argv.push_back("--only=" + absl::GetFlag(FLAGS_only));
-  absl::StatusOr<std::unique_ptr<Subprocess>> child = Subprocess::Start(argv, "");
-  if (!child.ok()) return Fail(child.status(), "");
-  (*child)->Wait(absl::InfiniteDuration());
-  const int code = (*child)->Stop();
-  return code == 0 ? kExitOk : kExitError;
+  const absl::Status built = RunZooTool(
+      absl::GetFlag(FLAGS_out_dir).empty() ? "sslbench-zoo" : absl::GetFlag(FLAGS_out_dir),
+      std::max(1, absl::GetFlag(FLAGS_worker_threads)));
+  return built.ok() ? kExitOk : Fail(built, "");
 }
 
 int CmdCancel(const std::vector<std::string>& args) {
@@ -677,24 +687,10 @@ name: demo-closer-look
 // the study file's path in `state`.
 absl::StatusOr<std::string> PrepareDemoStudy(const std::string& state) {
   const std::string cache = DemoCacheDir();
-  ASSIGN_OR_RETURN(std::string bin_dir, ExecutableDir());
-  ASSIGN_OR_RETURN(std::string zoo_tool, FindSibling(bin_dir, "sslbench-zoo"));
   const absl::Time start = absl::Now();
   std::fprintf(stderr, "sslbench: demo [1/4] model zoo in %s/zoo (built once, then reused)\n",
                cache.c_str());
-  const std::vector<std::string> zoo_argv = {
-      zoo_tool, absl::StrCat("--out=", cache, "/zoo"),
-      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)), "--threads=2"};
-  ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> zoo, Subprocess::Start(zoo_argv, ""));
-  while (!zoo->Wait(absl::Milliseconds(200))) {
-    if (StopSignalPending()) {
-      zoo->Stop();
-      return absl::CancelledError("interrupted");
-    }
-  }
-  if (const int code = zoo->Stop(); code != 0) {
-    return absl::InternalError(absl::StrCat("sslbench-zoo failed (exit ", code, ")"));
-  }
+  RETURN_IF_ERROR(RunZooTool(cache + "/zoo", 2));
   std::fprintf(stderr, "sslbench: demo [2/4] domain-shift suite in %s/suite\n", cache.c_str());
   SuiteOptions suite;
   suite.out = cache + "/suite";

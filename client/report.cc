@@ -205,6 +205,9 @@ std::string GroupTable(const v1::CorrelateResponse& c) {
 
 }  // namespace
 
+std::string ScatterFromTable(const ReportInput& input, const analysis::MetricTable& table,
+                             int predictor);
+
 std::string HeatmapSvg(const v1::CorrelateResponse& c) {
   const int n = c.columns_size();
   size_t longest = 0;
@@ -270,11 +273,17 @@ std::string HeatmapSvg(const v1::CorrelateResponse& c) {
 }
 
 std::string ScatterSvg(const ReportInput& input, int predictor) {
+  return ScatterFromTable(
+      input, analysis::BuildMetricTable(input.spec, input.results, analysis::Metric::kTop1),
+      predictor);
+}
+
+// ScatterSvg on a metric table built once for all the scatters of a page.
+std::string ScatterFromTable(const ReportInput& input, const analysis::MetricTable& table,
+                             int predictor) {
   const v1::CorrelateResponse& c = input.correlation;
   if (predictor < 0 || predictor >= c.columns_size()) return "";
   const v1::CorrelationColumn& p = c.columns(predictor);
-  const analysis::MetricTable table =
-      analysis::BuildMetricTable(input.spec, input.results, analysis::Metric::kTop1);
   int pc = -1;
   std::vector<int> same, any;
   for (size_t k = 0; k < table.columns.size(); ++k) {
@@ -467,7 +476,11 @@ std::string ReportHtml(const ReportInput& in) {
     absl::StrAppend(&out, "</table>\n", GroupTable(c));
     absl::StrAppend(&out, "<h2>In-domain protocols against out-of-domain accuracy</h2>\n"
                           "<div class=\"figs\">\n");
-    for (const v1::Predictor& p : c.predictors()) absl::StrAppend(&out, ScatterSvg(in, p.column()), "\n");
+    const analysis::MetricTable table =
+        analysis::BuildMetricTable(spec, in.results, analysis::Metric::kTop1);
+    for (const v1::Predictor& p : c.predictors()) {
+      absl::StrAppend(&out, ScatterFromTable(in, table, p.column()), "\n");
+    }
     absl::StrAppend(&out, "</div>\n<h2>Protocol correlations (Kendall tau-b over models; hover for the "
                           "95% bootstrap interval)</h2>\n",
                     HeatmapSvg(c), "\n");

@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/client/client_test_util.h"
+#include "tests/worker/datasets/test_files.h"
 #include "worker/datasets/dataset_reader.h"
 #include "worker/image/image.h"
 
@@ -16,20 +17,12 @@ namespace sslbench::client {
 namespace {
 
 using ::sslbench::client::testing::MakeTempDir;
+using ::sslbench::datasets::testing::Open;
 using ::sslbench::client::testing::ReadFile;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 constexpr char kFashionMnist[] = "/usr/share/datasets/fashion-mnist";
-
-std::unique_ptr<datasets::DatasetReader> Open(const std::string& format, const std::string& root) {
-  datasets::DatasetConfig config;
-  config.format = format;
-  config.root = root;
-  auto reader = datasets::OpenDatasetReader(config);
-  EXPECT_TRUE(reader.ok()) << reader.status();
-  return reader.ok() ? *std::move(reader) : nullptr;
-}
 
 // The decoded pixels of each record of `split`, in the reader's order, with
 // their class names.

@@ -68,6 +68,20 @@ class PgStoreTest : public ::testing::Test {
     return response.ok() ? *response : v1::LeaseTaskResponse();
   }
 
+  // A completion of `lease` with one result of `protocol` for its model and
+  // dataset, for the test to fill in.
+  static v1::CompleteTaskRequest ProbeCompletion(const v1::LeaseTaskResponse& lease,
+                                                 const std::string& protocol) {
+    v1::CompleteTaskRequest complete;
+    complete.set_task_id(lease.task_id());
+    complete.set_lease_token(lease.lease_token());
+    auto* result = complete.add_results();
+    result->set_model(lease.spec().model().name());
+    result->set_dataset(lease.spec().dataset().name());
+    result->set_protocol(protocol);
+    return complete;
+  }
+
   // Stores one chunk covering `rows` rows and completes the extraction.
   absl::Status CompleteExtract(const v1::LeaseTaskResponse& lease, int rows = 4, int dim = 2) {
     v1::PutFeatureChunkRequest put;
@@ -91,15 +105,9 @@ class PgStoreTest : public ::testing::Test {
   }
 
   absl::Status CompleteProbe(const v1::LeaseTaskResponse& lease, double top1 = 0.5) {
-    v1::CompleteTaskRequest complete;
-    complete.set_task_id(lease.task_id());
-    complete.set_lease_token(lease.lease_token());
-    auto* result = complete.add_results();
-    result->set_model(lease.spec().model().name());
-    result->set_dataset(lease.spec().dataset().name());
-    result->set_protocol("knn");
-    result->set_variant("cosine k=20 T=0.07");
-    result->set_top1(top1);
+    v1::CompleteTaskRequest complete = ProbeCompletion(lease, "knn");
+    complete.mutable_results(0)->set_variant("cosine k=20 T=0.07");
+    complete.mutable_results(0)->set_top1(top1);
     return coordinator_->CompleteTask(complete);
   }
 
@@ -618,14 +626,8 @@ TEST_F(PgStoreTest, ForgedResultsAndNonFiniteFeaturesAreRefused) {
 
   ASSERT_TRUE(CompleteExtract(extract).ok());
   ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  auto probe = Lease(worker);
-  v1::CompleteTaskRequest complete;
-  complete.set_task_id(probe.task_id());
-  complete.set_lease_token(probe.lease_token());
-  auto* result = complete.add_results();
-  result->set_model("model0");
-  result->set_dataset("dataset0");
-  result->set_protocol("knn");
+  v1::CompleteTaskRequest complete = ProbeCompletion(Lease(worker), "knn");
+  auto* result = complete.mutable_results(0);
   result->set_top1(7.5);
   const absl::Status forged = coordinator_->CompleteTask(complete);
   EXPECT_EQ(forged.code(), absl::StatusCode::kInvalidArgument);
@@ -652,14 +654,8 @@ TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
   const int64_t worker = Register();
   ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
   ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  auto probe = Lease(worker);
-  v1::CompleteTaskRequest complete;
-  complete.set_task_id(probe.task_id());
-  complete.set_lease_token(probe.lease_token());
-  auto* result = complete.add_results();
-  result->set_model("model0");
-  result->set_dataset("dataset0");
-  result->set_protocol("linear");
+  v1::CompleteTaskRequest complete = ProbeCompletion(Lease(worker), "linear");
+  auto* result = complete.mutable_results(0);
   result->set_variant("linear");
   result->set_subset("full");
   const std::string head = std::string("{\"format\":\"x\"}\n") + std::string(400, '\x7f');
