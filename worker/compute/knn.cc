@@ -17,6 +17,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "worker/compute/device.h"
+#include "worker/compute/device_internal.h"
+#include "worker/compute/knn_device.h"
 #include "worker/compute/knn_internal.h"
 
 // Two kNN variants over frozen features.
@@ -50,6 +53,9 @@ namespace sslbench::compute {
 namespace {
 
 using knn_internal::BestOf;
+using knn_internal::DeviceSearch;
+using knn_internal::Metric;
+using knn_internal::UseDeviceSearch;
 using knn_internal::MakeWorkers;
 using knn_internal::MetricsAccumulator;
 using knn_internal::ParallelRows;
@@ -160,12 +166,40 @@ absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
         " must be -1 (automatic), 0 (off) or below the feature dim ",
         train.dim));
   }
+  if (options.search != "auto" && options.search != "tiles" &&
+      options.search != "candidates") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kNN: search must be auto, tiles or candidates, got '", options.search,
+        "'"));
+  }
+  if (options.search == "tiles" && IsCudaDevice(options.device)) {
+    return absl::InvalidArgumentError(
+        "kNN: the tile search runs on the CPU only; use search auto or "
+        "candidates on a CUDA device");
+  }
+  if (options.device_tile_rows <= 0 || options.device_memory_mib <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kNN: device_tile_rows and device_memory_mib must be positive, got ",
+        options.device_tile_rows, " and ", options.device_memory_mib));
+  }
   if (options.test_chunk_rows <= 0 || options.train_chunk_rows <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kNN: chunk sizes must be positive, got test ", options.test_chunk_rows,
         " and train ", options.train_chunk_rows));
   }
   return absl::OkStatus();
+}
+
+// The options with the device name resolved ("auto" to cpu or cuda:0).
+absl::StatusOr<KnnOptions> ResolveOptions(const KnnOptions& requested) {
+  absl::StatusOr<std::string> device = ResolveDevice(requested.device);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("kNN: ", device.status().message()));
+  }
+  KnnOptions options = requested;
+  options.device = *device;
+  return options;
 }
 
 at::Tensor L2Normalize(const at::Tensor& x) {
@@ -185,7 +219,8 @@ absl::StatusOr<std::vector<KnnResult>> RunCosine(
   // which is bit for bit DINO's x / max(||x||, 1e-12) without keeping a
   // normalised copy of the whole train set.
   const at::Tensor norms = at::empty({train.rows, 1}, f32);
-  for (int64_t t = 0; t < train.rows; t += options.train_chunk_rows) {
+  const int64_t norm_rows = UseDeviceSearch(options) ? 0 : train.rows;
+  for (int64_t t = 0; t < norm_rows; t += options.train_chunk_rows) {
     const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
     norms.narrow(0, t, m).copy_(
         train_t.narrow(0, t, m).norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12));
@@ -203,43 +238,64 @@ absl::StatusOr<std::vector<KnnResult>> RunCosine(
       temperatures.size() * sorted_ks.size(),
       MetricsAccumulator<float>(num_classes));
 
+  std::unique_ptr<DeviceSearch> device_search;
+  int64_t step = options.test_chunk_rows;
+  if (UseDeviceSearch(options)) {
+    absl::StatusOr<std::unique_ptr<DeviceSearch>> created =
+        DeviceSearch::Create(train, options, Metric::kCosine, kmax);
+    if (!created.ok()) return created.status();
+    device_search = *std::move(created);
+    step = device_search->block_rows();
+  }
   const int64_t tile = std::min(TileRows(options, dim), train.rows);
-  const int64_t block_rows = std::min(options.test_chunk_rows, test.rows);
-  std::vector<Worker> workers = MakeWorkers(block_rows, tile, dim);
-  const at::Tensor best_sim = at::empty({block_rows, kmax}, f32);
+  const int64_t block_rows = std::min(step, test.rows);
+  std::vector<Worker> workers =
+      device_search ? std::vector<Worker>() : MakeWorkers(block_rows, tile, dim);
+  at::Tensor best_sim = at::empty({block_rows, kmax}, f32);
   std::vector<int32_t> best_label(static_cast<size_t>(block_rows * kmax));
   std::vector<float> scores(num_classes);
 
-  for (int64_t s = 0; s < test.rows; s += options.test_chunk_rows) {
-    const int64_t b = std::min(options.test_chunk_rows, test.rows - s);
-    const at::Tensor q = L2Normalize(test_t.narrow(0, s, b));
-    for (Worker& w : workers) {
-      for (int64_t r = 0; r < b; ++r) w.top[r].Reset(kmax);
-    }
-    TileLoop(
-        workers, q, train.rows, tile,
-        [&](Worker& w, int64_t t, int64_t m) {
-          at::Tensor x = w.tile.narrow(0, 0, m);
-          at::div_out(x, train_t.narrow(0, t, m), norms.narrow(0, t, m));
-          return x;
-        },
-        [](Worker& w, int64_t r, const float* row, int64_t t, int64_t m) {
-          w.top[r].Scan(m, t, [row](int64_t j) { return row[j]; });
-        });
-
-    // Sorted neighbours: similarity descending, ties to the lower train index.
-    float* sim_out = best_sim.data_ptr<float>();
-    ParallelRows(b, [&](int64_t begin, int64_t end) {
-      std::vector<TopK::Entry> scratch;
-      for (int64_t r = begin; r < end; ++r) {
-        int64_t count = 0;
-        const TopK::Entry* e = BestOf(workers, r, scratch, &count);
-        for (int64_t i = 0; i < count; ++i) {
-          sim_out[r * kmax + i] = e[i].value;
-          best_label[r * kmax + i] = train.labels[e[i].index];
-        }
+  for (int64_t s = 0; s < test.rows; s += step) {
+    const int64_t b = std::min(step, test.rows - s);
+    if (device_search) {
+      at::Tensor values, indices;
+      device_search->Search(test, s, b, &values, &indices);
+      best_sim.narrow(0, 0, b).copy_(values);
+      const int64_t* index = indices.data_ptr<int64_t>();
+      for (int64_t i = 0; i < b * kmax; ++i) {
+        best_label[i] = train.labels[index[i]];
       }
-    });
+    } else {
+      const at::Tensor q = L2Normalize(test_t.narrow(0, s, b));
+      for (Worker& w : workers) {
+        for (int64_t r = 0; r < b; ++r) w.top[r].Reset(kmax);
+      }
+      TileLoop(
+          workers, q, train.rows, tile,
+          [&](Worker& w, int64_t t, int64_t m) {
+            at::Tensor x = w.tile.narrow(0, 0, m);
+            at::div_out(x, train_t.narrow(0, t, m), norms.narrow(0, t, m));
+            return x;
+          },
+          [](Worker& w, int64_t r, const float* row, int64_t t, int64_t m) {
+            w.top[r].Scan(m, t, [row](int64_t j) { return row[j]; });
+          });
+
+      // Sorted neighbours: similarity descending, ties to the lower train
+      // index.
+      float* sim_out = best_sim.data_ptr<float>();
+      ParallelRows(b, [&](int64_t begin, int64_t end) {
+        std::vector<TopK::Entry> scratch;
+        for (int64_t r = begin; r < end; ++r) {
+          int64_t count = 0;
+          const TopK::Entry* e = BestOf(workers, r, scratch, &count);
+          for (int64_t i = 0; i < count; ++i) {
+            sim_out[r * kmax + i] = e[i].value;
+            best_label[r * kmax + i] = train.labels[e[i].index];
+          }
+        }
+      });
+    }
 
     for (size_t ti = 0; ti < temperatures.size(); ++ti) {
       // DINO's weights, (sim / T).exp(), by the same ATen kernels; the class
@@ -274,6 +330,7 @@ absl::StatusOr<std::vector<KnnResult>> RunCosine(
       r.k = k;
       r.temperature = temperatures[ti];
       r.metrics = acc[ti * num_ks + ki].Finish();
+      if (device_search) r.exhaustive_rows = device_search->fallback_rows();
       results.push_back(std::move(r));
     }
   }
@@ -297,7 +354,10 @@ ClassificationMetrics MetricsFromScores(const std::vector<float>& scores,
 
 absl::StatusOr<std::vector<std::vector<EuclideanNeighbour>>>
 EuclideanNeighbours(const FeatureMatrix& train, const FeatureMatrix& test,
-                    const KnnOptions& options, EuclideanSearchStats* stats) {
+                    const KnnOptions& requested, EuclideanSearchStats* stats) {
+  absl::StatusOr<KnnOptions> resolved = ResolveOptions(requested);
+  if (!resolved.ok()) return resolved.status();
+  const KnnOptions& options = *resolved;
   // Labels play no part; validate them against the widest range they use.
   int32_t max_label = 0;
   for (int32_t l : train.labels) max_label = std::max(max_label, l);
@@ -337,8 +397,11 @@ EuclideanNeighbours(const FeatureMatrix& train, const FeatureMatrix& test,
 absl::StatusOr<std::vector<KnnResult>> RunKnn(const FeatureMatrix& train,
                                               const FeatureMatrix& test,
                                               int num_classes,
-                                              const KnnOptions& options,
+                                              const KnnOptions& requested,
                                               const ProgressFn& progress) {
+  absl::StatusOr<KnnOptions> resolved = ResolveOptions(requested);
+  if (!resolved.ok()) return resolved.status();
+  const KnnOptions& options = *resolved;
   if (absl::Status s = Validate(train, test, num_classes, options); !s.ok()) {
     return s;
   }

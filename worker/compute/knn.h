@@ -47,6 +47,28 @@ struct KnnOptions {
   // entries each, 64 rows at a time.
   int64_t test_chunk_rows = 1024;
   int64_t train_chunk_rows = 16384;
+
+  // Where to search: "cpu", "cuda" or "cuda:N" (see device.h). The features
+  // are copied to the device once: train rows take dim x 6 bytes each there
+  // (float32 and the float16 candidate copy) for the cosine variant, dim x 4
+  // for the Euclidean one.
+  std::string device = "cpu";
+  // "auto": the tile search above on the CPU, the candidate search on a CUDA
+  // device (low-precision scores, group-maximum selection, exact rescoring:
+  // knn_device.cc); "tiles" (CPU only) or "candidates" force one. Both find
+  // the same neighbours: the cosine variant's from float32 similarities,
+  // ties to the lower train index, the Euclidean variant's from float64
+  // distances.
+  std::string search = "auto";
+  // Precision of the candidate search's cosine scores: "auto" (fp16 on CUDA,
+  // fp32 on the CPU), "fp32", "bf16", "fp16". The Euclidean variant always
+  // scores candidates in float32. Only speed depends on it: a wider error
+  // bound means more rows searched exhaustively.
+  std::string candidate_precision = "auto";
+  // Candidate search: train rows per score tile, and the memory one tile of
+  // scores may take (it decides how many test rows go at once, at most 8192).
+  int64_t device_tile_rows = 262144;
+  int64_t device_memory_mib = 4096;
 };
 
 struct KnnResult {
@@ -54,6 +76,9 @@ struct KnnResult {
   int k = 0;
   double temperature = 0;  // cosine only
   ClassificationMetrics metrics;
+  // Candidate search only: test rows whose candidate list could not be
+  // proved complete and were searched exhaustively (correct, slower).
+  int64_t exhaustive_rows = 0;
 };
 
 // Cosine results first: for each temperature (options.temperatures in order,
@@ -88,6 +113,7 @@ struct EuclideanSearchStats {
   int64_t rechecked_rows = 0;  // of which needed a second pass
   int64_t direct_rows = 0;     // test rows searched with the full product
   int64_t verified = 0;        // exact distances the projected search computed
+  int64_t exhaustive_rows = 0; // candidate search: rows searched exhaustively
 };
 
 // The options.euclidean_k nearest train rows of every test row, nearest

@@ -93,6 +93,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/compute/knn_device.h"
 #include "worker/compute/knn_internal.h"
 #include "worker/compute/knn_kernels.h"
 
@@ -901,6 +902,33 @@ absl::Status SearchEuclidean(const FeatureMatrix& train,
                              EuclideanSearchStats* stats) {
   if (stats != nullptr) *stats = EuclideanSearchStats{};
   EuclideanSearchStats counts;
+  if (UseDeviceSearch(options)) {
+    absl::StatusOr<std::unique_ptr<DeviceSearch>> search = DeviceSearch::Create(
+        train, options, Metric::kEuclidean, options.euclidean_k);
+    if (!search.ok()) return search.status();
+    const int64_t k = options.euclidean_k;
+    Neighbours neighbours;
+    for (int64_t s = 0; s < test.rows;) {
+      const int64_t b = std::min((*search)->block_rows(), test.rows - s);
+      at::Tensor values, indices;
+      (*search)->Search(test, s, b, &values, &indices);
+      const double* v = values.data_ptr<double>();
+      const int64_t* i = indices.data_ptr<int64_t>();
+      neighbours.assign(b, std::vector<Neighbour>(k));
+      for (int64_t r = 0; r < b; ++r) {
+        for (int64_t j = 0; j < k; ++j) {
+          neighbours[r][j] = {v[r * k + j], i[r * k + j]};
+        }
+      }
+      on_block(s, neighbours);
+      s += b;
+      if (!progress.Advance(b)) return progress.Cancelled();
+    }
+    counts.direct_rows = test.rows;
+    counts.exhaustive_rows = (*search)->fallback_rows();
+    if (stats != nullptr) *stats = counts;
+    return absl::OkStatus();
+  }
   const at::Tensor mean = TrainMean(
       Wrap(train), std::min(TileRows(options, train.dim), train.rows));
   std::unique_ptr<DirectSearch> direct;
@@ -956,6 +984,7 @@ absl::StatusOr<KnnResult> RunEuclidean(const FeatureMatrix& train,
                                        ProgressTracker& progress) {
   MetricsAccumulator<double> acc(num_classes);
   std::vector<double> scores(num_classes);
+  EuclideanSearchStats stats;
   const absl::Status status = SearchEuclidean(
       train, test, options, progress,
       [&](int64_t first, const Neighbours& neighbours) {
@@ -964,9 +993,11 @@ absl::StatusOr<KnnResult> RunEuclidean(const FeatureMatrix& train,
           Vote(neighbours[r], train, scores.data());
           acc.Add(scores.data(), test.labels[first + r]);
         }
-      });
+      },
+      &stats);
   if (!status.ok()) return status;
   KnnResult result;
+  result.exhaustive_rows = stats.exhaustive_rows;
   result.variant = "euclidean";
   result.k = options.euclidean_k;
   result.metrics = acc.Finish();
