@@ -44,7 +44,8 @@ class ExtractRunner final : public TaskRunner {
                                                      "\": the ", spec.split(), " split is empty"));
     }
     if (ctx.ShouldStop()) return Stopped();
-    const compute::ModelOptions model = ToModelOptions(spec.model());
+    compute::ModelOptions model = ToModelOptions(spec.model());
+    model.device = options_.device;
     ASSIGN_OR_RETURN(auto extractor, compute::FeatureExtractor::Load(model));
     const image::PreprocessOptions preprocess = compute::PreprocessOptionsFor(model);
 

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "grpcpp/grpcpp.h"
+#include "worker/compute/device.h"
 #include "worker/compute/feature_extractor.h"
 #include "worker/runners.h"
 #include "worker/worker_daemon.h"
@@ -26,6 +27,9 @@
 ABSL_FLAG(std::string, coordinator, "localhost:7070", "coordinator gRPC address");
 ABSL_FLAG(std::string, name, "", "worker name (default: worker-PID)");
 ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads");
+ABSL_FLAG(std::string, device, "auto",
+          "where extraction, kNN and linear probes run: auto (cuda:0 when a CUDA "
+          "device is visible, else cpu), cpu, cuda or cuda:N; run one worker per GPU");
 ABSL_FLAG(int, decode_threads, 0,
           "threads decoding and preprocessing images during extraction (0: --threads)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9465",
@@ -55,6 +59,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const absl::StatusOr<std::string> device =
+      sslbench::compute::ResolveDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::fprintf(stderr, "sslbench-worker: --device: %s\n",
+                 std::string(device.status().message()).c_str());
+    return 64;
+  }
+
   auto registry = std::make_shared<prometheus::Registry>();
   std::unique_ptr<sslbench::MetricsServer> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -76,6 +88,7 @@ int main(int argc, char** argv) {
   sslbench::worker::WorkerOptions options;
   options.name = absl::GetFlag(FLAGS_name);
   if (options.name.empty()) options.name = "worker-" + std::to_string(getpid());
+  options.device = *device;
   const int threads = absl::GetFlag(FLAGS_threads);
   sslbench::compute::SetComputeThreads(threads);
   sslbench::worker::RunnerOptions runner_options;
@@ -83,6 +96,8 @@ int main(int argc, char** argv) {
                                       ? absl::GetFlag(FLAGS_decode_threads)
                                       : std::max(1, threads);
   runner_options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
+  runner_options.device = *device;
+  sslbench::LogInfo("worker", "compute device ", *device, " (", threads, " CPU threads)");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);

@@ -112,7 +112,8 @@ absl::Status FetchFeatures(TaskContext& ctx, LocalFeatureCache* cache, const std
 
 class ProbeRunner final : public TaskRunner {
  public:
-  explicit ProbeRunner(LocalFeatureCache* cache) : cache_(cache) {}
+  ProbeRunner(LocalFeatureCache* cache, std::string device)
+      : cache_(cache), device_(std::move(device)) {}
 
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     compute::FeatureMatrix train, test;
@@ -125,18 +126,20 @@ class ProbeRunner final : public TaskRunner {
       return !ctx.ShouldStop();
     };
     TaskOutcome outcome;
-    ASSIGN_OR_RETURN(outcome.results, RunProbeTask(ctx.spec(), train, test, progress, skipped));
+    ASSIGN_OR_RETURN(outcome.results, RunProbeTask(ctx.spec(), train, test, progress, skipped, device_));
     return outcome;
   }
 
  private:
   LocalFeatureCache* const cache_;
+  const std::string device_;
 };
 
 }  // namespace
 
-std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache) {
-  return std::make_shared<ProbeRunner>(cache);
+std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache,
+                                           const std::string& device) {
+  return std::make_shared<ProbeRunner>(cache, device);
 }
 
 }  // namespace sslbench::worker

@@ -41,8 +41,10 @@ absl::StatusOr<std::vector<Outcome>> RunKnnOnce(const v1::KnnParams& params,
                                                 const compute::FeatureMatrix& train,
                                                 const compute::FeatureMatrix& test,
                                                 int num_classes, int64_t max_k,
-                                                const compute::ProgressFn& progress) {
+                                                const compute::ProgressFn& progress,
+                                                const std::string& device) {
   compute::KnnOptions options;
+  options.device = device;
   options.ks.assign(params.ks().begin(), params.ks().end());
   options.temperature = params.temperature();
   options.temperatures.assign(params.temperatures().begin(), params.temperatures().end());
@@ -74,8 +76,10 @@ absl::StatusOr<std::vector<Outcome>> RunLinearOnce(const v1::LinearParams& param
                                                    const compute::FeatureMatrix& train,
                                                    const compute::FeatureMatrix& test,
                                                    int num_classes,
-                                                   const compute::ProgressFn& progress) {
+                                                   const compute::ProgressFn& progress,
+                                                   const std::string& device) {
   compute::LinearProbeOptions options;
+  options.device = device;
   options.learning_rates.assign(params.learning_rates().begin(), params.learning_rates().end());
   options.batch_norm = params.batch_norm();
   options.standardize = params.standardize();
@@ -276,7 +280,7 @@ v1::ProbeResult AggregateSeeds(const v1::TaskSpec& spec, const std::string& vari
 absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     const v1::TaskSpec& spec, const compute::FeatureMatrix& train,
     const compute::FeatureMatrix& test, const compute::ProgressFn& progress,
-    const SkippedImages& skipped) {
+    const SkippedImages& skipped, const std::string& device) {
   const v1::ProtocolSpec& protocol = spec.protocol();
   const bool kind_fits = (spec.kind() == v1::TASK_KIND_KNN && protocol.has_knn()) ||
                          (spec.kind() == v1::TASK_KIND_LINEAR && protocol.has_linear()) ||
@@ -326,9 +330,10 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     }
     absl::StatusOr<std::vector<Outcome>> outcomes;
     if (protocol.has_knn()) {
-      outcomes = RunKnnOnce(protocol.knn(), *fit, test, num_classes, max_k, seed_progress);
+      outcomes = RunKnnOnce(protocol.knn(), *fit, test, num_classes, max_k, seed_progress, device);
     } else if (protocol.has_linear()) {
-      outcomes = RunLinearOnce(protocol.linear(), seeds[s], *fit, test, num_classes, seed_progress);
+      outcomes = RunLinearOnce(protocol.linear(), seeds[s], *fit, test, num_classes, seed_progress,
+                               device);
     } else {
       outcomes = RunLogRegOnce(protocol.logreg(), seeds[s], *fit, test, num_classes, seed_progress);
     }

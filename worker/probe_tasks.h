@@ -24,10 +24,12 @@ struct SkippedImages {
 // INVALID_ARGUMENT for a task whose protocol does not fit its kind;
 // CANCELLED when `progress` returns false; errors of the compute core as is.
 // `skipped` is reported in each result's configuration when not zero.
+// kNN and the linear probe run on `device` (canonical: "cpu", "cuda:N");
+// logistic regression on the CPU.
 absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     const v1::TaskSpec& spec, const compute::FeatureMatrix& train,
     const compute::FeatureMatrix& test, const compute::ProgressFn& progress,
-    const SkippedImages& skipped = {});
+    const SkippedImages& skipped = {}, const std::string& device = "cpu");
 
 // One variant's outcome on one seed.
 struct SeedOutcome {

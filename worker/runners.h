@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "worker/feature_cache.h"
 #include "worker/task_runner.h"
@@ -18,6 +19,10 @@ struct RunnerOptions {
   int decode_threads = 1;
   // The worker's disk cache of feature sets; may be null.
   LocalFeatureCache* feature_cache = nullptr;
+  // Where extraction, kNN and the linear probe run: "cpu" or "cuda:N"
+  // (resolved, see compute/device.h). Extraction uses the device's default
+  // precision (bf16 autocast on CUDA).
+  std::string device = "cpu";
 };
 
 // Extract: features of (model, dataset, split), uploaded in chunks; resumes
@@ -26,7 +31,8 @@ std::shared_ptr<TaskRunner> NewExtractRunner(const RunnerOptions& options,
                                              WorkerMetrics* metrics);
 // kNN, linear probe, logistic regression on cached features (read through
 // `cache` when given).
-std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache);
+std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache,
+                                           const std::string& device = "cpu");
 // End-to-end fine-tuning, checkpointed, resuming from the latest checkpoint.
 std::shared_ptr<TaskRunner> NewFineTuneRunner();
 

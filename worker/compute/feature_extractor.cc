@@ -16,6 +16,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "worker/compute/device.h"
+#include "worker/compute/device_internal.h"
 
 namespace sslbench::compute {
 namespace {
@@ -40,8 +42,13 @@ absl::StatusOr<std::vector<float>> PerChannel(const std::vector<float>& v,
 class TorchScriptExtractor final : public FeatureExtractor {
  public:
   TorchScriptExtractor(ModelOptions options, torch::jit::Module module,
-                       std::vector<float> mean, std::vector<float> std)
-      : options_(std::move(options)), module_(std::move(module)) {
+                       std::vector<float> mean, std::vector<float> std,
+                       c10::Device device, bool channels_last)
+      : options_(std::move(options)),
+        module_(std::move(module)),
+        device_(device),
+        dtype_(device_internal::PrecisionType(options_.precision)),
+        channels_last_(channels_last) {
     options_.mean = std::move(mean);
     options_.std = std::move(std);
     preprocess_ = PreprocessOptionsFor(options_);
@@ -104,8 +111,24 @@ class TorchScriptExtractor final : public FeatureExtractor {
     return out;
   }
 
+  const std::string& device() const override { return options_.device; }
+  const std::string& precision() const override { return options_.precision; }
+  int64_t max_batch_rows() const override { return max_rows_; }
+
   absl::StatusOr<std::vector<float>> Forward(const float* data, int64_t n, int height,
                                              int width, int64_t* dim) override {
+    const int64_t floats = int64_t{options_.channels} * height * width;
+    if (max_rows_ > 0 && n > max_rows_) {
+      // Batches this large ran out of device memory before: go in parts.
+      std::vector<float> out;
+      for (int64_t s = 0; s < n; s += max_rows_) {
+        absl::StatusOr<std::vector<float>> part = Forward(
+            data + s * floats, std::min(max_rows_, n - s), height, width, dim);
+        if (!part.ok()) return part.status();
+        out.insert(out.end(), part->begin(), part->end());
+      }
+      return out;
+    }
     at::Tensor features;
     c10::InferenceMode inference;
     try {
@@ -113,14 +136,40 @@ class TorchScriptExtractor final : public FeatureExtractor {
       at::Tensor batch = at::from_blob(const_cast<float*>(data),
                                        {n, options_.channels, height, width},
                                        at::TensorOptions().dtype(at::kFloat));
-      torch::jit::IValue result = module_.forward({batch});
+      if (device_.is_cuda()) {
+        // Through pinned memory, so the copy to the device is one DMA.
+        if (!staging_.defined() || staging_.numel() < batch.numel()) {
+          staging_ = at::empty({batch.numel()},
+                               at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+        }
+        at::Tensor pinned = staging_.narrow(0, 0, batch.numel()).view(batch.sizes());
+        pinned.copy_(batch);
+        batch = pinned.to(device_, /*non_blocking=*/true);
+      }
+      if (channels_last_) batch = batch.contiguous(at::MemoryFormat::ChannelsLast);
+      torch::jit::IValue result;
+      {
+        device_internal::AutocastScope autocast(device_, dtype_);
+        result = module_.forward({batch});
+      }
       if (!result.isTensor()) {
         return absl::InvalidArgumentError(
             absl::StrCat("model '", options_.path, "' returned ",
                          result.tagKind(), ", not a tensor"));
       }
-      features = result.toTensor().reshape({n, -1}).to(at::kFloat).contiguous();
+      features =
+          result.toTensor().reshape({n, -1}).to(at::kCPU, at::kFloat).contiguous();
     } catch (const c10::Error& e) {
+      if (device_internal::IsOutOfMemory(e)) {
+        if (n == 1) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "model '", options_.path, "': one ", height, "x", width,
+              " image does not fit in the memory of ", options_.device));
+        }
+        // Halve and retry; later batches start at the size that fits.
+        max_rows_ = n / 2;
+        return Forward(data, n, height, width, dim);
+      }
       return absl::InternalError(
           absl::StrCat("model '", options_.path, "' failed: ", ErrorText(e)));
     } catch (const std::exception& e) {
@@ -144,8 +193,13 @@ class TorchScriptExtractor final : public FeatureExtractor {
  private:
   ModelOptions options_;
   torch::jit::Module module_;
+  const c10::Device device_;
+  const at::ScalarType dtype_;
+  const bool channels_last_;
   image::PreprocessOptions preprocess_;
   int64_t dim_ = -1;
+  int64_t max_rows_ = 0;  // 0: no batch ran out of memory yet
+  at::Tensor staging_;    // pinned host buffer (CUDA only)
 };
 
 }  // namespace
@@ -189,15 +243,54 @@ absl::StatusOr<std::unique_ptr<FeatureExtractor>> FeatureExtractor::Load(
           "model '", options.path, "': std values must be positive, got ", s));
     }
   }
+  absl::StatusOr<std::string> device_name = ResolveDevice(options.device);
+  if (!device_name.ok()) {
+    return absl::Status(device_name.status().code(),
+                        absl::StrCat("model '", options.path, "': ",
+                                     device_name.status().message()));
+  }
+  absl::StatusOr<std::string> precision = ResolvePrecision(options.precision, *device_name);
+  if (!precision.ok()) {
+    return absl::Status(precision.status().code(),
+                        absl::StrCat("model '", options.path, "': ",
+                                     precision.status().message()));
+  }
+  if (options.channels_last != "auto" && options.channels_last != "on" &&
+      options.channels_last != "off") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", options.path, "': channels_last must be auto, on or off, got '",
+                     options.channels_last, "'"));
+  }
+  ModelOptions resolved = options;
+  resolved.device = *device_name;
+  resolved.precision = *precision;
+  const c10::Device device = *device_internal::TorchDevice(resolved.device);
+  const bool channels_last = options.channels_last == "on" ||
+                             (options.channels_last == "auto" && device.is_cuda());
   std::error_code ec;
   if (!std::filesystem::is_regular_file(options.path, ec)) {
     return absl::NotFoundError(
         absl::StrCat("model file '", options.path, "' does not exist"));
   }
   try {
-    torch::jit::Module module = torch::jit::load(options.path, at::kCPU);
+    torch::jit::Module module = torch::jit::load(options.path, device);
     module.eval();
-    if (options.optimize) {
+    if (channels_last) {
+      // As model.to(memory_format=torch.channels_last): every 4-d weight.
+      for (at::Tensor p : module.parameters()) {
+        if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+      }
+    }
+    if (options.optimize && (device.is_cuda() || resolved.precision != "fp32")) {
+      // Frozen (weights as constants, BatchNorm folded). The oneDNN passes
+      // of optimize_for_inference are for the CPU, and their prepacked
+      // convolutions ignore autocast (measured: bf16 features equal to
+      // fp32's bit for bit).
+      try {
+        module = torch::jit::freeze(module);
+      } catch (const std::exception&) {
+      }
+    } else if (options.optimize) {
       // Inference only: fold BatchNorm into convolutions, fuse activations
       // and run convolutions through oneDNN, as torch.jit.freeze +
       // optimize_for_inference do (ResNet-18 on 2 cores: 1.55x). A module
@@ -209,7 +302,8 @@ absl::StatusOr<std::unique_ptr<FeatureExtractor>> FeatureExtractor::Load(
       }
     }
     return std::unique_ptr<FeatureExtractor>(new TorchScriptExtractor(
-        options, std::move(module), *std::move(mean), *std::move(std)));
+        resolved, std::move(module), *std::move(mean), *std::move(std), device,
+        channels_last));
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(
         "failed to load model '", options.path, "': ", ErrorText(e)));

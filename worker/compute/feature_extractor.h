@@ -24,6 +24,14 @@ struct ModelOptions {
   // convolutions, oneDNN kernels): outputs equal the plain forward's up to
   // float rounding (~1e-6 relative).
   bool optimize = true;
+  // Where the model runs: "cpu", "cuda", "cuda:N" or "auto" (device.h).
+  std::string device = "cpu";
+  // Arithmetic of the forward pass: "auto" (bf16 autocast on CUDA, fp32 on
+  // the CPU), "fp32", "bf16", "fp16" (device.h's ResolvePrecision).
+  std::string precision = "auto";
+  // Convolution weights and input batches in channels-last layout (faster
+  // convolutions on tensor cores): "auto" (on for CUDA), "on", "off".
+  std::string channels_last = "auto";
 };
 
 // Thread-compatible: one extractor per thread.
@@ -51,9 +59,20 @@ class FeatureExtractor {
 
   // Runs forward on `n` preprocessed images, float32 row-major
   // [n, channels, height, width] as image::Preprocess writes them, and
-  // returns the rows as Extract does. Same errors.
+  // returns the rows as Extract does. Same errors. On a CUDA device the
+  // batch goes through a pinned staging buffer; when the device runs out of
+  // memory the batch is split in halves (and later batches are split to the
+  // size that fitted), RESOURCE_EXHAUSTED if one image does not fit.
+  // Thread-compatible, and the result is complete on the host on return.
   virtual absl::StatusOr<std::vector<float>> Forward(const float* batch, int64_t n, int height,
                                                      int width, int64_t* dim) = 0;
+
+  // The canonical device ("cpu", "cuda:N") and precision ("fp32", "bf16",
+  // "fp16") the model runs in, and the largest batch that fitted so far
+  // (0 until a batch was split for memory).
+  virtual const std::string& device() const = 0;
+  virtual const std::string& precision() const = 0;
+  virtual int64_t max_batch_rows() const = 0;
 };
 
 // The preprocessing a model asks for (resize, centre crop, channels,

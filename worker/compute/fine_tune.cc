@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -50,6 +51,20 @@
 
 namespace sslbench::compute {
 namespace {
+
+// The key of a parameter in an optimizer's state map: LibTorch 1.x keys it
+// by the printed address of the parameter's TensorImpl, 2.x by the address.
+template <typename StateMap>
+typename StateMap::key_type OptimizerStateKey(const at::Tensor& p) {
+  using Key = typename StateMap::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream out;
+    out << static_cast<const void*>(p.unsafeGetTensorImpl());
+    return out.str();
+  } else {
+    return static_cast<Key>(p.unsafeGetTensorImpl());
+  }
+}
 
 constexpr char kMagic[8] = {'S', 'S', 'L', 'B', 'F', 'T', 'C', 'K'};
 constexpr uint32_t kFormatVersion = 1;
@@ -686,7 +701,7 @@ absl::StatusOr<std::string> FineTuneRun::SaveCheckpoint() const {
   const auto& state = optimizer_->state();
   w.I64(static_cast<int64_t>(optimizer_params_.size()));
   for (const at::Tensor& p : optimizer_params_) {
-    auto it = state.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    auto it = state.find(OptimizerStateKey<std::decay_t<decltype(state)>>(p));
     if (options_.optimizer == "adamw") {
       if (it == state.end()) {
         w.I64(-1);
@@ -821,7 +836,7 @@ absl::Status FineTuneRun::Resume(const std::string& bytes) {
     auto fits = [&p](const at::Tensor& t) {
       return !t.defined() || (t.scalar_type() == p.scalar_type() && t.sizes() == p.sizes());
     };
-    const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+    const auto key = OptimizerStateKey<std::decay_t<decltype(state)>>(p);
     if (options_.optimizer == "adamw") {
       int64_t step = 0;
       if (!r.I64(&step) || step < -1) return corrupt("truncated optimizer state");

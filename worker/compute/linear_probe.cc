@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "worker/compute/device_internal.h"
 
 // All learning rates are trained together, as DINOv2 trains its grid of
 // heads: the H heads' weights are stacked into one [H*C, D] matrix, so each
@@ -91,6 +93,11 @@ absl::Status ValidateOptions(const LinearProbeOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "linear probe: val_fraction must be in [0, 1), got ", o.val_fraction));
   }
+  if (o.input_precision != "fp32" && o.input_precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "linear probe: input_precision must be fp32 or bf16, got '",
+        o.input_precision, "'"));
+  }
   return absl::OkStatus();
 }
 
@@ -127,13 +134,16 @@ struct Transform {
 void FitStandardization(const at::Tensor& x, const std::vector<int64_t>& rows,
                         Transform& t) {
   const int64_t d = x.size(1);
-  at::Tensor sum = at::zeros({d}, at::kDouble);
-  at::Tensor sum_sq = at::zeros({d}, at::kDouble);
+  const at::TensorOptions f64 =
+      at::TensorOptions().dtype(at::kDouble).device(x.device());
+  at::Tensor sum = at::zeros({d}, f64);
+  at::Tensor sum_sq = at::zeros({d}, f64);
   for (size_t s = 0; s < rows.size(); s += kEvalChunkRows) {
     const size_t e = std::min(rows.size(), s + kEvalChunkRows);
     const at::Tensor xb =
         x.index_select(0, LongTensor(std::vector<int64_t>(rows.begin() + s,
-                                                          rows.begin() + e)))
+                                                          rows.begin() + e))
+                              .to(x.device()))
             .to(at::kDouble);
     sum += xb.sum(0);
     sum_sq += (xb * xb).sum(0);
@@ -158,7 +168,7 @@ at::Tensor Logits(const at::Tensor& x, const at::Tensor& rows,
     const at::Tensor xb = rows.defined()
                               ? x.index_select(0, rows.narrow(0, s, b))
                               : x.narrow(0, s, b);
-    parts.push_back(at::addmm(bias, t.Eval(xb), weight.t()));
+    parts.push_back(at::addmm(bias, t.Eval(xb.to(at::kFloat)), weight.t()));
   }
   return at::cat(parts);
 }
@@ -244,11 +254,69 @@ class HeadsSgd {
   double clip_;
 };
 
+// The same update as HeadsSgd, for every head at once in a few tensor
+// operations: what a GPU wants (HeadsSgd's per-head loops are for the CPU's
+// caches). Equal to HeadsSgd up to float rounding (the clipping norm is
+// summed in float32 here).
+class StackedSgd {
+ public:
+  StackedSgd(at::Tensor weight, at::Tensor bias, int64_t num_heads,
+             const std::vector<double>& base_rates,
+             const LinearProbeOptions& options)
+      : heads_(num_heads),
+        weight_(weight.view({num_heads, -1})),
+        bias_(bias.view({num_heads, -1})),
+        weight_buf_(at::zeros_like(weight_)),
+        bias_buf_(at::zeros_like(bias_)),
+        base_rates_(at::tensor(base_rates, at::TensorOptions().dtype(at::kDouble))
+                        .to(weight.device(), at::kFloat)
+                        .view({num_heads, 1})),
+        momentum_(options.momentum),
+        weight_decay_(options.weight_decay),
+        clip_(options.grad_clip) {}
+
+  void Step(const at::Tensor& grad_w, const at::Tensor& grad_b, double factor) {
+    const at::Tensor gw = grad_w.view({heads_, -1});
+    const at::Tensor gb = grad_b.view({heads_, -1});
+    at::Tensor coef;
+    if (clip_ > 0) {
+      const at::Tensor norm =
+          (gw.pow(2).sum(1, /*keepdim=*/true) + gb.pow(2).sum(1, /*keepdim=*/true))
+              .sqrt_();
+      coef = (clip_ / (norm + 1e-6)).clamp_max_(1.0);
+    }
+    const at::Tensor rates = base_rates_ * factor;
+    Update(gw, weight_, weight_buf_, coef, rates);
+    Update(gb, bias_, bias_buf_, coef, rates);
+  }
+
+ private:
+  void Update(const at::Tensor& g, const at::Tensor& p, const at::Tensor& buf,
+              const at::Tensor& coef, const at::Tensor& rates) const {
+    at::Tensor d = coef.defined() ? g * coef : g;
+    if (weight_decay_ != 0) d = d.add(p, weight_decay_);
+    buf.mul_(momentum_).add_(d);
+    p.sub_(buf * rates);
+  }
+
+  int64_t heads_;
+  at::Tensor weight_, bias_, weight_buf_, bias_buf_, base_rates_;
+  double momentum_, weight_decay_, clip_;
+};
+
 absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
                                         const FeatureMatrix& test,
                                         int num_classes,
                                         const LinearProbeOptions& options,
+                                        const c10::Device device,
                                         const ProgressFn& progress) {
+  // Off the CPU, or with bfloat16 inputs, the features live on the device
+  // (in bfloat16 when asked: half the memory and the matrix products on
+  // tensor cores, the weights and everything else in float32) and the heads
+  // step with StackedSgd; on the CPU in float32, HeadsSgd as always.
+  const bool bf16 = options.input_precision == "bf16";
+  const bool on_host = device.is_cpu() && !bf16 && !options.stacked_update;
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   const int64_t num_heads = static_cast<int64_t>(options.learning_rates.size());
   const int64_t classes = num_classes;
   const int64_t dim = train.dim;
@@ -281,33 +349,41 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
   const int64_t total_steps = steps_per_epoch * options.epochs;
   const int64_t warmup_steps = steps_per_epoch * options.warmup_epochs;
 
-  const at::Tensor x =
+  at::Tensor x =
       at::from_blob(const_cast<float*>(train.data.data()), {train.rows, dim},
                     at::TensorOptions().dtype(at::kFloat));
+  if (!on_host) x = x.to(device, bf16 ? at::kBFloat16 : at::kFloat);
   const at::Tensor labels =
       at::from_blob(const_cast<int32_t*>(train.labels.data()), {train.rows},
                     at::TensorOptions().dtype(at::kInt))
-          .to(at::kLong);
+          .to(device, at::kLong);
 
   Transform transform;
   if (options.standardize) FitStandardization(x, split.fit, transform);
   if (options.batch_norm) {
-    transform.running_mean = at::zeros({dim}, at::kFloat);
-    transform.running_var = at::ones({dim}, at::kFloat);
+    transform.running_mean = at::zeros({dim}, f32);
+    transform.running_var = at::ones({dim}, f32);
   }
 
+  // The initial draw comes from the CPU generator on every device.
   at::Generator generator = at::detail::createCPUGenerator(options.seed);
   at::Tensor init = at::empty({classes, dim}, at::kFloat);
   init.normal_(0.0, options.init_std, generator);
-  at::Tensor weight = init.repeat({num_heads, 1});  // [H*C, D]
-  at::Tensor bias = at::zeros({num_heads * classes}, at::kFloat);
-  HeadsSgd sgd(weight, bias, num_heads, options);
+  at::Tensor weight = init.repeat({num_heads, 1}).to(device);  // [H*C, D]
+  at::Tensor bias = at::zeros({num_heads * classes}, f32);
 
   std::vector<double> base_rates(num_heads);
   std::vector<double> rates(num_heads);
   for (int64_t h = 0; h < num_heads; ++h) {
     base_rates[h] = options.learning_rates[h] *
                     static_cast<double>(options.batch_size) / 256.0;
+  }
+  std::optional<HeadsSgd> sgd;
+  std::optional<StackedSgd> stacked;
+  if (on_host) {
+    sgd.emplace(weight, bias, num_heads, options);
+  } else {
+    stacked.emplace(weight, bias, num_heads, base_rates, options);
   }
 
   if (progress && !progress(0, total_steps)) {
@@ -318,13 +394,26 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
     const std::vector<int64_t> order = SeededPermutation(
         num_fit, DeriveSeed(options.seed, static_cast<uint64_t>(epoch)));
+    // Off the host the epoch's row order goes to the device once.
+    at::Tensor epoch_rows;
+    if (!on_host) {
+      std::vector<int64_t> all(num_fit);
+      for (int64_t i = 0; i < num_fit; ++i) all[i] = split.fit[order[i]];
+      epoch_rows = LongTensor(all).to(device);
+    }
     for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
       const int64_t begin = s * batch;
       const int64_t b = std::min(batch, num_fit - begin);
-      rows.resize(b);
-      for (int64_t i = 0; i < b; ++i) rows[i] = split.fit[order[begin + i]];
-      const at::Tensor rows_t = LongTensor(rows);
-      at::Tensor xb = transform.Standardize(x.index_select(0, rows_t));
+      at::Tensor rows_t;
+      if (on_host) {
+        rows.resize(b);
+        for (int64_t i = 0; i < b; ++i) rows[i] = split.fit[order[begin + i]];
+        rows_t = LongTensor(rows);
+      } else {
+        rows_t = epoch_rows.narrow(0, begin, b);
+      }
+      at::Tensor xb =
+          transform.Standardize(x.index_select(0, rows_t).to(at::kFloat));
       if (options.batch_norm) {
         // PyTorch's own kernel: batch statistics, and running statistics
         // updated in place with momentum 0.1 and the unbiased variance.
@@ -335,19 +424,32 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
       }
       const at::Tensor yb = labels.index_select(0, rows_t);
 
-      // dL/dlogits for every head: (softmax - onehot) / b.
-      at::Tensor grad =
-          at::addmm(bias, xb, weight.t()).view({b, num_heads, classes});
-      grad = at::softmax(grad, 2);
-      grad.sub_(at::zeros({b, 1, classes}, at::kFloat)
+      // dL/dlogits for every head: (softmax - onehot) / b. With bfloat16
+      // inputs both products take bfloat16 operands (float32 accumulation).
+      at::Tensor xb16;
+      at::Tensor grad;
+      if (bf16) {
+        xb16 = xb.to(at::kBFloat16);
+        grad = at::mm(xb16, weight.to(at::kBFloat16).t()).to(at::kFloat).add_(bias);
+      } else {
+        grad = at::addmm(bias, xb, weight.t());
+      }
+      grad = at::softmax(grad.view({b, num_heads, classes}), 2);
+      grad.sub_(at::zeros({b, 1, classes}, f32)
                     .scatter_(2, yb.view({b, 1, 1}), 1.0));
       grad.div_(static_cast<double>(b));
       grad = grad.view({b, num_heads * classes});
-      const at::Tensor grad_w = at::mm(grad.t(), xb);  // [H*C, D]
-      const at::Tensor grad_b = grad.sum(0);           // [H*C]
+      const at::Tensor grad_w =  // [H*C, D]
+          bf16 ? at::mm(grad.to(at::kBFloat16).t(), xb16).to(at::kFloat)
+               : at::mm(grad.t(), xb);
+      const at::Tensor grad_b = grad.sum(0);  // [H*C]
       const double factor = LearningRateFactor(step, warmup_steps, total_steps);
-      for (int64_t h = 0; h < num_heads; ++h) rates[h] = base_rates[h] * factor;
-      sgd.Step(grad_w, grad_b, rates);
+      if (on_host) {
+        for (int64_t h = 0; h < num_heads; ++h) rates[h] = base_rates[h] * factor;
+        sgd->Step(grad_w, grad_b, rates);
+      } else {
+        stacked->Step(grad_w, grad_b, factor);
+      }
 
       if (progress && !progress(step + 1, total_steps)) {
         return absl::CancelledError(absl::StrCat(
@@ -364,14 +466,14 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
                               std::numeric_limits<double>::quiet_NaN());
   int64_t best = 0;
   if (!split.held_out.empty()) {
-    const at::Tensor held = LongTensor(split.held_out);
+    const at::Tensor held = LongTensor(split.held_out).to(device);
     const at::Tensor predicted = Logits(x, held, transform, weight, bias)
                                      .view({-1, num_heads, classes})
                                      .argmax(2);
     const at::Tensor correct =
         predicted.eq(labels.index_select(0, held).unsqueeze(1))
             .sum(0)
-            .to(at::kDouble);
+            .to(at::kCPU, at::kDouble);
     const double n = static_cast<double>(split.held_out.size());
     for (int64_t h = 0; h < num_heads; ++h) {
       result.held_out_top1[h] = correct[h].item<double>() / n;
@@ -392,9 +494,10 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
       bias.narrow(0, best * classes, classes).contiguous();
   const at::Tensor xt =
       at::from_blob(const_cast<float*>(test.data.data()), {test.rows, dim},
-                    at::TensorOptions().dtype(at::kFloat));
+                    at::TensorOptions().dtype(at::kFloat))
+          .to(device);
   const at::Tensor scores =
-      Logits(xt, at::Tensor(), transform, head_w, head_b).contiguous();
+      Logits(xt, at::Tensor(), transform, head_w, head_b).contiguous().cpu();
   const float* p = scores.data_ptr<float>();
   result.test = MetricsFromScores(std::vector<float>(p, p + scores.numel()),
                                   test.labels, num_classes);
@@ -408,7 +511,7 @@ absl::StatusOr<LinearProbeResult> Train(const FeatureMatrix& train,
     parts.push_back(transform.mean);
     parts.push_back(transform.std);
   }
-  const at::Tensor head = at::cat(parts).contiguous();
+  const at::Tensor head = at::cat(parts).contiguous().cpu();
   result.head.assign(head.data_ptr<float>(),
                      head.data_ptr<float>() + head.numel());
   return result;
@@ -425,9 +528,15 @@ absl::StatusOr<LinearProbeResult> RunLinearProbe(
     return s;
   }
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  absl::StatusOr<c10::Device> device =
+      device_internal::TorchDevice(options.device);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("linear probe: ", device.status().message()));
+  }
   try {
     c10::InferenceMode inference;
-    return Train(train, test, num_classes, options, progress);
+    return Train(train, test, num_classes, options, *device, progress);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("linear probe failed: ", e.what_without_backtrace()));

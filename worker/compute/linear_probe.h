@@ -29,6 +29,18 @@ struct LinearProbeOptions {
   double init_std = 0.01;     // head weights ~ N(0, init_std), bias 0
   double val_fraction = 0.1;  // held out of train to choose the rate
   uint64_t seed = 0;
+  // "cpu", "cuda" or "cuda:N" (device.h): the features are copied there
+  // once and every step runs there.
+  std::string device = "cpu";
+  // "fp32", or "bf16": features kept in bfloat16 and both matrix products of
+  // a step on bfloat16 operands (float32 accumulation); weights, momentum,
+  // softmax and BatchNorm stay float32.
+  std::string input_precision = "fp32";
+  // The device update (every head in a few tensor operations, features
+  // resident in one tensor) also on the CPU in float32; it is always used
+  // off the CPU and with bf16 inputs. Results agree with the per-head CPU
+  // update up to float rounding.
+  bool stacked_update = false;
 };
 
 struct LinearProbeResult {

@@ -11,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/worker/compute/test_util.h"
+#include "worker/compute/device.h"
 #include "worker/compute/image_set.h"
 #include "worker/compute/model_zoo.h"
 
@@ -185,6 +186,68 @@ TEST_F(FeatureExtractorTest, RandomCnnIsDeterministicPerSeed) {
   bool any_positive = false;
   for (float v : a) any_positive |= v > 0;
   EXPECT_TRUE(any_positive);
+}
+
+// The GPU settings, exercised on the CPU: channels-last weights and inputs
+// change nothing but rounding; bfloat16 autocast changes features by about
+// bfloat16's precision and really runs (the features differ); the resolved
+// device and precision are reported.
+TEST_F(FeatureExtractorTest, ChannelsLastAndBFloat16Autocast) {
+  const ImageSet images = GreyImages(6, 28);
+  auto features = [&](const std::string& precision, const std::string& channels_last,
+                      std::string* resolved) {
+    ModelOptions o;
+    o.path = Cnn(7);
+    o.input_size = 28;
+    o.precision = precision;
+    o.channels_last = channels_last;
+    auto extractor = MustLoad(o);
+    if (extractor == nullptr) return std::vector<float>();
+    EXPECT_EQ(extractor->device(), "cpu");
+    *resolved = extractor->precision();
+    int64_t dim = 0;
+    absl::StatusOr<std::vector<float>> out =
+        extractor->Extract(images, 0, images.count, 3, &dim);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? *out : std::vector<float>();
+  };
+  std::string precision;
+  const std::vector<float> base = features("auto", "auto", &precision);
+  EXPECT_EQ(precision, "fp32");
+  ASSERT_EQ(base.size(), 6u * kRandomCnnDim);
+  const std::vector<float> nhwc = features("fp32", "on", &precision);
+  ASSERT_EQ(nhwc.size(), base.size());
+  for (size_t i = 0; i < base.size(); ++i) {
+    EXPECT_NEAR(nhwc[i], base[i], 1e-5f * (1 + std::abs(base[i]))) << i;
+  }
+  const std::vector<float> bf16 = features("bf16", "off", &precision);
+  EXPECT_EQ(precision, "bf16");
+  ASSERT_EQ(bf16.size(), base.size());
+  double max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < base.size(); ++i) {
+    max_abs = std::max<double>(max_abs, std::abs(base[i]));
+    max_diff = std::max<double>(max_diff, std::abs(bf16[i] - base[i]));
+  }
+  EXPECT_GT(max_diff, 0.0);
+  EXPECT_LT(max_diff, 0.05 * max_abs);
+}
+
+TEST_F(FeatureExtractorTest, RejectsDevicesAndPrecisionsItCannotServe) {
+  ModelOptions o;
+  o.path = Cnn(7);
+  o.precision = "fp16";
+  EXPECT_THAT(FeatureExtractor::Load(o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "needs a CUDA device"));
+  o.precision = "auto";
+  o.channels_last = "yes";
+  EXPECT_THAT(FeatureExtractor::Load(o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "channels_last"));
+  o.channels_last = "auto";
+  o.device = "cuda:0";
+  if (CudaDeviceCount() == 0) {
+    EXPECT_THAT(FeatureExtractor::Load(o).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+  }
 }
 
 TEST_F(FeatureExtractorTest, ModelFailureIsInternalNamingTheModel) {
