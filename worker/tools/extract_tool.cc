@@ -37,6 +37,12 @@ ABSL_FLAG(int, decode_threads, 1, "decode threads");
 ABSL_FLAG(int, batch, 64, "batch size");
 ABSL_FLAG(bool, optimize, true, "freeze and optimise the model for inference");
 ABSL_FLAG(std::string, features_out, "", "write float32 features here");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda, cuda:N or auto");
+ABSL_FLAG(std::string, precision, "auto", "auto, fp32, bf16 or fp16 (autocast)");
+ABSL_FLAG(std::string, channels_last, "auto", "auto, on or off");
+ABSL_FLAG(int, forward_only, 0,
+          "instead of the dataset, time this many forward passes of one "
+          "preprocessed batch (host to device copy included)");
 
 namespace {
 
@@ -48,9 +54,6 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace sslbench;
   compute::SetComputeThreads(absl::GetFlag(FLAGS_threads));
-  tools::OpenedSplit split =
-      tools::OpenSplitOrDie("sslbench-extract", absl::GetFlag(FLAGS_format), absl::GetFlag(FLAGS_root),
-                            absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
 
   compute::ModelOptions model;
   model.path = absl::GetFlag(FLAGS_model);
@@ -60,9 +63,42 @@ int main(int argc, char** argv) {
   model.mean = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_mean));
   model.std = sslbench::tools::ParseFloats(absl::GetFlag(FLAGS_std));
   model.optimize = absl::GetFlag(FLAGS_optimize);
+  model.device = absl::GetFlag(FLAGS_device);
+  model.precision = absl::GetFlag(FLAGS_precision);
+  model.channels_last = absl::GetFlag(FLAGS_channels_last);
   auto extractor = compute::FeatureExtractor::Load(model);
   if (!extractor.ok()) Die(extractor.status());
+  const bool warm = (*extractor)->device() != "cpu";
+  if (warm || absl::GetFlag(FLAGS_forward_only) > 0) {
+    // One batch before the clock starts (kernel selection, allocator), the
+    // way a long extraction amortises it.
+    const int side = model.input_size;
+    std::vector<float> zeros(static_cast<size_t>(absl::GetFlag(FLAGS_batch)) * model.channels *
+                             side * side, 0.5f);
+    int64_t dim = 0;
+    const int reps = std::max(1, absl::GetFlag(FLAGS_forward_only));
+    auto first = (*extractor)->Forward(zeros.data(), absl::GetFlag(FLAGS_batch), side, side, &dim);
+    if (!first.ok()) Die(first.status());
+    if (absl::GetFlag(FLAGS_forward_only) > 0) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; ++i) {
+        auto rows = (*extractor)->Forward(zeros.data(), absl::GetFlag(FLAGS_batch), side, side, &dim);
+        if (!rows.ok()) Die(rows.status());
+      }
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double images = static_cast<double>(reps) * absl::GetFlag(FLAGS_batch);
+      std::printf("{\"forward_images\":%lld,\"dim\":%lld,\"seconds\":%s,"
+                  "\"images_per_second\":%s,\"device\":\"%s\",\"precision\":\"%s\"}\n",
+                  static_cast<long long>(images), static_cast<long long>(dim),
+                  tools::JsonNumber(s, 6).c_str(), tools::JsonNumber(images / s, 6).c_str(),
+                  (*extractor)->device().c_str(), (*extractor)->precision().c_str());
+      return 0;
+    }
+  }
 
+  tools::OpenedSplit split =
+      tools::OpenSplitOrDie("sslbench-extract", absl::GetFlag(FLAGS_format), absl::GetFlag(FLAGS_root),
+                            absl::GetFlag(FLAGS_split), absl::GetFlag(FLAGS_limit));
   const int64_t n = static_cast<int64_t>(split.listing.records.size());
   const int64_t batch_size = absl::GetFlag(FLAGS_batch);
   std::vector<image::BatchJob> jobs;
@@ -95,8 +131,10 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("{\"images\":%lld,\"dim\":%lld,\"seconds\":%s,\"images_per_second\":%s}\n",
+  std::printf("{\"images\":%lld,\"dim\":%lld,\"seconds\":%s,\"images_per_second\":%s,"
+              "\"device\":\"%s\",\"precision\":\"%s\",\"decode_threads\":%d}\n",
               static_cast<long long>(n), static_cast<long long>(dim),
-              tools::JsonNumber(seconds, 6).c_str(), tools::JsonNumber(n / seconds, 6).c_str());
+              tools::JsonNumber(seconds, 6).c_str(), tools::JsonNumber(n / seconds, 6).c_str(),
+              (*extractor)->device().c_str(), (*extractor)->precision().c_str(), decode_threads);
   return 0;
 }
