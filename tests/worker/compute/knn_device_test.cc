@@ -19,17 +19,8 @@ namespace sslbench::compute {
 namespace {
 
 using testing::Blobs;
+using testing::ExpectSameMetrics;
 using testing::StatusIs;
-
-void ExpectSameMetrics(const ClassificationMetrics& a, const ClassificationMetrics& b) {
-  EXPECT_EQ(a.top1, b.top1);
-  EXPECT_EQ(a.top5, b.top5);
-  EXPECT_EQ(a.mean_per_class, b.mean_per_class);
-  ASSERT_EQ(a.per_class.size(), b.per_class.size());
-  for (size_t c = 0; c < a.per_class.size(); ++c) {
-    if (!std::isnan(a.per_class[c])) EXPECT_EQ(a.per_class[c], b.per_class[c]) << c;
-  }
-}
 
 class KnnDeviceTest : public ::testing::Test {
  protected:
@@ -46,15 +37,22 @@ KnnOptions Cosine(const std::string& search) {
 }
 
 TEST_F(KnnDeviceTest, ResolvesDeviceNames) {
-  // This build (Debian's LibTorch) has no CUDA.
-  if (CudaDeviceCount() > 0) GTEST_SKIP() << "a CUDA device is present";
-  EXPECT_EQ(*ResolveDevice("auto"), "cpu");
-  EXPECT_EQ(*ResolveDevice(""), "cpu");
   EXPECT_EQ(*ResolveDevice("cpu"), "cpu");
-  EXPECT_THAT(ResolveDevice("cuda").status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
-  EXPECT_THAT(ResolveDevice("cuda:1").status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+  if (CudaDeviceCount() > 0) {
+    EXPECT_EQ(*ResolveDevice("auto"), "cuda:0");
+    EXPECT_EQ(*ResolveDevice(""), "cuda:0");
+    EXPECT_EQ(*ResolveDevice("cuda"), "cuda:0");
+    EXPECT_THAT(ResolveDevice("cuda:99").status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA device(s)"));
+  } else {
+    // Debian's LibTorch has no CUDA.
+    EXPECT_EQ(*ResolveDevice("auto"), "cpu");
+    EXPECT_EQ(*ResolveDevice(""), "cpu");
+    EXPECT_THAT(ResolveDevice("cuda").status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+    EXPECT_THAT(ResolveDevice("cuda:1").status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+  }
   for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:1x"}) {
     EXPECT_THAT(ResolveDevice(bad).status(),
                 StatusIs(absl::StatusCode::kInvalidArgument, "is not one of"))
@@ -75,17 +73,30 @@ TEST_F(KnnDeviceTest, ResolvesPrecision) {
               StatusIs(absl::StatusCode::kInvalidArgument, "not one of"));
 }
 
-TEST_F(KnnDeviceTest, CudaRequestFailsBeforeAnyWork) {
-  if (CudaDeviceCount() > 0) GTEST_SKIP() << "a CUDA device is present";
+// A CUDA request fails before any work where CUDA is missing, and gives the
+// CPU's metrics where it is present; bad options fail everywhere.
+TEST_F(KnnDeviceTest, CudaRequestRunsOrFailsBeforeAnyWork) {
   const FeatureMatrix train = Blobs(200, 8, 4, 3.0, 1);
   const FeatureMatrix test = Blobs(50, 8, 4, 3.0, 2);
   KnnOptions o = Cosine("auto");
   o.device = "cuda";
-  EXPECT_THAT(RunKnn(train, test, 4, o).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
-  o.search = "tiles";
-  EXPECT_THAT(RunKnn(train, test, 4, o).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+  if (CudaDeviceCount() > 0) {
+    const auto on_cuda = RunKnn(train, test, 4, o);
+    const auto on_cpu = RunKnn(train, test, 4, Cosine("tiles"));
+    ASSERT_TRUE(on_cuda.ok() && on_cpu.ok());
+    for (size_t i = 0; i < on_cpu->size(); ++i) {
+      ExpectSameMetrics((*on_cuda)[i].metrics, (*on_cpu)[i].metrics);
+    }
+    o.search = "tiles";
+    EXPECT_THAT(RunKnn(train, test, 4, o).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, "CPU only"));
+  } else {
+    EXPECT_THAT(RunKnn(train, test, 4, o).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+    o.search = "tiles";
+    EXPECT_THAT(RunKnn(train, test, 4, o).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, "CUDA is not available"));
+  }
   o.device = "cpu";
   o.search = "fastest";
   EXPECT_THAT(RunKnn(train, test, 4, o).status(),

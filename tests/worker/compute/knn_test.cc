@@ -65,20 +65,7 @@ KnnOptions EuclideanOnly(int k) {
   return o;
 }
 
-void ExpectSameMetrics(const ClassificationMetrics& a,
-                       const ClassificationMetrics& b) {
-  EXPECT_EQ(a.top1, b.top1);
-  EXPECT_EQ(a.top5, b.top5);
-  EXPECT_EQ(a.mean_per_class, b.mean_per_class);
-  ASSERT_EQ(a.per_class.size(), b.per_class.size());
-  for (size_t c = 0; c < a.per_class.size(); ++c) {
-    if (std::isnan(a.per_class[c])) {
-      EXPECT_TRUE(std::isnan(b.per_class[c])) << c;
-    } else {
-      EXPECT_EQ(a.per_class[c], b.per_class[c]) << c;
-    }
-  }
-}
+using ::sslbench::compute::testing::ExpectSameMetrics;
 
 class KnnTest : public ::testing::Test {
  protected:

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <filesystem>
@@ -49,6 +50,22 @@ FeatureMatrix Blobs(int64_t rows, int64_t dim, int num_classes,
     }
   }
   return m;
+}
+
+// Every metric equal (per-class NaN for absent classes on both sides).
+inline void ExpectSameMetrics(const ClassificationMetrics& a,
+                              const ClassificationMetrics& b) {
+  EXPECT_EQ(a.top1, b.top1);
+  EXPECT_EQ(a.top5, b.top5);
+  EXPECT_EQ(a.mean_per_class, b.mean_per_class);
+  ASSERT_EQ(a.per_class.size(), b.per_class.size());
+  for (size_t c = 0; c < a.per_class.size(); ++c) {
+    if (std::isnan(a.per_class[c])) {
+      EXPECT_TRUE(std::isnan(b.per_class[c])) << c;
+    } else {
+      EXPECT_EQ(a.per_class[c], b.per_class[c]) << c;
+    }
+  }
 }
 
 MATCHER_P(StatusIs, code, "") {
