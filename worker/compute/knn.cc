@@ -218,9 +218,10 @@ absl::StatusOr<std::vector<KnnResult>> RunCosine(
   // Each train row's norm, once: a tile is normalised by dividing by them,
   // which is bit for bit DINO's x / max(||x||, 1e-12) without keeping a
   // normalised copy of the whole train set.
-  const at::Tensor norms = at::empty({train.rows, 1}, f32);
-  const int64_t norm_rows = UseDeviceSearch(options) ? 0 : train.rows;
-  for (int64_t t = 0; t < norm_rows; t += options.train_chunk_rows) {
+  // (The candidate search normalises on its device instead.)
+  const bool on_device = UseDeviceSearch(options);
+  const at::Tensor norms = on_device ? at::Tensor() : at::empty({train.rows, 1}, f32);
+  for (int64_t t = 0; !on_device && t < train.rows; t += options.train_chunk_rows) {
     const int64_t m = std::min(options.train_chunk_rows, train.rows - t);
     norms.narrow(0, t, m).copy_(
         train_t.narrow(0, t, m).norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12));
@@ -240,7 +241,7 @@ absl::StatusOr<std::vector<KnnResult>> RunCosine(
 
   std::unique_ptr<DeviceSearch> device_search;
   int64_t step = options.test_chunk_rows;
-  if (UseDeviceSearch(options)) {
+  if (on_device) {
     absl::StatusOr<std::unique_ptr<DeviceSearch>> created =
         DeviceSearch::Create(train, options, Metric::kCosine, kmax);
     if (!created.ok()) return created.status();

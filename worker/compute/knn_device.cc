@@ -253,9 +253,9 @@ void DeviceSearch::Search(const FeatureMatrix& test, int64_t first, int64_t b,
   // 4: exact scores of the candidates, in slices of rows that bound memory.
   const at::Tensor index_sorted_perm = std::get<1>(at::sort(best_index, 1));
   const at::Tensor cand = best_index.gather(1, index_sorted_perm);
-  at::Tensor out_v = at::empty({b, k_}, cosine ? at::kFloat : at::kDouble)
-                         .to(device_);
-  at::Tensor out_i = at::empty({b, k_}, at::kLong).to(device_);
+  const at::TensorOptions on_device = at::TensorOptions().device(device_);
+  at::Tensor out_v = at::empty({b, k_}, on_device.dtype(cosine ? at::kFloat : at::kDouble));
+  at::Tensor out_i = at::empty({b, k_}, on_device.dtype(at::kLong));
   const int64_t slice = std::max<int64_t>(
       1, kExactBytes / std::max<int64_t>(1, count * dim_ * 8));
   for (int64_t r = 0; r < b; r += slice) {
@@ -299,8 +299,8 @@ void DeviceSearch::Exhaustive(const at::Tensor& q32, at::Tensor* values,
   const bool cosine = metric_ == Metric::kCosine;
   const int64_t n = q32.size(0);
   const at::Tensor q = q32.to(at::kDouble);
-  at::Tensor all = at::empty({n, rows_}, cosine ? at::kFloat : at::kDouble)
-                       .to(device_);
+  at::Tensor all = at::empty(
+      {n, rows_}, at::TensorOptions().device(device_).dtype(cosine ? at::kFloat : at::kDouble));
   const int64_t tile = std::max<int64_t>(
       1, kExactBytes / (8 * dim_ * (cosine ? 1 : n)));
   for (int64_t t = 0; t < rows_; t += tile) {

@@ -68,7 +68,10 @@ int main(int argc, char** argv) {
   model.channels_last = absl::GetFlag(FLAGS_channels_last);
   auto extractor = compute::FeatureExtractor::Load(model);
   if (!extractor.ok()) Die(extractor.status());
-  const bool warm = (*extractor)->device() != "cpu";
+  if (absl::GetFlag(FLAGS_forward_only) > 0 && model.input_size <= 0) {
+    Die(absl::InvalidArgumentError("--forward_only needs --input_size (the batch's side)"));
+  }
+  const bool warm = (*extractor)->device() != "cpu" && model.input_size > 0;
   if (warm || absl::GetFlag(FLAGS_forward_only) > 0) {
     // One batch before the clock starts (kernel selection, allocator), the
     // way a long extraction amortises it.

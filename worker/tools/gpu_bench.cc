@@ -35,7 +35,9 @@ ABSL_FLAG(int, classes, 1000, "classes");
 ABSL_FLAG(int, k, 200, "k (knn)");
 ABSL_FLAG(int, heads, 1, "learning rates trained at once (linear)");
 ABSL_FLAG(int, batch, 1024, "batch size (linear)");
-ABSL_FLAG(std::string, precision, "fp32", "linear: fp32 or bf16 inputs; knn: candidate precision");
+ABSL_FLAG(std::string, precision, "fp32", "linear: fp32 or bf16 inputs");
+ABSL_FLAG(std::string, candidate_precision, "auto",
+          "knn: auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16");
 ABSL_FLAG(int, threads, 1, "LibTorch intra-op threads");
 ABSL_FLAG(uint64_t, seed, 0, "seed of the synthetic features");
 
@@ -100,11 +102,7 @@ int main(int argc, char** argv) {
     o.temperature = 0.07;
     o.euclidean_k = 0;
     o.device = *device_name;
-    if (absl::GetFlag(FLAGS_precision) != "fp32" || device.is_cuda()) {
-      o.candidate_precision = device.is_cuda() && absl::GetFlag(FLAGS_precision) == "fp32"
-                                  ? "auto"
-                                  : absl::GetFlag(FLAGS_precision);
-    }
+    o.candidate_precision = absl::GetFlag(FLAGS_candidate_precision);
     Sync(device);
     const double start = Now();
     auto results = compute::RunKnn(train, test, classes, o);
