@@ -211,6 +211,26 @@ class Map {
     return absl::OkStatus();
   }
 
+  // Task kinds by name (extract, knn, linear, logreg, finetune); a single
+  // name reads as a list of one.
+  absl::Status KindList(const std::string& key,
+                        google::protobuf::RepeatedField<int>* out) const {
+    static const std::map<std::string, v1::TaskKind> kKinds = {
+        {"extract", v1::TASK_KIND_EXTRACT}, {"knn", v1::TASK_KIND_KNN},
+        {"linear", v1::TASK_KIND_LINEAR},   {"logreg", v1::TASK_KIND_LOGREG},
+        {"finetune", v1::TASK_KIND_FINETUNE}};
+    return List(key, [&](const std::string& field, const YAML::Node& item) {
+      const auto it = item.IsScalar() ? kKinds.find(item.Scalar()) : kKinds.end();
+      if (it == kKinds.end()) {
+        return Invalid(field, item,
+                       absl::StrCat(Describe(item),
+                                    " is not a task kind (extract, knn, linear, logreg, finetune)"));
+      }
+      out->Add(it->second);
+      return absl::OkStatus();
+    }, "task kinds");
+  }
+
   // `finite`: "nan" and "inf" are rejected too.
   static absl::Status ParseDouble(const std::string& field, const YAML::Node& value,
                                   double* out, bool finite = false) {
@@ -235,13 +255,13 @@ class Map {
   Map(YAML::Node node, std::string path) : node_(std::move(node)), path_(std::move(path)) {}
 
   template <typename Fn>
-  absl::Status List(const std::string& key, Fn&& each) const {
+  absl::Status List(const std::string& key, Fn&& each, const char* what = "numbers") const {
     const YAML::Node value = Get(key);
     if (!value.IsDefined()) return absl::OkStatus();
     if (value.IsScalar()) return each(Field(key), value);
     if (!value.IsSequence()) {
       return Invalid(Field(key), value,
-                     absl::StrCat("expected a list of numbers, got ", Describe(value)));
+                     absl::StrCat("expected a list of ", what, ", got ", Describe(value)));
     }
     for (size_t i = 0; i < value.size(); ++i) {
       RETURN_IF_ERROR(each(absl::StrCat(Field(key), "[", i, "]"), value[i]));
@@ -699,7 +719,7 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
     ASSIGN_OR_RETURN(Map study,
                      Map::Of(root, "",
                              {"name", "max_attempts", "extract_batch_size", "feature_dtype",
-                              "models", "datasets", "protocols"}));
+                              "gpu_tasks", "models", "datasets", "protocols"}));
     std::string name;
     RETURN_IF_ERROR(study.String("name", /*required=*/true, &name));
     spec.set_name(name);
@@ -720,6 +740,7 @@ absl::StatusOr<v1::StudySpec> ParseStudyYaml(const std::string& yaml_text,
                      absl::StrCat("\"", dtype, "\" is not float32 or float16"));
     }
     spec.set_feature_dtype(dtype);
+    RETURN_IF_ERROR(study.KindList("gpu_tasks", spec.mutable_gpu_task_kinds()));
     spec.set_max_attempts(static_cast<int32_t>(max_attempts));
     spec.set_extract_batch_size(static_cast<int32_t>(batch));
 

@@ -122,6 +122,13 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     return Invalid("feature_dtype",
                    absl::StrCat("\"", spec.feature_dtype(), "\" is not float32 or float16"));
   }
+  for (int i = 0; i < spec.gpu_task_kinds_size(); ++i) {
+    const v1::TaskKind kind = spec.gpu_task_kinds(i);
+    if (kind == v1::TASK_KIND_UNSPECIFIED || !v1::TaskKind_IsValid(kind)) {
+      return Invalid(absl::StrCat("gpu_task_kinds[", i, "]"),
+                     absl::StrCat(static_cast<int>(kind), " is not a task kind"));
+    }
+  }
   std::set<std::string> names;
   for (int i = 0; i < spec.models_size(); ++i) {
     const auto& m = spec.models(i);

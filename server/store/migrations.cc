@@ -157,6 +157,9 @@ ALTER TABLE checkpoints
       {6, "the features a probe reads, for leasing it where they are cached", R"sql(
 ALTER TABLE tasks ADD COLUMN input_key TEXT NOT NULL DEFAULT '';
 )sql"},
+      {7, "tasks that only GPU workers may lease", R"sql(
+ALTER TABLE tasks ADD COLUMN requires_gpu BOOLEAN NOT NULL DEFAULT false;
+)sql"},
   };
   return kMigrations;
 }

@@ -313,13 +313,17 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     const int64_t study_id = inserted[0][0].as<int64_t>();
     created.study_id = study_id;
 
+    const auto& gpu_kinds = plan.spec.gpu_task_kinds();
     auto insert_task = [&](const v1::TaskSpec& spec) -> int64_t {
+      const bool requires_gpu =
+          std::find(gpu_kinds.begin(), gpu_kinds.end(), spec.kind()) != gpu_kinds.end();
       const auto r = w.exec_params(
           "INSERT INTO tasks (study_id, kind, state, spec, cache_key, "
-          "max_attempts, created_us, input_key) VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7) "
-          "RETURNING id",
+          "max_attempts, created_us, input_key, requires_gpu) "
+          "VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8) RETURNING id",
           study_id, KindName(spec.kind()), Bytes(spec.SerializeAsString()),
-          spec.cache_key(), plan.spec.max_attempts(), now_us, spec.train_cache_key());
+          spec.cache_key(), plan.spec.max_attempts(), now_us, spec.train_cache_key(),
+          requires_gpu);
       ++created.tasks;
       return r[0][0].as<int64_t>();
     };
@@ -570,25 +574,27 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
     lease.reset();
     const auto seen = w.exec_params(
         "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 "
-        "RETURNING id",
+        "RETURNING device",
         worker_id, Us(now));
     if (seen.empty()) {
       return absl::NotFoundError(absl::StrCat(
           "worker ", worker_id, " is not registered; register again"));
     }
+    // The device the worker registered with ("cpu", "cuda:N").
+    const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
     // SKIP LOCKED: concurrent leasers each take a different row, none waits.
     const auto r = w.exec_params(
         "UPDATE tasks SET state = 'LEASED', lease_token = nextval('lease_tokens'), "
         "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
         "work_done = 0, work_total = 0 "
         "WHERE id = (SELECT t.id FROM tasks t WHERE t.state = 'PENDING' "
-        " AND t.not_before_us <= $2 AND NOT EXISTS ("
+        " AND t.not_before_us <= $2 AND (NOT t.requires_gpu OR $5) AND NOT EXISTS ("
         "  SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
         "  WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') "
         " ORDER BY (t.input_key = ANY($4::text[])) DESC, t.id "
         " LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
         "RETURNING id, lease_token, attempts, spec",
-        worker_id, Us(now), Us(deadline), preferred);
+        worker_id, Us(now), Us(deadline), preferred, has_gpu);
     if (r.empty()) return absl::OkStatus();
     Lease l;
     l.task_id = r[0][0].as<int64_t>();

@@ -98,7 +98,8 @@ class Store {
   // Leases the oldest runnable task (PENDING, backoff elapsed, dependencies
   // SUCCEEDED) with a fresh fencing token, preferring probes whose train
   // features are among `preferred_keys` (the worker holds them); nullopt
-  // when none.
+  // when none. A task of a kind the study lists in gpu_task_kinds goes only
+  // to a worker registered with a CUDA device.
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(
       int64_t worker_id, absl::Time now, absl::Time deadline,
       const std::vector<std::string>& preferred_keys) = 0;

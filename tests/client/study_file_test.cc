@@ -99,7 +99,8 @@ TEST_F(StudyFileTest, ResolvesPathsFillsHashesAndDefaults) {
 
 TEST_F(StudyFileTest, KeepsExplicitValues) {
   absl::StatusOr<v1::StudySpec> spec = Parse({
-      {"name: s1\n", "name: s1\nmax_attempts: 5\nextract_batch_size: 64\n"},
+      {"name: s1\n",
+       "name: s1\nmax_attempts: 5\nextract_batch_size: 64\ngpu_tasks: [extract, finetune]\n"},
       {"    channels: 1\n",
        "    channels: 3\n    input_size: 32\n    mean: [0.5, 0.4, 0.3]\n    std: 0.25\n"},
       {"    root: data/ds\n",
@@ -112,6 +113,8 @@ TEST_F(StudyFileTest, KeepsExplicitValues) {
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->max_attempts(), 5);
   EXPECT_EQ(spec->extract_batch_size(), 64);
+  EXPECT_THAT(spec->gpu_task_kinds(),
+              ElementsAre(v1::TASK_KIND_EXTRACT, v1::TASK_KIND_FINETUNE));
   const v1::ModelSpec& a = spec->models(0);
   EXPECT_EQ(a.channels(), 3);
   EXPECT_EQ(a.input_size(), 32);
@@ -247,6 +250,10 @@ INSTANTIATE_TEST_SUITE_P(
                   kInvalid, "models[0].mean[1]: \"x\" is not a number"},
         ErrorCase{"NumberListIsAMapping", {{"    channels: 1\n", "    std: {a: 1}\n"}},
                   kInvalid, "models[0].std: expected a list of numbers, got a mapping"},
+        ErrorCase{"GpuTaskKindUnknown", {{"name: s1\n", "name: s1\ngpu_tasks: [extract, gpu]\n"}},
+                  kInvalid, "gpu_tasks[1]: \"gpu\" is not a task kind"},
+        ErrorCase{"GpuTasksIsAMapping", {{"name: s1\n", "name: s1\ngpu_tasks: {a: 1}\n"}},
+                  kInvalid, "gpu_tasks: expected a list of task kinds, got a mapping"},
         ErrorCase{"StringIsAList", {{"name: s1\n", "name: [s1]\n"}}, kInvalid,
                   "name: expected a string, got a list"},
         ErrorCase{"KsItem", {{"  - name: knn\n", "  - name: knn\n    ks: [10, ten]\n"}},

@@ -52,9 +52,10 @@ class PgStoreTest : public ::testing::Test {
     return response.ok() ? response->study_id() : 0;
   }
 
-  int64_t Register(const std::string& name = "w") {
+  int64_t Register(const std::string& name = "w", const std::string& device = "cpu") {
     v1::RegisterWorkerRequest request;
     request.set_name(name);
+    request.set_device(device);
     auto response = coordinator_->RegisterWorker(request);
     EXPECT_TRUE(response.ok()) << response.status();
     return response->worker_id();
@@ -787,6 +788,33 @@ TEST_F(PgStoreTest, ProbesGoFirstToWorkersThatCacheTheirFeatures) {
   EXPECT_EQ(preferred->spec().train_cache_key(), train_keys[2]);
   // Without a preference, the oldest again.
   EXPECT_EQ(Lease(worker).spec().model().name(), "model0");
+}
+
+// A study that reserves extraction for GPU workers: a CPU worker gets
+// nothing while only extractions are runnable, a CUDA worker gets them, and
+// the probes then go to either.
+TEST_F(PgStoreTest, GpuTaskKindsGoOnlyToGpuWorkers) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.add_gpu_task_kinds(v1::TASK_KIND_EXTRACT);
+  Submit(spec);
+  const int64_t cpu = Register("cpu-worker", "cpu");
+  const int64_t gpu = Register("gpu-worker", "cuda:0");
+  EXPECT_EQ(Lease(cpu).task_id(), 0);
+  auto first = Lease(gpu);
+  auto second = Lease(gpu);
+  ASSERT_EQ(first.spec().kind(), v1::TASK_KIND_EXTRACT);
+  ASSERT_EQ(second.spec().kind(), v1::TASK_KIND_EXTRACT);
+  ASSERT_TRUE(CompleteExtract(first).ok());
+  ASSERT_TRUE(CompleteExtract(second).ok());
+  EXPECT_EQ(Lease(cpu).spec().kind(), v1::TASK_KIND_KNN);
+
+  // An unknown kind is refused at submit.
+  v1::StudySpec bad = testing::MakeStudy(1, 1);
+  bad.add_gpu_task_kinds(static_cast<v1::TaskKind>(42));
+  v1::SubmitStudyRequest request;
+  *request.mutable_spec() = bad;
+  EXPECT_EQ(coordinator_->SubmitStudy(request).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
