@@ -89,13 +89,16 @@ absl::StatusOr<std::string> GetCheckpoint(TaskContext& ctx) {
 
 class FineTuneRunner final : public TaskRunner {
  public:
+  explicit FineTuneRunner(std::string device) : device_(std::move(device)) {}
+
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     const v1::TaskSpec& spec = ctx.spec();
     const v1::FineTuneParams& params = spec.protocol().finetune();
     RETURN_IF_ERROR(VerifyModel(spec.model()));
     // Images are held in memory, resized and centre-cropped to the model's
     // input once; the augmentations work from there.
-    const compute::ModelOptions model = ToModelOptions(spec.model());
+    compute::ModelOptions model = ToModelOptions(spec.model());
+    model.device = device_;
     const image::PreprocessOptions geometry = compute::PreprocessOptionsFor(model);
     const image::PreprocessOptions* resize = model.input_size > 0 ? &geometry : nullptr;
     const datasets::DatasetConfig config = ToDatasetConfig(spec.dataset());
@@ -181,8 +184,8 @@ class FineTuneRunner final : public TaskRunner {
         return !ctx.ShouldStop();
       };
       ASSIGN_OR_RETURN(compute::FineTuneResult r,
-                       compute::RunFineTune(ToModelOptions(spec.model()), *fit, test, num_classes,
-                                            options, resume, sink, progress));
+                       compute::RunFineTune(model, *fit, test, num_classes, options, resume,
+                                            sink, progress));
       SeedOutcome o;
       o.variant = variant;
       o.metrics = std::move(r.test);
@@ -204,10 +207,15 @@ class FineTuneRunner final : public TaskRunner {
                                              test.count, 0, num_classes));
     return outcome;
   }
+
+ private:
+  const std::string device_;
 };
 
 }  // namespace
 
-std::shared_ptr<TaskRunner> NewFineTuneRunner() { return std::make_shared<FineTuneRunner>(); }
+std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device) {
+  return std::make_shared<FineTuneRunner>(device);
+}
 
 }  // namespace sslbench::worker

@@ -19,9 +19,9 @@ struct RunnerOptions {
   int decode_threads = 1;
   // The worker's disk cache of feature sets; may be null.
   LocalFeatureCache* feature_cache = nullptr;
-  // Where extraction, kNN and the linear probe run: "cpu" or "cuda:N"
-  // (resolved, see compute/device.h). Extraction uses the device's default
-  // precision (bf16 autocast on CUDA).
+  // Where extraction, kNN, the linear probe and fine-tuning run: "cpu" or
+  // "cuda:N" (resolved, see compute/device.h). Extraction and fine-tuning
+  // use the device's default precision (bf16 autocast on CUDA).
   std::string device = "cpu";
 };
 
@@ -34,7 +34,8 @@ std::shared_ptr<TaskRunner> NewExtractRunner(const RunnerOptions& options,
 std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache,
                                            const std::string& device = "cpu");
 // End-to-end fine-tuning, checkpointed, resuming from the latest checkpoint.
-std::shared_ptr<TaskRunner> NewFineTuneRunner();
+// On `device`, with bf16 autocast on CUDA.
+std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device = "cpu");
 
 // Every runner above, registered under its kinds.
 TaskRunners DefaultTaskRunners(const RunnerOptions& options, WorkerMetrics* metrics);

@@ -29,6 +29,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "worker/compute/device.h"
+#include "worker/compute/device_internal.h"
 
 // Determinism. Every random choice of a run (head initialisation, epoch
 // shuffles, crops, flips) comes from one std::mt19937_64 owned by the run and
@@ -406,16 +408,21 @@ struct Position {
 
 class FineTuneRun {
  public:
+  // `device` and `dtype`: where the backbone and head live and the
+  // autocast precision of forward passes (at::kFloat: none). The checkpoint
+  // format does not depend on them: tensors are written from the host.
   FineTuneRun(const ModelOptions& model, const ImageSet& train, const ImageSet& test,
               int num_classes, const FineTuneOptions& options, std::vector<float> mean,
-              std::vector<float> std)
+              std::vector<float> std, c10::Device device, at::ScalarType dtype)
       : model_(model),
         train_(train),
         test_(test),
         num_classes_(num_classes),
         options_(options),
-        mean_(at::tensor(mean).view({1, -1, 1, 1})),
-        std_(at::tensor(std).view({1, -1, 1, 1})),
+        device_(device),
+        dtype_(dtype),
+        mean_(at::tensor(mean).view({1, -1, 1, 1}).to(device)),
+        std_(at::tensor(std).view({1, -1, 1, 1}).to(device)),
         out_h_(model.input_size > 0 ? model.input_size : train.height),
         out_w_(model.input_size > 0 ? model.input_size : train.width),
         options_hash_(OptionsHash(model, train, num_classes, options)) {
@@ -435,7 +442,7 @@ class FineTuneRun {
       return absl::NotFoundError(absl::StrCat("model file '", model_.path, "' does not exist"));
     }
     try {
-      module_ = torch::jit::load(model_.path, at::kCPU);
+      module_ = torch::jit::load(model_.path, device_);
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(
           absl::StrCat("failed to load model '", model_.path, "': ", ErrorText(e)));
@@ -445,11 +452,13 @@ class FineTuneRun {
     }
     if (absl::Status s = PrepareBackbone(); !s.ok()) return s;
     rng_.seed(options_.seed);
-    weight_ = Normal(rng_, num_classes_, dim_, kHeadInitStd);
-    bias_ = at::zeros({num_classes_}, at::kFloat);
+    // Drawn on the host (the same head on every device), then moved.
+    weight_ = Normal(rng_, num_classes_, dim_, kHeadInitStd).to(device_);
+    const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
+    bias_ = at::zeros({num_classes_}, f32);
     if (options_.batch_norm) {
-      bn_mean_ = at::zeros({dim_}, at::kFloat);
-      bn_var_ = at::ones({dim_}, at::kFloat);
+      bn_mean_ = at::zeros({dim_}, f32);
+      bn_var_ = at::ones({dim_}, f32);
     }
     BuildOptimizer();
     SeedDefaultGenerator();
@@ -470,7 +479,8 @@ class FineTuneRun {
       at::Tensor features;
       {
         at::NoGradGuard no_grad;
-        at::Tensor dummy = at::zeros({2, model_.channels, out_h_, out_w_}, at::kFloat);
+        at::Tensor dummy = at::zeros({2, model_.channels, out_h_, out_w_},
+                                     at::TensorOptions().dtype(at::kFloat).device(device_));
         torch::jit::IValue out = module_.forward({dummy});
         if (!out.isTensor()) {
           return absl::InvalidArgumentError(
@@ -572,7 +582,8 @@ class FineTuneRun {
     at::Tensor raw = at::from_blob(
         const_cast<uint8_t*>(images.pixels.data() + start * images.image_bytes()),
         {n, images.channels, images.height, images.width}, at::TensorOptions().dtype(at::kByte));
-    at::Tensor x = raw.to(at::kFloat).div_(255.0f);
+    // Bytes cross to the device, a quarter of the floats.
+    at::Tensor x = raw.to(device_).to(at::kFloat).div_(255.0f);
     if (images.height != out_h_ || images.width != out_w_) {
       x = at::upsample_bilinear2d(x, {out_h_, out_w_}, /*align_corners=*/false);
     }
@@ -597,7 +608,7 @@ class FineTuneRun {
       if (options_.flip && Uniform01(rng_) < 0.5) patch = patch.flip({3});
       out.narrow(0, k, 1).copy_(patch);
     }
-    return Finish(out);
+    return Finish(out.to(device_));
   }
 
   at::Tensor Features(const at::Tensor& x) {
@@ -629,9 +640,12 @@ class FineTuneRun {
       c10::InferenceMode inference;
       for (int64_t start = 0; start < test_.count; start += batch_) {
         const int64_t n = std::min<int64_t>(batch_, test_.count - start);
-        at::Tensor logits = Logits(Features(EvalBatch(test_, start, n)), /*training=*/false)
-                                .to(at::kFloat)
-                                .contiguous();
+        at::Tensor logits;
+        {
+          device_internal::AutocastScope autocast(device_, dtype_);
+          logits = Logits(Features(EvalBatch(test_, start, n)), /*training=*/false);
+        }
+        logits = logits.to(at::kCPU, at::kFloat).contiguous();
         std::memcpy(scores.data() + start * num_classes_, logits.data_ptr<float>(),
                     static_cast<size_t>(n * num_classes_) * sizeof(float));
       }
@@ -647,6 +661,8 @@ class FineTuneRun {
   const ImageSet& test_;
   const int num_classes_;
   const FineTuneOptions& options_;
+  const c10::Device device_;
+  const at::ScalarType dtype_;
   const at::Tensor mean_;
   const at::Tensor std_;
   const int64_t out_h_;
@@ -801,7 +817,7 @@ absl::Status FineTuneRun::Resume(const std::string& bytes) {
   }
   try {
     std::istringstream in(module_bytes);
-    module_ = torch::jit::load(in, at::kCPU);
+    module_ = torch::jit::load(in, device_);
   } catch (const c10::Error& e) {
     return corrupt(absl::StrCat("cannot load its model: ", ErrorText(e)));
   } catch (const std::exception& e) {
@@ -821,10 +837,11 @@ absl::Status FineTuneRun::Resume(const std::string& bytes) {
       (!options_.batch_norm && (bn_mean.defined() || bn_var.defined()))) {
     return corrupt("head does not fit the model and class count");
   }
-  weight_ = weight;
-  bias_ = bias;
-  bn_mean_ = bn_mean;
-  bn_var_ = bn_var;
+  auto on_device = [this](const at::Tensor& t) { return t.defined() ? t.to(device_) : t; };
+  weight_ = on_device(weight);
+  bias_ = on_device(bias);
+  bn_mean_ = on_device(bn_mean);
+  bn_var_ = on_device(bn_var);
   BuildOptimizer();
 
   int64_t count = 0;
@@ -848,9 +865,9 @@ absl::Status FineTuneRun::Resume(const std::string& bytes) {
       }
       auto s = std::make_unique<torch::optim::AdamWParamState>();
       s->step(step);
-      s->exp_avg(exp_avg);
-      s->exp_avg_sq(exp_avg_sq);
-      s->max_exp_avg_sq(max_exp_avg_sq);
+      s->exp_avg(on_device(exp_avg));
+      s->exp_avg_sq(on_device(exp_avg_sq));
+      s->max_exp_avg_sq(on_device(max_exp_avg_sq));
       state[key] = std::move(s);
     } else {
       int64_t has = 0;
@@ -861,7 +878,7 @@ absl::Status FineTuneRun::Resume(const std::string& bytes) {
         return corrupt("optimizer state does not fit the model");
       }
       auto s = std::make_unique<torch::optim::SGDParamState>();
-      s->momentum_buffer(buffer);
+      s->momentum_buffer(on_device(buffer));
       state[key] = std::move(s);
     }
   }
@@ -906,10 +923,16 @@ absl::StatusOr<FineTuneResult> FineTuneRun::Train(const CheckpointSink& checkpoi
         x = TrainBatch(rows, batch_);
       }
       for (int64_t k = 0; k < batch_; ++k) targets[k] = train_.labels[rows[k]];
-      at::Tensor y = at::tensor(targets, at::kLong);
-      at::Tensor loss = at::cross_entropy_loss(Logits(Features(x), /*training=*/true), y,
-                                               /*weight=*/{}, at::Reduction::Mean,
-                                               /*ignore_index=*/-100, options_.label_smoothing);
+      at::Tensor y = at::tensor(targets, at::kLong).to(device_);
+      at::Tensor loss;
+      {
+        // Forward and loss under autocast; backward outside it, as
+        // torch.autocast asks.
+        device_internal::AutocastScope autocast(device_, dtype_);
+        loss = at::cross_entropy_loss(Logits(Features(x), /*training=*/true), y,
+                                      /*weight=*/{}, at::Reduction::Mean,
+                                      /*ignore_index=*/-100, options_.label_smoothing);
+      }
       optimizer_->zero_grad();
       loss.backward();
       const double lr = LearningRate(pos_.step);
@@ -1012,8 +1035,23 @@ absl::StatusOr<FineTuneResult> RunFineTune(const ModelOptions& model, const Imag
     }
   }
 
+  absl::StatusOr<std::string> device = ResolveDevice(model.device);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("fine-tuning model '", model.path, "': ",
+                                     device.status().message()));
+  }
+  absl::StatusOr<std::string> precision = ResolvePrecision(model.precision, *device);
+  if (!precision.ok()) return precision.status();
+  if (*precision == "fp16") {
+    return absl::InvalidArgumentError(
+        "fine-tuning runs in fp32 or bf16 (fp16 would need loss scaling)");
+  }
+
   try {
-    FineTuneRun run(model, train, test, num_classes, options, *std::move(mean), *std::move(std));
+    FineTuneRun run(model, train, test, num_classes, options, *std::move(mean), *std::move(std),
+                    *device_internal::TorchDevice(*device),
+                    device_internal::PrecisionType(*precision));
     absl::Status started = resume_from.empty() ? run.Start() : run.Resume(resume_from);
     if (!started.ok()) return started;
     return run.Train(checkpoint, progress);

@@ -62,7 +62,11 @@ struct FineTuneResult {
 using CheckpointSink = std::function<absl::Status(int64_t step, const std::string& bytes)>;
 
 // Fine-tunes on `train` (a class-balanced subset when the caller selected
-// one), evaluates on `test` (centre: no augmentation). If `resume_from` is
+// one), evaluates on `test` (centre: no augmentation). Runs on
+// `model.device` with autocast at `model.precision` (auto: bf16 on CUDA,
+// fp32 on the CPU; fp16 is refused: it would need loss scaling);
+// augmentation draws stay on the host, so the batches are the same on every
+// device, and checkpoints resume across devices. If `resume_from` is
 // non-empty it must be a checkpoint written by an earlier run with the same
 // options and data; training continues from its step and the result equals
 // an uninterrupted run's for the same seed and thread count.
