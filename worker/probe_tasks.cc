@@ -114,8 +114,10 @@ absl::StatusOr<std::vector<Outcome>> RunLogRegOnce(const v1::LogRegParams& param
                                                    const compute::FeatureMatrix& train,
                                                    const compute::FeatureMatrix& test,
                                                    int num_classes,
-                                                   const compute::ProgressFn& progress) {
+                                                   const compute::ProgressFn& progress,
+                                                   const std::string& device) {
   compute::LogisticRegressionOptions options;
+  options.device = device;
   options.cs.assign(params.cs().begin(), params.cs().end());
   options.num_cs = params.num_cs();
   options.c_min = params.c_min();
@@ -335,7 +337,8 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
       outcomes = RunLinearOnce(protocol.linear(), seeds[s], *fit, test, num_classes, seed_progress,
                                device);
     } else {
-      outcomes = RunLogRegOnce(protocol.logreg(), seeds[s], *fit, test, num_classes, seed_progress);
+      outcomes = RunLogRegOnce(protocol.logreg(), seeds[s], *fit, test, num_classes, seed_progress,
+                               device);
     }
     if (!outcomes.ok()) return outcomes.status();
     for (auto& o : *outcomes) {

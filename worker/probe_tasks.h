@@ -24,8 +24,7 @@ struct SkippedImages {
 // INVALID_ARGUMENT for a task whose protocol does not fit its kind;
 // CANCELLED when `progress` returns false; errors of the compute core as is.
 // `skipped` is reported in each result's configuration when not zero.
-// kNN and the linear probe run on `device` (canonical: "cpu", "cuda:N");
-// logistic regression on the CPU.
+// Every probe runs on `device` (canonical: "cpu", "cuda:N").
 absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
     const v1::TaskSpec& spec, const compute::FeatureMatrix& train,
     const compute::FeatureMatrix& test, const compute::ProgressFn& progress,

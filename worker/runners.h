@@ -19,7 +19,7 @@ struct RunnerOptions {
   int decode_threads = 1;
   // The worker's disk cache of feature sets; may be null.
   LocalFeatureCache* feature_cache = nullptr;
-  // Where extraction, kNN, the linear probe and fine-tuning run: "cpu" or
+  // Where extraction, fine-tuning and every probe run: "cpu" or
   // "cuda:N" (resolved, see compute/device.h). Extraction and fine-tuning
   // use the device's default precision (bf16 autocast on CUDA).
   std::string device = "cpu";

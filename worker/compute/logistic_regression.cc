@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "worker/compute/device_internal.h"
 
 // Multinomial L2 logistic regression by full-batch L-BFGS.
 //
@@ -86,6 +87,14 @@
 //
 // Memory: one copy of train in the fitting dtype (8 N D bytes in float64),
 // plus O(N C) for the logits.
+//
+// Devices. Off the CPU (or with `tensor_ops`) the data-sized work runs as
+// tensor operations where the data lives: the trial pass is logsumexp,
+// softmax and two gathers, the gradient's one-hot subtraction a
+// scatter_add, and the few scalars the line search needs come back in one
+// copy per trial. The host code above stays the CPU path (its row-ordered
+// sums make results independent of the thread count); the two agree to
+// rounding.
 
 namespace sslbench::compute {
 namespace {
@@ -153,6 +162,10 @@ std::vector<double> SweptCs(const LogisticRegressionOptions& o) {
 // count and costs no parallel region (which, on a busy machine, can cost more
 // than the arithmetic).
 double Dot(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.is_cpu()) {
+    return at::dot(a.reshape({-1}).to(at::kDouble), b.reshape({-1}).to(at::kDouble))
+        .item<double>();
+  }
   const at::Tensor ac = a.contiguous();
   const at::Tensor bc = b.contiguous();
   const int64_t n = ac.numel();
@@ -292,7 +305,9 @@ void TrialRows(const T* z0, const T* zd, double t, const int64_t* y, int64_t c,
 
 class Fitter {
  public:
-  Fitter(const Problem& problem, double c) : pr_(problem), alpha_(1.0 / c) {
+  // `tensor_ops`: the device code path (see the top of the file).
+  Fitter(const Problem& problem, double c, bool tensor_ops)
+      : pr_(problem), alpha_(1.0 / c), tensor_ops_(tensor_ops || !problem.x.is_cpu()) {
     dim_ = problem.mu.size(0);
     if (problem.basis.defined()) {
       const double lambda = 0.1 * problem.eigenvalues.mean().item<double>() +
@@ -384,6 +399,19 @@ class Fitter {
     const int64_t c = z0.size(1);
     Trial r;
     r.t = t;
+    if (tensor_ops_) {
+      r.z = zd.defined() ? z0 + zd * t : z0.clone();
+      const at::Tensor lse = at::logsumexp(r.z, {1});
+      r.p = (r.z - lse.unsqueeze(1)).exp_();
+      const at::Tensor index = pr_.y.unsqueeze(1);
+      const at::Tensor ce = (lse - r.z.gather(1, index).squeeze(1)).sum(at::kDouble);
+      const at::Tensor slope =
+          zd.defined() ? ((r.p * zd).sum(1) - zd.gather(1, index).squeeze(1)).sum(at::kDouble)
+                       : at::zeros_like(ce);
+      const at::Tensor both = at::stack({ce, slope}).cpu();  // one copy back
+      FinishTrial(both[0].item<double>(), both[1].item<double>(), theta, d, t, r);
+      return r;
+    }
     r.z = at::empty_like(z0);
     r.p = at::empty_like(z0);
     std::vector<double> ce(n), slope(n);
@@ -407,6 +435,14 @@ class Fitter {
       ce_sum += ce[i];
       slope_sum += slope[i];
     }
+    FinishTrial(ce_sum, slope_sum, theta, d, t, r);
+    return r;
+  }
+
+  // f and the slope from the summed cross-entropy and data slope, plus the
+  // penalty's terms.
+  void FinishTrial(double ce_sum, double slope_sum, const at::Tensor& theta,
+                   const at::Tensor& d, double t, Trial& r) const {
     const at::Tensor w = Weights(theta);
     double ww = Dot(w, w);
     if (d.defined()) {
@@ -417,7 +453,6 @@ class Fitter {
       r.slope = slope_sum + alpha_ * (wd + t * dd);
     }
     r.f = ce_sum + 0.5 * alpha_ * ww;
-    return r;
   }
 
   // Gradient in the problem's coordinates: [X^T (P - Y) + W / C | sum (P - Y)].
@@ -425,6 +460,12 @@ class Fitter {
     at::Tensor g = p.clone();
     const int64_t n = g.size(0);
     const int64_t c = g.size(1);
+    if (tensor_ops_) {
+      g.scatter_add_(1, pr_.y.unsqueeze(1), at::full({n, 1}, -1.0, g.options()));
+      return at::cat({at::mm(g.t(), pr_.x).add_(Weights(theta), alpha_),
+                      g.sum(0, /*keepdim=*/false, at::kDouble).to(g.scalar_type()).unsqueeze(1)},
+                     1);
+    }
     const int64_t* y = pr_.y.data_ptr<int64_t>();
     std::vector<double> bias(c, 0.0);
     auto subtract = [&](auto* data) {
@@ -584,6 +625,7 @@ class Fitter {
 
   const Problem& pr_;
   double alpha_;
+  bool tensor_ops_;
   int64_t dim_;
   at::Tensor inverse_;  // 1 / (eigenvalue + lambda), with a basis
 };
@@ -615,43 +657,46 @@ void Finish(const FeatureMatrix& test, int num_classes, const Solution& theta,
   const at::Tensor w = theta.narrow(1, 0, dim);
   const at::Tensor b = theta.select(1, dim);
   const at::Tensor xt = Wrap(test);
+  const c10::Device device = theta.device();
   std::vector<float> scores;
   scores.reserve(test.rows * num_classes);
   for (int64_t s = 0; s < test.rows; s += kEvalChunkRows) {
     const int64_t n = std::min(kEvalChunkRows, test.rows - s);
     const at::Tensor logits =
-        at::addmm(b, xt.narrow(0, s, n).to(theta.scalar_type()), w.t())
-            .to(at::kFloat)
+        at::addmm(b, xt.narrow(0, s, n).to(device, theta.scalar_type()), w.t())
+            .to(at::kCPU, at::kFloat)
             .contiguous();
     scores.insert(scores.end(), logits.data_ptr<float>(),
                   logits.data_ptr<float>() + logits.numel());
   }
   result.test = MetricsFromScores(scores, test.labels, num_classes);
   const at::Tensor head =
-      at::cat({w.reshape({-1}), b}).to(at::kFloat).contiguous();
+      at::cat({w.reshape({-1}), b}).to(at::kCPU, at::kFloat).contiguous();
   result.head.assign(head.data_ptr<float>(),
                      head.data_ptr<float>() + head.numel());
   result.dim = dim;
 }
 
 at::Tensor Labels(const std::vector<int32_t>& labels,
-                  const std::vector<int64_t>& order) {
+                  const std::vector<int64_t>& order, c10::Device device) {
   std::vector<int64_t> y(order.size());
   for (size_t i = 0; i < order.size(); ++i) y[i] = labels[order[i]];
-  return at::tensor(y, at::TensorOptions().dtype(at::kLong));
+  return at::tensor(y, at::TensorOptions().dtype(at::kLong)).to(device);
 }
 
-// Train rows in `order`, as the fitting dtype (a copy).
+// Train rows in `order`, as the fitting dtype (a copy) on `device`; off the
+// CPU the float32 rows cross once and are gathered there.
 at::Tensor Rows(const FeatureMatrix& m, const std::vector<int64_t>& order,
-                at::ScalarType dtype) {
-  at::Tensor out =
-      at::empty({static_cast<int64_t>(order.size()), m.dim}, dtype);
-  const at::Tensor x = Wrap(m);
+                at::ScalarType dtype, c10::Device device) {
+  at::Tensor out = at::empty({static_cast<int64_t>(order.size()), m.dim},
+                             at::TensorOptions().dtype(dtype).device(device));
+  const at::Tensor x = device.is_cpu() ? Wrap(m) : Wrap(m).to(device);
   for (size_t s = 0; s < order.size(); s += kEvalChunkRows) {
     const size_t e = std::min(order.size(), s + kEvalChunkRows);
     const at::Tensor idx =
         at::tensor(std::vector<int64_t>(order.begin() + s, order.begin() + e),
-                   at::TensorOptions().dtype(at::kLong));
+                   at::TensorOptions().dtype(at::kLong))
+            .to(device);
     out.narrow(0, static_cast<int64_t>(s), static_cast<int64_t>(e - s))
         .copy_(x.index_select(0, idx));
   }
@@ -660,7 +705,8 @@ at::Tensor Rows(const FeatureMatrix& m, const std::vector<int64_t>& order,
 
 absl::StatusOr<LogisticRegressionResult> Sweep(
     const FeatureMatrix& train, const FeatureMatrix& test, int num_classes,
-    const LogisticRegressionOptions& options, const ProgressFn& progress) {
+    const LogisticRegressionOptions& options, c10::Device device,
+    const ProgressFn& progress) {
   const at::ScalarType dtype = options.float64 ? at::kDouble : at::kFloat;
   const int64_t dim = train.dim;
   const StratifiedSplit split = SplitStratified(
@@ -678,8 +724,8 @@ absl::StatusOr<LogisticRegressionResult> Sweep(
   order.insert(order.end(), split.held_out.begin(), split.held_out.end());
   const int64_t num_fit = static_cast<int64_t>(split.fit.size());
   const int64_t num_held = static_cast<int64_t>(split.held_out.size());
-  at::Tensor x = Rows(train, order, dtype);
-  const at::Tensor y = Labels(train.labels, order);
+  at::Tensor x = Rows(train, order, dtype, device);
+  const at::Tensor y = Labels(train.labels, order, device);
   const at::Tensor mu_fit = x.narrow(0, 0, num_fit).mean(0);
   const at::Tensor mu_all = x.mean(0);
   x.sub_(mu_fit);
@@ -693,12 +739,12 @@ absl::StatusOr<LogisticRegressionResult> Sweep(
   const int64_t total = static_cast<int64_t>(cs.size() + 1) * per_fit;
   LogisticRegressionResult result;
   result.cs = cs;
-  Solution theta = at::zeros({num_classes, dim + 1}, dtype);
+  Solution theta = at::zeros({num_classes, dim + 1}, x.options());
   std::vector<Solution> solutions;
   const Problem fit = MakeProblem(x.narrow(0, 0, num_fit),
                                   y.narrow(0, 0, num_fit), mu_fit, basis);
   for (size_t i = 0; i < cs.size(); ++i) {
-    Fitter fitter(fit, cs[i]);
+    Fitter fitter(fit, cs[i], options.tensor_ops);
     const int64_t done = static_cast<int64_t>(i) * per_fit;
     absl::StatusOr<int> iters = fitter.Minimize(
         theta, options.max_iterations, options.tolerance,
@@ -722,7 +768,7 @@ absl::StatusOr<LogisticRegressionResult> Sweep(
   const at::Tensor shift = mu_all - mu_fit;
   x.sub_(basis ? at::mv(basis->vectors.t(), shift) : shift);
   const Problem all = MakeProblem(x, y, mu_all, basis);
-  Fitter fitter(all, result.best_c);
+  Fitter fitter(all, result.best_c, options.tensor_ops);
   const int64_t done = static_cast<int64_t>(cs.size()) * per_fit;
   absl::StatusOr<int> iters = fitter.Minimize(
       solutions[best], options.max_iterations, options.tolerance,
@@ -739,19 +785,19 @@ absl::StatusOr<LogisticRegressionResult> Sweep(
 
 absl::StatusOr<LogisticRegressionResult> FitOnce(
     const FeatureMatrix& train, const FeatureMatrix& test, int num_classes,
-    double c, const LogisticRegressionOptions& options) {
+    double c, const LogisticRegressionOptions& options, c10::Device device) {
   const at::ScalarType dtype = options.float64 ? at::kDouble : at::kFloat;
   const int64_t dim = train.dim;
   std::vector<int64_t> order(train.rows);
   for (int64_t i = 0; i < train.rows; ++i) order[i] = i;
-  at::Tensor x = Rows(train, order, dtype);
+  at::Tensor x = Rows(train, order, dtype, device);
   const at::Tensor mu = x.mean(0);
   x.sub_(mu);
   const std::optional<Basis> basis = EstimateBasis(x);
   if (basis) Rotate(x, basis->vectors);
-  const Problem all = MakeProblem(x, Labels(train.labels, order), mu, basis);
-  Fitter fitter(all, c);
-  Solution theta = at::zeros({num_classes, dim + 1}, dtype);
+  const Problem all = MakeProblem(x, Labels(train.labels, order, device), mu, basis);
+  Fitter fitter(all, c, options.tensor_ops);
+  Solution theta = at::zeros({num_classes, dim + 1}, x.options());
   absl::StatusOr<int> iters =
       fitter.Minimize(theta, options.max_iterations, options.tolerance,
                       options.relative_reduction, nullptr, &theta);
@@ -762,6 +808,15 @@ absl::StatusOr<LogisticRegressionResult> FitOnce(
   result.iterations = *iters;
   Finish(test, num_classes, theta, dim, result);
   return result;
+}
+
+absl::StatusOr<c10::Device> TorchDevice(const std::string& name) {
+  absl::StatusOr<c10::Device> device = device_internal::TorchDevice(name);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("logistic regression: ", device.status().message()));
+  }
+  return device;
 }
 
 template <typename Fn>
@@ -789,8 +844,10 @@ absl::StatusOr<LogisticRegressionResult> RunLogisticRegression(
     return s;
   }
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  absl::StatusOr<c10::Device> device = TorchDevice(options.device);
+  if (!device.ok()) return device.status();
   return Guarded(
-      [&] { return Sweep(train, test, num_classes, options, progress); });
+      [&] { return Sweep(train, test, num_classes, options, *device, progress); });
 }
 
 absl::StatusOr<LogisticRegressionResult> FitLogisticRegression(
@@ -809,7 +866,9 @@ absl::StatusOr<LogisticRegressionResult> FitLogisticRegression(
   o.val_fraction = 0.5;  // unused by a single fit
   o.cs = {c};
   if (absl::Status s = ValidateOptions(o); !s.ok()) return s;
-  return Guarded([&] { return FitOnce(train, test, num_classes, c, options); });
+  absl::StatusOr<c10::Device> device = TorchDevice(options.device);
+  if (!device.ok()) return device.status();
+  return Guarded([&] { return FitOnce(train, test, num_classes, c, options, *device); });
 }
 
 }  // namespace sslbench::compute

@@ -6,6 +6,7 @@
 // LibTorch-free header.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,12 @@ struct LogisticRegressionOptions {
   double relative_reduction = 2.220446049250313e-09;
   bool float64 = true;
   uint64_t seed = 0;
+  // "cpu", "cuda" or "cuda:N" (device.h): the rows, logits and parameters
+  // live there; the line search's scalars come back each trial.
+  std::string device = "cpu";
+  // The device code path (tensor operations for the per-row passes) also on
+  // the CPU; always used off the CPU. Agrees with the host path to rounding.
+  bool tensor_ops = false;
 };
 
 struct LogisticRegressionResult {

@@ -1,5 +1,7 @@
 #include "worker/compute/logistic_regression.h"
 
+#include "worker/compute/device.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -153,6 +155,36 @@ TEST(LogisticRegressionTest, SweepChoosesOnHeldOutAndRefits) {
   EXPECT_GT(r->test.top1, 0.7);
   // The reported head is the refit on all of train at best C.
   EXPECT_LT(MaxGradient(train, 3, r->best_c, r->head), 1e-3);
+}
+
+// The device code path (tensor ops for the row passes), run on the CPU,
+// against the host path: the same sweep, the same choice of C, the same
+// accuracy, heads equal to 1e-5 (with the preconditioned basis, as every
+// problem up to 4096 features).
+TEST(LogisticRegressionTest, TensorOpsPathEqualsHostPath) {
+  const FeatureMatrix train = Blobs(600, 6, 3, 1.2, 6);
+  const FeatureMatrix test = Blobs(600, 6, 3, 1.2, 7);
+  LogisticRegressionOptions o;
+  o.cs = {1e-4, 1e-2, 1.0, 100.0};
+  o.relative_reduction = 0;  // stop on the gradient only
+  absl::StatusOr<LogisticRegressionResult> host = RunLogisticRegression(train, test, 3, o);
+  o.tensor_ops = true;
+  absl::StatusOr<LogisticRegressionResult> tensors = RunLogisticRegression(train, test, 3, o);
+  ASSERT_TRUE(host.ok()) << host.status();
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  EXPECT_EQ(host->best_c, tensors->best_c);
+  EXPECT_EQ(host->held_out_top1, tensors->held_out_top1);
+  EXPECT_EQ(host->test.top1, tensors->test.top1);
+  ASSERT_EQ(host->head.size(), tensors->head.size());
+  for (size_t i = 0; i < host->head.size(); ++i) {
+    EXPECT_NEAR(host->head[i], tensors->head[i], 1e-5 * (1 + std::fabs(host->head[i]))) << i;
+  }
+  EXPECT_LT(MaxGradient(train, 3, tensors->best_c, tensors->head), 1e-3);
+  o.device = "cuda:7";
+  if (CudaDeviceCount() == 0) {
+    EXPECT_EQ(RunLogisticRegression(train, test, 3, o).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
 }
 
 TEST(LogisticRegressionTest, DefaultGridIsLogSpaced) {
