@@ -9,7 +9,9 @@
 #   DINO kNN at ImageNet size (1,281,167 x D train, 50,000 test, k = 200,
 #   1000 classes; D = 768 and 2048) on identical features: time and correct
 #   count;
-#   one linear-probe epoch over 1,281,167 x 2048 features: 1 head and 52.
+#   one linear-probe epoch over 1,281,167 x 2048 features: 1 head and 52;
+#   kNN, linear probe and logistic regression on one feature set on the CPU
+#   and on the GPU (results must agree).
 # Prints a table and writes it, with every raw JSON line, under $OUT.
 #
 #   bench/gpu/run.sh [--small] [--no-build] [--device=cuda:0]
@@ -34,9 +36,12 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 cores=$(nproc)
 case "$scale" in
-  full) train=1281167 test=50000 images_per_class=512 linear_rows=1281167 iters=30 batch=256 ;;
-  small) train=128116 test=5000 images_per_class=128 linear_rows=128116 iters=10 batch=256 ;;
-  tiny) train=4000 test=500 images_per_class=4 linear_rows=4000 iters=1 batch=4 ;;
+  full) train=1281167 test=50000 images_per_class=512 linear_rows=1281167 iters=30 batch=256
+        parity="--train_rows=50000 --test_rows=10000 --dim=384 --classes=100" ;;
+  small) train=128116 test=5000 images_per_class=128 linear_rows=128116 iters=10 batch=256
+         parity="--train_rows=20000 --test_rows=5000 --dim=256 --classes=100" ;;
+  tiny) train=4000 test=500 images_per_class=4 linear_rows=4000 iters=1 batch=4
+        parity="--train_rows=4000 --test_rows=500 --dim=64 --classes=20" ;;
 esac
 bin=build-gpu/bin
 if [ "$build" = 1 ]; then
@@ -91,5 +96,11 @@ for heads in 1 52; do
   log "$($bin/sslbench-gpu-bench --mode=linear --device="$device" --train_rows=$linear_rows --dim=2048 \
         --heads=$heads --precision=$precision --threads="$cores" | sed "s/^{/{\"side\":\"sslbench\",/")"
 done
+
+# GPU results against CPU results on one feature set (must-show: kNN
+# identical, linear and logistic regression within 0.2 points).
+# shellcheck disable=SC2086
+log "$($bin/sslbench-gpu-bench --mode=parity --device="$device" $parity --threads="$cores" \
+      | sed "s/^{/{\"side\":\"sslbench\",/")"
 
 $PY bench/gpu/table.py "$raw" "$scale" | tee "$OUT/gpu_table.md"

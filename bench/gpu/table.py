@@ -50,6 +50,16 @@ def main():
     seconds("linear epoch, 1 head", one, find("pytorch", "linear", heads=1), "epoch_seconds")
     seconds("linear epoch, 52 heads", grid, find("pytorch", "linear", heads=52), "epoch_seconds",
             ">= 2x")
+    parity = find("sslbench", "parity")
+    if parity:
+        knn = "identical" if parity["knn_metrics_identical"] else "DIFFERENT"
+        lin = parity["linear_top1"]
+        lr = parity["logreg_top1"]
+        out.append(f"| GPU vs CPU on {parity['train_rows']} x {parity['dim']} features | "
+                   f"kNN {knn}; linear {100 * lin[1]:.2f} vs {100 * lin[0]:.2f}; "
+                   f"logreg {100 * lr[1]:.2f} vs {100 * lr[0]:.2f} | | "
+                   f"{100 * abs(lin[1] - lin[0]):.2f} / {100 * abs(lr[1] - lr[0]):.2f} points | "
+                   f"identical; <= 0.2 points |")
     if grid and one:
         out.append(f"| 52 heads / 1 head epoch (sslbench) | | | "
                    f"{grid['epoch_seconds'] / one['epoch_seconds']:.2f} | <= 1.5 |")

@@ -7,6 +7,10 @@
 //       --test_rows=50000 --dim=768 --k=200 --classes=1000
 //   sslbench-gpu-bench --mode=linear --device=cuda --train_rows=1281167 \
 //       --dim=2048 --classes=1000 --heads=52 --precision=bf16
+//   sslbench-gpu-bench --mode=parity --device=cuda --train_rows=20000 \
+//       --test_rows=5000 --dim=256 --classes=100
+//     (kNN, linear probe and logistic regression on the same features, on
+//     the CPU and on the device: metrics side by side)
 
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -24,9 +28,10 @@
 #include "worker/compute/feature_extractor.h"
 #include "worker/compute/knn.h"
 #include "worker/compute/linear_probe.h"
+#include "worker/compute/logistic_regression.h"
 #include "worker/tools/tool_util.h"
 
-ABSL_FLAG(std::string, mode, "knn", "knn or linear");
+ABSL_FLAG(std::string, mode, "knn", "knn, linear or parity");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N or auto");
 ABSL_FLAG(int64_t, train_rows, 100000, "train rows");
 ABSL_FLAG(int64_t, test_rows, 10000, "test rows (knn)");
@@ -93,7 +98,7 @@ int main(int argc, char** argv) {
   const int classes = absl::GetFlag(FLAGS_classes);
   FeatureMatrix train, test;
   MakeFeatures(device, absl::GetFlag(FLAGS_seed), absl::GetFlag(FLAGS_train_rows),
-               mode == "knn" ? absl::GetFlag(FLAGS_test_rows) : 0, absl::GetFlag(FLAGS_dim),
+               mode == "linear" ? 0 : absl::GetFlag(FLAGS_test_rows), absl::GetFlag(FLAGS_dim),
                classes, &train, &test);
 
   if (mode == "knn") {
@@ -118,6 +123,63 @@ int main(int argc, char** argv) {
         JsonNumber(seconds, 6).c_str(), JsonNumber(r.metrics.top1).c_str(),
         JsonNumber(r.metrics.top5).c_str(), std::llround(r.metrics.top1 * test.rows),
         static_cast<long long>(r.exhaustive_rows));
+    return 0;
+  }
+  if (mode == "parity") {
+    // Every probe on the CPU, then on the device, on the same features.
+    auto knn = [&](const std::string& on) {
+      compute::KnnOptions o;
+      o.ks = {20};
+      o.euclidean_k = 20;
+      o.device = on;
+      auto r = compute::RunKnn(train, test, classes, o);
+      if (!r.ok()) Die(r.status());
+      return *r;
+    };
+    auto linear = [&](const std::string& on) {
+      compute::LinearProbeOptions o;
+      o.learning_rates = {0.01, 0.1, 1.0};
+      o.epochs = 10;
+      o.batch_norm = true;
+      o.device = on;
+      auto r = compute::RunLinearProbe(train, test, classes, o);
+      if (!r.ok()) Die(r.status());
+      return *r;
+    };
+    auto logreg = [&](const std::string& on) {
+      compute::LogisticRegressionOptions o;
+      o.cs = {1e-3, 1e-2, 1e-1, 1.0};
+      o.device = on;
+      auto r = compute::RunLogisticRegression(train, test, classes, o);
+      if (!r.ok()) Die(r.status());
+      return *r;
+    };
+    const auto knn_cpu = knn("cpu"), knn_dev = knn(*device_name);
+    bool same = knn_cpu.size() == knn_dev.size();
+    for (size_t i = 0; same && i < knn_cpu.size(); ++i) {
+      same = knn_cpu[i].metrics.top1 == knn_dev[i].metrics.top1 &&
+             knn_cpu[i].metrics.top5 == knn_dev[i].metrics.top5 &&
+             knn_cpu[i].metrics.per_class.size() == knn_dev[i].metrics.per_class.size();
+      for (size_t c = 0; same && c < knn_cpu[i].metrics.per_class.size(); ++c) {
+        const double a = knn_cpu[i].metrics.per_class[c], b = knn_dev[i].metrics.per_class[c];
+        same = a == b || (std::isnan(a) && std::isnan(b));
+      }
+    }
+    const auto lin_cpu = linear("cpu"), lin_dev = linear(*device_name);
+    const auto lr_cpu = logreg("cpu"), lr_dev = logreg(*device_name);
+    std::printf(
+        "{\"mode\":\"parity\",\"device\":\"%s\",\"train_rows\":%lld,\"test_rows\":%lld,"
+        "\"dim\":%lld,\"knn_cosine_top1\":[%s,%s],\"knn_euclidean_top1\":[%s,%s],"
+        "\"knn_metrics_identical\":%s,\"linear_top1\":[%s,%s],\"logreg_top1\":[%s,%s],"
+        "\"logreg_best_c\":[%s,%s]}\n",
+        device_name->c_str(), static_cast<long long>(train.rows),
+        static_cast<long long>(test.rows), static_cast<long long>(train.dim),
+        JsonNumber(knn_cpu[0].metrics.top1).c_str(), JsonNumber(knn_dev[0].metrics.top1).c_str(),
+        JsonNumber(knn_cpu[1].metrics.top1).c_str(), JsonNumber(knn_dev[1].metrics.top1).c_str(),
+        same ? "true" : "false", JsonNumber(lin_cpu.test.top1).c_str(),
+        JsonNumber(lin_dev.test.top1).c_str(), JsonNumber(lr_cpu.test.top1).c_str(),
+        JsonNumber(lr_dev.test.top1).c_str(), JsonNumber(lr_cpu.best_c).c_str(),
+        JsonNumber(lr_dev.best_c).c_str());
     return 0;
   }
   if (mode == "linear") {
@@ -162,5 +224,5 @@ int main(int argc, char** argv) {
         JsonNumber(result->test.top1, 6).c_str());
     return 0;
   }
-  Die(absl::InvalidArgumentError("--mode must be knn or linear"));
+  Die(absl::InvalidArgumentError("--mode must be knn, linear or parity"));
 }
