@@ -31,7 +31,8 @@ ABSL_FLAG(std::string, device, "auto",
           "where extraction, kNN and linear probes run: auto (cuda:0 when a CUDA "
           "device is visible, else cpu), cpu, cuda or cuda:N; run one worker per GPU");
 ABSL_FLAG(int, decode_threads, 0,
-          "threads decoding and preprocessing images during extraction (0: --threads)");
+          "threads decoding and preprocessing images during extraction (0: --threads on "
+          "the CPU; on a GPU every core but one, to keep the GPU fed)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9465",
           "Prometheus /metrics address; empty disables it");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -92,12 +93,17 @@ int main(int argc, char** argv) {
   const int threads = absl::GetFlag(FLAGS_threads);
   sslbench::compute::SetComputeThreads(threads);
   sslbench::worker::RunnerOptions runner_options;
-  runner_options.decode_threads = absl::GetFlag(FLAGS_decode_threads) > 0
-                                      ? absl::GetFlag(FLAGS_decode_threads)
-                                      : std::max(1, threads);
+  // On a GPU the model is fast and decoding is the bottleneck: every core
+  // but the one driving the GPU decodes. On the CPU they share the cores.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  runner_options.decode_threads =
+      absl::GetFlag(FLAGS_decode_threads) > 0 ? absl::GetFlag(FLAGS_decode_threads)
+      : sslbench::compute::IsCudaDevice(*device) ? std::max(1, cores - 1)
+                                                 : std::max(1, threads);
   runner_options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
   runner_options.device = *device;
-  sslbench::LogInfo("worker", "compute device ", *device, " (", threads, " CPU threads)");
+  sslbench::LogInfo("worker", "compute device ", *device, " (", threads, " compute threads, ",
+                    runner_options.decode_threads, " decode threads)");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
