@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "gmock/gmock.h"
+#include "worker/compute/device.h"
 #include "gtest/gtest.h"
 
 namespace sslbench::worker {
@@ -40,6 +41,42 @@ v1::TaskSpec KnnTask() {
   protocol->mutable_knn()->set_test_chunk_rows(16);
   protocol->mutable_knn()->set_train_chunk_rows(16);
   return spec;
+}
+
+// The worker's device reaches every probe: on a build without CUDA each kind
+// fails before any work, naming CUDA; on a GPU build each runs there.
+TEST(ProbeTasksTest, TheDeviceReachesEveryProbe) {
+  const auto train = Clusters(4, 20, 0.f);
+  const auto test = Clusters(4, 5, 1.f);
+  v1::TaskSpec knn = KnnTask();
+  v1::TaskSpec linear = KnnTask();
+  linear.set_kind(v1::TASK_KIND_LINEAR);
+  auto* lp = linear.mutable_protocol()->mutable_linear();
+  lp->add_learning_rates(0.1);
+  lp->set_epochs(2);
+  lp->set_batch_size(16);
+  lp->set_momentum(0.9);
+  lp->set_val_fraction(0.2);
+  v1::TaskSpec logreg = KnnTask();
+  logreg.set_kind(v1::TASK_KIND_LOGREG);
+  auto* lr = logreg.mutable_protocol()->mutable_logreg();
+  lr->add_cs(1.0);
+  lr->set_max_iterations(50);
+  lr->set_tolerance(1e-6);
+  lr->set_val_fraction(0.2);
+  for (const v1::TaskSpec& spec : {knn, linear, logreg}) {
+    SCOPED_TRACE(v1::TaskKind_Name(spec.kind()));
+    auto on_cpu = RunProbeTask(spec, train, test, nullptr, {}, "cpu");
+    ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+    auto on_cuda = RunProbeTask(spec, train, test, nullptr, {}, "cuda:0");
+    if (compute::CudaDeviceCount() == 0) {
+      EXPECT_EQ(on_cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_THAT(std::string(on_cuda.status().message()), HasSubstr("CUDA is not available"));
+    } else {
+      ASSERT_TRUE(on_cuda.ok()) << on_cuda.status();
+      EXPECT_EQ(on_cuda->front().top1(), on_cpu->front().top1());
+    }
+  }
 }
 
 TEST(ProbeTasksTest, KnnOnTheFullSplitReportsEveryVariantWithItsConfig) {
