@@ -127,17 +127,14 @@ class ExtractRunner final : public TaskRunner {
     std::vector<int32_t> labels;
     int64_t chunk_begin = -1;
     int64_t skipped = 0;
-    image::Batch batch;
-    for (;;) {
-      if (ctx.ShouldStop()) return Stopped();
-      ASSIGN_OR_RETURN(bool got, loader.Next(&batch));
-      if (!got) break;
+    // The features of `batch` (started on the extractor when it has images)
+    // join the chunk; a full chunk is uploaded.
+    auto finish = [&](const image::Batch& batch) -> absl::Status {
       if (chunk_begin < 0) chunk_begin = batch.first;
       std::vector<float> rows;
       if (batch.height > 0) {
         int64_t batch_dim = 0;
-        ASSIGN_OR_RETURN(rows, extractor->Forward(batch.data.data(), batch.n, batch.height,
-                                                  batch.width, &batch_dim));
+        ASSIGN_OR_RETURN(rows, extractor->Collect(&batch_dim));
         if (batch_dim != dim) {
           return absl::InvalidArgumentError(absl::StrCat(
               "model \"", spec.model().name(), "\" returned ", batch_dim,
@@ -160,7 +157,7 @@ class ExtractRunner final : public TaskRunner {
       if (metrics_ != nullptr) metrics_->images->Increment(static_cast<double>(batch.n));
       ctx.AddDone(batch.n);
       const int64_t chunk_end = batch.first + batch.n;
-      if (chunk_end % rows_per_chunk != 0 && chunk_end != n) continue;
+      if (chunk_end % rows_per_chunk != 0 && chunk_end != n) return absl::OkStatus();
 
       const int32_t c = static_cast<int32_t>(chunk_begin / rows_per_chunk);
       const int64_t chunk_rows = chunk_end - chunk_begin;
@@ -195,7 +192,24 @@ class ExtractRunner final : public TaskRunner {
       features.clear();
       labels.clear();
       chunk_begin = -1;
+      return absl::OkStatus();
+    };
+    // One batch in flight: batch i + 1 is decoded and started on the device
+    // before batch i's features are collected and uploaded.
+    image::Batch batch, previous;
+    bool in_flight = false;
+    for (;;) {
+      if (ctx.ShouldStop()) return Stopped();
+      ASSIGN_OR_RETURN(bool got, loader.Next(&batch));
+      if (!got) break;
+      if (batch.height > 0) {
+        RETURN_IF_ERROR(extractor->Start(batch.data.data(), batch.n, batch.height, batch.width));
+      }
+      if (in_flight) RETURN_IF_ERROR(finish(previous));
+      std::swap(batch, previous);
+      in_flight = true;
     }
+    if (in_flight) RETURN_IF_ERROR(finish(previous));
     if (reused > 0) {
       LogInfo("worker", "task ", ctx.task_id(), ": resumed, ", reused, " of ", n,
               " rows were already stored");

@@ -2,8 +2,13 @@
 
 #include <ATen/Parallel.h>
 #include <torch/script.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <cstdint>
+#include <thread>
+#include <deque>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -176,6 +181,97 @@ class TorchScriptExtractor final : public FeatureExtractor {
       return absl::InternalError(
           absl::StrCat("model '", options_.path, "' failed: ", e.what()));
     }
+    return Rows(features, dim);
+  }
+
+  absl::Status Start(const float* data, int64_t n, int height, int width) override {
+    if (flight_.size() >= 2) {
+      return absl::FailedPreconditionError("two batches are in flight; Collect one first");
+    }
+    InFlight f;
+    if (!device_.is_cuda() || (max_rows_ > 0 && n > max_rows_)) {
+      f.done = Forward(data, n, height, width, nullptr);
+      flight_.push_back(std::move(f));
+      return absl::OkStatus();
+    }
+    c10::InferenceMode inference;
+    try {
+      // The slot the batch before last used: that batch was collected, so
+      // its copy to the device is done.
+      const int slot = next_slot_;
+      const at::Tensor host = at::from_blob(const_cast<float*>(data),
+                                            {n, options_.channels, height, width},
+                                            at::TensorOptions().dtype(at::kFloat));
+      at::Tensor& staging = staging_slots_[slot];
+      if (!staging.defined() || staging.numel() < host.numel()) {
+        staging = at::empty({host.numel()},
+                            at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+      }
+      at::Tensor pinned = staging.narrow(0, 0, host.numel()).view(host.sizes());
+      pinned.copy_(host);
+      at::Tensor batch = pinned.to(device_, /*non_blocking=*/true);
+      if (channels_last_) batch = batch.contiguous(at::MemoryFormat::ChannelsLast);
+      torch::jit::IValue result;
+      {
+        device_internal::AutocastScope autocast(device_, dtype_);
+        result = module_.forward({batch});
+      }
+      if (!result.isTensor()) {
+        f.done = absl::InvalidArgumentError(absl::StrCat(
+            "model '", options_.path, "' returned ", result.tagKind(), ", not a tensor"));
+      } else {
+        const at::Tensor features = result.toTensor().reshape({n, -1}).to(at::kFloat);
+        // Back through pinned memory, queued behind the forward pass; the
+        // event says when it has landed.
+        f.host = at::empty(features.sizes(),
+                           at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+        f.host.copy_(features, /*non_blocking=*/true);
+        f.event = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+        f.event->record(c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(device_));
+        next_slot_ ^= 1;
+      }
+    } catch (const c10::Error& e) {
+      if (device_internal::IsOutOfMemory(e)) {
+        // Forward halves it (and remembers the size that fits).
+        f = InFlight();
+        f.done = Forward(data, n, height, width, nullptr);
+      } else {
+        f.done = absl::InternalError(
+            absl::StrCat("model '", options_.path, "' failed: ", ErrorText(e)));
+      }
+    } catch (const std::exception& e) {
+      f.done = absl::InternalError(
+          absl::StrCat("model '", options_.path, "' failed: ", e.what()));
+    }
+    flight_.push_back(std::move(f));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<float>> Collect(int64_t* dim) override {
+    if (flight_.empty()) return absl::FailedPreconditionError("no batch was started");
+    InFlight f = std::move(flight_.front());
+    flight_.pop_front();
+    if (!f.event) {
+      if (f.done.ok() && dim != nullptr) *dim = dim_;
+      return std::move(f.done);
+    }
+    // c10::Event has no blocking wait in every LibTorch this builds with.
+    while (!f.event->query()) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    return Rows(f.host, dim);
+  }
+
+ private:
+  // A batch started and not yet collected: its result, or (CUDA) the pinned
+  // host tensor its features are copied into and the event after the copy.
+  struct InFlight {
+    absl::StatusOr<std::vector<float>> done = std::vector<float>();
+    at::Tensor host;
+    std::unique_ptr<c10::Event> event;
+  };
+
+  // Host float32 features [n, width] as rows, checking the width against
+  // earlier batches.
+  absl::StatusOr<std::vector<float>> Rows(const at::Tensor& features, int64_t* dim) {
     const int64_t features_per_row = features.size(1);
     if (dim_ < 0) {
       dim_ = features_per_row;
@@ -184,13 +280,12 @@ class TorchScriptExtractor final : public FeatureExtractor {
           absl::StrCat("model '", options_.path, "' returned ", features_per_row,
                        " features per image; earlier batches had ", dim_));
     }
-    std::vector<float> out(static_cast<size_t>(n * features_per_row));
+    std::vector<float> out(static_cast<size_t>(features.numel()));
     std::memcpy(out.data(), features.data_ptr<float>(), out.size() * sizeof(float));
     if (dim != nullptr) *dim = dim_;
     return out;
   }
 
- private:
   ModelOptions options_;
   torch::jit::Module module_;
   const c10::Device device_;
@@ -199,7 +294,11 @@ class TorchScriptExtractor final : public FeatureExtractor {
   image::PreprocessOptions preprocess_;
   int64_t dim_ = -1;
   int64_t max_rows_ = 0;  // 0: no batch ran out of memory yet
-  at::Tensor staging_;    // pinned host buffer (CUDA only)
+  at::Tensor staging_;    // pinned host buffer of Forward (CUDA only)
+  // Start/Collect: two pinned buffers used in turn, the batches in flight.
+  at::Tensor staging_slots_[2];
+  int next_slot_ = 0;
+  std::deque<InFlight> flight_;
 };
 
 }  // namespace

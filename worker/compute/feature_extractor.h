@@ -67,6 +67,17 @@ class FeatureExtractor {
   virtual absl::StatusOr<std::vector<float>> Forward(const float* batch, int64_t n, int height,
                                                      int width, int64_t* dim) = 0;
 
+  // Forward in two halves, so that the host prepares batch i + 1 while the
+  // device runs batch i: Start queues a batch (on a CUDA device: copied to a
+  // pinned buffer, sent, run, its features queued back to pinned memory,
+  // nothing waited for; elsewhere it runs at once) and Collect returns the
+  // rows of the oldest started batch, waiting for them. At most two batches
+  // in flight (FAILED_PRECONDITION for a third, or a Collect with none);
+  // errors of a batch come from its Collect, as Forward's. Results equal
+  // Forward's.
+  virtual absl::Status Start(const float* batch, int64_t n, int height, int width) = 0;
+  virtual absl::StatusOr<std::vector<float>> Collect(int64_t* dim) = 0;
+
   // The canonical device ("cpu", "cuda:N") and precision ("fp32", "bf16",
   // "fp16") the model runs in, and the largest batch that fitted so far
   // (0 until a batch was split for memory).

@@ -113,15 +113,27 @@ int main(int argc, char** argv) {
                             decode_threads, std::max(2, 2 * decode_threads));
   std::vector<float> features;
   int64_t dim = 0;
+  // One batch in flight while the next is taken from the loader and
+  // started, as the worker's extraction does.
+  auto collect = [&] {
+    auto rows = (*extractor)->Collect(&dim);
+    if (!rows.ok()) Die(rows.status());
+    features.insert(features.end(), rows->begin(), rows->end());
+  };
+  image::Batch batch;
+  bool in_flight = false;
   for (;;) {
-    image::Batch batch;
     auto got = loader.Next(&batch);
     if (!got.ok()) Die(got.status());
     if (!*got) break;
-    auto rows = (*extractor)->Forward(batch.data.data(), batch.n, batch.height, batch.width, &dim);
-    if (!rows.ok()) Die(rows.status());
-    features.insert(features.end(), rows->begin(), rows->end());
+    if (auto s = (*extractor)->Start(batch.data.data(), batch.n, batch.height, batch.width);
+        !s.ok()) {
+      Die(s);
+    }
+    if (in_flight) collect();
+    in_flight = true;
   }
+  if (in_flight) collect();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string out = absl::GetFlag(FLAGS_features_out);

@@ -232,6 +232,38 @@ TEST_F(FeatureExtractorTest, ChannelsLastAndBFloat16Autocast) {
   EXPECT_LT(max_diff, 0.05 * max_abs);
 }
 
+// Start/Collect (the overlapped path) returns Forward's rows, in order, and
+// holds at most two batches.
+TEST_F(FeatureExtractorTest, StartAndCollectEqualForward) {
+  ModelOptions o;
+  o.path = Cnn(7);
+  o.input_size = 28;
+  auto extractor = MustLoad(o);
+  ASSERT_NE(extractor, nullptr);
+  std::vector<float> a(3 * 28 * 28), b(2 * 28 * 28);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 37) % 101) / 50.0f - 1;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>((i * 11) % 97) / 40.0f - 1;
+  int64_t dim = 0;
+  const auto fa = extractor->Forward(a.data(), 3, 28, 28, &dim);
+  const auto fb = extractor->Forward(b.data(), 2, 28, 28, &dim);
+  ASSERT_TRUE(fa.ok() && fb.ok());
+
+  EXPECT_THAT(extractor->Collect(&dim).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_TRUE(extractor->Start(a.data(), 3, 28, 28).ok());
+  ASSERT_TRUE(extractor->Start(b.data(), 2, 28, 28).ok());
+  EXPECT_THAT(extractor->Start(a.data(), 3, 28, 28),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  dim = 0;
+  const auto ca = extractor->Collect(&dim);
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  EXPECT_EQ(dim, kRandomCnnDim);
+  EXPECT_EQ(*ca, *fa);
+  const auto cb = extractor->Collect(&dim);
+  ASSERT_TRUE(cb.ok()) << cb.status();
+  EXPECT_EQ(*cb, *fb);
+}
+
 TEST_F(FeatureExtractorTest, RejectsDevicesAndPrecisionsItCannotServe) {
   ModelOptions o;
   o.path = Cnn(7);
