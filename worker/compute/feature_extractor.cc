@@ -5,16 +5,16 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
-#include <cstdint>
-#include <thread>
-#include <deque>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -137,33 +137,9 @@ class TorchScriptExtractor final : public FeatureExtractor {
     at::Tensor features;
     c10::InferenceMode inference;
     try {
-      // from_blob does not copy and forward does not write its input.
-      at::Tensor batch = at::from_blob(const_cast<float*>(data),
-                                       {n, options_.channels, height, width},
-                                       at::TensorOptions().dtype(at::kFloat));
-      if (device_.is_cuda()) {
-        // Through pinned memory, so the copy to the device is one DMA.
-        if (!staging_.defined() || staging_.numel() < batch.numel()) {
-          staging_ = at::empty({batch.numel()},
-                               at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
-        }
-        at::Tensor pinned = staging_.narrow(0, 0, batch.numel()).view(batch.sizes());
-        pinned.copy_(batch);
-        batch = pinned.to(device_, /*non_blocking=*/true);
-      }
-      if (channels_last_) batch = batch.contiguous(at::MemoryFormat::ChannelsLast);
-      torch::jit::IValue result;
-      {
-        device_internal::AutocastScope autocast(device_, dtype_);
-        result = module_.forward({batch});
-      }
-      if (!result.isTensor()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("model '", options_.path, "' returned ",
-                         result.tagKind(), ", not a tensor"));
-      }
-      features =
-          result.toTensor().reshape({n, -1}).to(at::kCPU, at::kFloat).contiguous();
+      absl::StatusOr<at::Tensor> on_device = Run(data, n, height, width, staging_);
+      if (!on_device.ok()) return on_device.status();
+      features = on_device->to(at::kCPU).contiguous();
     } catch (const c10::Error& e) {
       if (device_internal::IsOutOfMemory(e)) {
         if (n == 1) {
@@ -198,29 +174,12 @@ class TorchScriptExtractor final : public FeatureExtractor {
     try {
       // The slot the batch before last used: that batch was collected, so
       // its copy to the device is done.
-      const int slot = next_slot_;
-      const at::Tensor host = at::from_blob(const_cast<float*>(data),
-                                            {n, options_.channels, height, width},
-                                            at::TensorOptions().dtype(at::kFloat));
-      at::Tensor& staging = staging_slots_[slot];
-      if (!staging.defined() || staging.numel() < host.numel()) {
-        staging = at::empty({host.numel()},
-                            at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
-      }
-      at::Tensor pinned = staging.narrow(0, 0, host.numel()).view(host.sizes());
-      pinned.copy_(host);
-      at::Tensor batch = pinned.to(device_, /*non_blocking=*/true);
-      if (channels_last_) batch = batch.contiguous(at::MemoryFormat::ChannelsLast);
-      torch::jit::IValue result;
-      {
-        device_internal::AutocastScope autocast(device_, dtype_);
-        result = module_.forward({batch});
-      }
-      if (!result.isTensor()) {
-        f.done = absl::InvalidArgumentError(absl::StrCat(
-            "model '", options_.path, "' returned ", result.tagKind(), ", not a tensor"));
+      absl::StatusOr<at::Tensor> on_device =
+          Run(data, n, height, width, staging_slots_[next_slot_]);
+      if (!on_device.ok()) {
+        f.done = on_device.status();
       } else {
-        const at::Tensor features = result.toTensor().reshape({n, -1}).to(at::kFloat);
+        const at::Tensor& features = *on_device;
         // Back through pinned memory, queued behind the forward pass; the
         // event says when it has landed.
         f.host = at::empty(features.sizes(),
@@ -268,6 +227,38 @@ class TorchScriptExtractor final : public FeatureExtractor {
     at::Tensor host;
     std::unique_ptr<c10::Event> event;
   };
+
+  // Runs the model on a host batch: on a CUDA device through `staging` (a
+  // pinned buffer, grown as needed) and an asynchronous copy; channels-last
+  // and autocast as configured. The features [n, width] as float32 where
+  // the model ran, not waited for. Throws what the model throws.
+  absl::StatusOr<at::Tensor> Run(const float* data, int64_t n, int height, int width,
+                                 at::Tensor& staging) {
+    // from_blob does not copy and forward does not write its input.
+    at::Tensor batch = at::from_blob(const_cast<float*>(data),
+                                     {n, options_.channels, height, width},
+                                     at::TensorOptions().dtype(at::kFloat));
+    if (device_.is_cuda()) {
+      if (!staging.defined() || staging.numel() < batch.numel()) {
+        staging = at::empty({batch.numel()},
+                            at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+      }
+      at::Tensor pinned = staging.narrow(0, 0, batch.numel()).view(batch.sizes());
+      pinned.copy_(batch);
+      batch = pinned.to(device_, /*non_blocking=*/true);
+    }
+    if (channels_last_) batch = batch.contiguous(at::MemoryFormat::ChannelsLast);
+    torch::jit::IValue result;
+    {
+      device_internal::AutocastScope autocast(device_, dtype_);
+      result = module_.forward({batch});
+    }
+    if (!result.isTensor()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", options_.path, "' returned ", result.tagKind(), ", not a tensor"));
+    }
+    return result.toTensor().reshape({n, -1}).to(at::kFloat);
+  }
 
   // Host float32 features [n, width] as rows, checking the width against
   // earlier batches.
