@@ -15,6 +15,10 @@ namespace sslbench::compute::device_internal {
 // CUDA request on a machine without CUDA fails before any work.
 absl::StatusOr<c10::Device> TorchDevice(const std::string& name);
 
+// `status` with "context: " before its message (same code), for the errors
+// of ResolveDevice / ResolvePrecision / TorchDevice at an entry point.
+absl::Status Prefixed(const absl::Status& status, const std::string& context);
+
 // at::kBFloat16 / at::kHalf for "bf16" / "fp16"; at::kFloat otherwise.
 at::ScalarType PrecisionType(const std::string& precision);
 

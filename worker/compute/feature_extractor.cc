@@ -333,18 +333,11 @@ absl::StatusOr<std::unique_ptr<FeatureExtractor>> FeatureExtractor::Load(
           "model '", options.path, "': std values must be positive, got ", s));
     }
   }
+  const std::string context = absl::StrCat("model '", options.path, "'");
   absl::StatusOr<std::string> device_name = ResolveDevice(options.device);
-  if (!device_name.ok()) {
-    return absl::Status(device_name.status().code(),
-                        absl::StrCat("model '", options.path, "': ",
-                                     device_name.status().message()));
-  }
+  if (!device_name.ok()) return device_internal::Prefixed(device_name.status(), context);
   absl::StatusOr<std::string> precision = ResolvePrecision(options.precision, *device_name);
-  if (!precision.ok()) {
-    return absl::Status(precision.status().code(),
-                        absl::StrCat("model '", options.path, "': ",
-                                     precision.status().message()));
-  }
+  if (!precision.ok()) return device_internal::Prefixed(precision.status(), context);
   if (options.channels_last != "auto" && options.channels_last != "on" &&
       options.channels_last != "off") {
     return absl::InvalidArgumentError(

@@ -1035,14 +1035,11 @@ absl::StatusOr<FineTuneResult> RunFineTune(const ModelOptions& model, const Imag
     }
   }
 
+  const std::string context = absl::StrCat("fine-tuning model '", model.path, "'");
   absl::StatusOr<std::string> device = ResolveDevice(model.device);
-  if (!device.ok()) {
-    return absl::Status(device.status().code(),
-                        absl::StrCat("fine-tuning model '", model.path, "': ",
-                                     device.status().message()));
-  }
+  if (!device.ok()) return device_internal::Prefixed(device.status(), context);
   absl::StatusOr<std::string> precision = ResolvePrecision(model.precision, *device);
-  if (!precision.ok()) return precision.status();
+  if (!precision.ok()) return device_internal::Prefixed(precision.status(), context);
   if (*precision == "fp16") {
     return absl::InvalidArgumentError(
         "fine-tuning runs in fp32 or bf16 (fp16 would need loss scaling)");

@@ -193,10 +193,7 @@ absl::Status Validate(const FeatureMatrix& train, const FeatureMatrix& test,
 // The options with the device name resolved ("auto" to cpu or cuda:0).
 absl::StatusOr<KnnOptions> ResolveOptions(const KnnOptions& requested) {
   absl::StatusOr<std::string> device = ResolveDevice(requested.device);
-  if (!device.ok()) {
-    return absl::Status(device.status().code(),
-                        absl::StrCat("kNN: ", device.status().message()));
-  }
+  if (!device.ok()) return device_internal::Prefixed(device.status(), "kNN");
   KnnOptions options = requested;
   options.device = *device;
   return options;

@@ -530,10 +530,7 @@ absl::StatusOr<LinearProbeResult> RunLinearProbe(
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
   absl::StatusOr<c10::Device> device =
       device_internal::TorchDevice(options.device);
-  if (!device.ok()) {
-    return absl::Status(device.status().code(),
-                        absl::StrCat("linear probe: ", device.status().message()));
-  }
+  if (!device.ok()) return device_internal::Prefixed(device.status(), "linear probe");
   try {
     c10::InferenceMode inference;
     return Train(train, test, num_classes, options, *device, progress);

@@ -812,10 +812,7 @@ absl::StatusOr<LogisticRegressionResult> FitOnce(
 
 absl::StatusOr<c10::Device> TorchDevice(const std::string& name) {
   absl::StatusOr<c10::Device> device = device_internal::TorchDevice(name);
-  if (!device.ok()) {
-    return absl::Status(device.status().code(),
-                        absl::StrCat("logistic regression: ", device.status().message()));
-  }
+  if (!device.ok()) return device_internal::Prefixed(device.status(), "logistic regression");
   return device;
 }
 
