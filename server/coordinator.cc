@@ -214,6 +214,9 @@ absl::StatusOr<v1::Checkpoint> Coordinator::GetCheckpoint(const v1::GetCheckpoin
 
 absl::StatusOr<int> Coordinator::ReapExpiredLeases() {
   const absl::Time now = clock_.Now();
+  if (policy_.outage_bridge_after > absl::ZeroDuration()) {
+    RETURN_IF_ERROR(store_.BridgeOutage(now, policy_.outage_bridge_after).status());
+  }
   ASSIGN_OR_RETURN(auto expired, store_.FindExpiredLeases(now, 100));
   int released = 0;
   for (const LeasedTask& lease : expired) {

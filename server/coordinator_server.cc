@@ -3,6 +3,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -33,8 +35,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   ASSIGN_OR_RETURN(s->store_, PgStore::Create(std::move(store_options)));
   LogInfo("coordinator", "feature chunk bytes go to ", s->store_->blobs().Describe());
-  s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock,
-                                                  s->options_.policy, metrics);
+  LeasePolicy policy = s->options_.policy;
+  if (policy.outage_bridge_after == absl::ZeroDuration()) {
+    // The reaper ticks every reap interval; several missed ticks mean that
+    // no coordinator could reach the database.
+    policy.outage_bridge_after = std::max(absl::Seconds(10), 5 * s->options_.reap_interval);
+  }
+  s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock, policy, metrics);
   s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);
   s->study_service_ =
       std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics);

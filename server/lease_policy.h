@@ -17,6 +17,11 @@ struct LeasePolicy {
   absl::Duration backoff_max = absl::Minutes(2);
   // A worker unseen for this long is shown as dead.
   absl::Duration worker_alive_window = absl::Seconds(60);
+  // When no coordinator reached the database for longer than this (an
+  // outage), leases are extended by the outage before any expires. Zero:
+  // never (the reaper must then run without pause). CoordinatorServer sets
+  // it from its reap interval.
+  absl::Duration outage_bridge_after = absl::ZeroDuration();
 };
 
 // Backoff before attempt `attempts + 1`: base * 2^(attempts - 1), capped.

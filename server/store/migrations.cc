@@ -160,6 +160,14 @@ ALTER TABLE tasks ADD COLUMN input_key TEXT NOT NULL DEFAULT '';
       {7, "tasks that only GPU workers may lease", R"sql(
 ALTER TABLE tasks ADD COLUMN requires_gpu BOOLEAN NOT NULL DEFAULT false;
 )sql"},
+      {8, "when a coordinator last reached the database, to bridge outages", R"sql(
+CREATE TABLE lease_clock (
+  id           INT PRIMARY KEY CHECK (id = 1),
+  last_tick_us BIGINT NOT NULL
+);
+-- Fencing tokens are now random (drawn by the coordinator), not a sequence.
+DROP SEQUENCE lease_tokens;
+)sql"},
   };
   return kMigrations;
 }

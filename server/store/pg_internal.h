@@ -32,13 +32,15 @@ inline pqxx::binarystring Bytes(std::string_view s) {
 }
 inline std::string FromBytes(const pqxx::field& f) { return pqxx::binarystring(f).str(); }
 
-// FAILED_PRECONDITION for a write whose fencing token no longer holds.
+// FAILED_PRECONDITION for a write whose fencing token no longer holds. The
+// message never names the current token: a caller that could read it could
+// act for the lease's holder.
 inline absl::Status StaleToken(int64_t task_id, int64_t token, int64_t current,
                                const std::string& state) {
   if (token != current) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "lease lost: task ", task_id, " has fencing token ", current,
-        ", the request carries stale token ", token));
+        "lease lost: task ", task_id,
+        " was leased again; the request carries a stale token"));
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "lease lost: task ", task_id, " is ", state, ", not LEASED"));

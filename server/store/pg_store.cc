@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
+#include "common/random.h"
 #include "common/status_macros.h"
 #include "server/store/migrations.h"
 #include "server/store/pg_internal.h"
@@ -584,7 +585,7 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
     const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
     // SKIP LOCKED: concurrent leasers each take a different row, none waits.
     const auto r = w.exec_params(
-        "UPDATE tasks SET state = 'LEASED', lease_token = nextval('lease_tokens'), "
+        "UPDATE tasks SET state = 'LEASED', lease_token = $6, "
         "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
         "work_done = 0, work_total = 0 "
         "WHERE id = (SELECT t.id FROM tasks t WHERE t.state = 'PENDING' "
@@ -594,7 +595,7 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
         " ORDER BY (t.input_key = ANY($4::text[])) DESC, t.id "
         " LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
         "RETURNING id, lease_token, attempts, spec",
-        worker_id, Us(now), Us(deadline), preferred, has_gpu);
+        worker_id, Us(now), Us(deadline), preferred, has_gpu, RandomPositiveInt64());
     if (r.empty()) return absl::OkStatus();
     Lease l;
     l.task_id = r[0][0].as<int64_t>();
@@ -620,12 +621,17 @@ absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
     auto& w = t.work;
     outcome = HeartbeatOutcome{};
     const auto r = w.exec_params(
-        "SELECT state, lease_token FROM tasks WHERE id = $1 FOR UPDATE", task_id);
+        "SELECT state, lease_token, lease_worker FROM tasks WHERE id = $1 FOR UPDATE", task_id);
     if (r.empty()) {
       return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
     }
     const std::string state = r[0][0].as<std::string>();
     const int64_t current = r[0][1].as<int64_t>();
+    if (current == token && r[0][2].as<int64_t>() != worker_id) {
+      // The token alone is not enough: the lease belongs to one worker.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "lease lost: task ", task_id, " is not leased to worker ", worker_id));
+    }
     w.exec_params("UPDATE workers SET last_seen_us = $2 WHERE id = $1",
                   worker_id, Us(now));
     if (current == token && state == "CANCELLED") {
@@ -684,6 +690,34 @@ absl::StatusOr<std::vector<LeasedTask>> PgStore::FindExpiredLeases(absl::Time no
     return absl::OkStatus();
   }));
   return expired;
+}
+
+absl::StatusOr<absl::Duration> PgStore::BridgeOutage(absl::Time now,
+                                                     absl::Duration max_gap) {
+  absl::Duration bridged;
+  RETURN_IF_ERROR(Transact("bridge_outage", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    bridged = absl::ZeroDuration();
+    w.exec_params(
+        "INSERT INTO lease_clock (id, last_tick_us) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        Us(now));
+    const auto r = w.exec("SELECT last_tick_us FROM lease_clock WHERE id = 1 FOR UPDATE");
+    const int64_t gap_us = Us(now) - r[0][0].as<int64_t>();
+    if (gap_us > absl::ToInt64Microseconds(max_gap)) {
+      const auto extended = w.exec_params(
+          "UPDATE tasks SET lease_deadline_us = lease_deadline_us + $1 WHERE state = 'LEASED'",
+          gap_us);
+      bridged = absl::Microseconds(gap_us);
+      LogWarning("coordinator", "no coordinator reached the database for ",
+                 absl::FormatDuration(bridged), "; ", extended.affected_rows(),
+                 " leases extended by that long");
+    }
+    // Replicas' clocks differ a little: the tick only moves forward.
+    w.exec_params("UPDATE lease_clock SET last_tick_us = GREATEST(last_tick_us, $1) WHERE id = 1",
+                  Us(now));
+    return absl::OkStatus();
+  }));
+  return bridged;
 }
 
 absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,

@@ -60,6 +60,7 @@ class PgStore final : public Store {
                                            int64_t token) override;
   absl::StatusOr<std::vector<LeasedTask>> FindExpiredLeases(absl::Time now,
                                                             int limit) override;
+  absl::StatusOr<absl::Duration> BridgeOutage(absl::Time now, absl::Duration max_gap) override;
   absl::Status ReleaseTask(int64_t task_id, int64_t token,
                            const Release& release, absl::Time now) override;
   absl::Status CompleteTask(int64_t task_id, int64_t token,

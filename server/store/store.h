@@ -112,6 +112,13 @@ class Store {
                                                    int64_t token) = 0;
   virtual absl::StatusOr<std::vector<LeasedTask>> FindExpiredLeases(
       absl::Time now, int limit) = 0;
+  // Records that a coordinator reached the database at `now`. When none did
+  // for longer than `max_gap` before (the database, or every coordinator, was
+  // down), every lease is first extended by that gap: heartbeats that could
+  // not land meanwhile must not cost a worker its task and an attempt.
+  // Returns the gap bridged (zero when none).
+  virtual absl::StatusOr<absl::Duration> BridgeOutage(absl::Time now,
+                                                      absl::Duration max_gap) = 0;
   // Ends the lease (task_id, token) as `release` says. FAILED_PRECONDITION
   // when the token is stale. A FAILED task fails the tasks that depend on it.
   virtual absl::Status ReleaseTask(int64_t task_id, int64_t token,

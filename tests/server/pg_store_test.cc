@@ -249,7 +249,7 @@ TEST_F(PgStoreTest, ExpiredLeaseIsRequeuedThenFailsAfterMaxAttempts) {
   while (third.task_id() != 0 && third.task_id() != lease.task_id()) third = Lease(other);
   ASSERT_EQ(third.task_id(), lease.task_id());
   EXPECT_EQ(third.attempt(), 2);
-  EXPECT_GT(third.lease_token(), lease.lease_token());
+  EXPECT_NE(third.lease_token(), lease.lease_token());
 
   // Second expiry: attempts used up, the task fails, and so do its dependents.
   clock_.Advance(absl::Seconds(31));
@@ -711,39 +711,147 @@ TEST_F(PgStoreTest, CheckpointsAreFencedAndReplaced) {
   EXPECT_EQ(coordinator_->GetCheckpoint(get)->data(), "state-at-20");
 }
 
-TEST_F(PgStoreTest, SurvivesADatabaseRestart) {
-  // A cluster of its own, which it may stop and restart whatever server the
-  // other tests use (SSLBENCH_TEST_PG may point at one it cannot restart).
-  char dir[] = "/tmp/sslbench-restart-pg-XXXXXX";
-  ASSERT_NE(mkdtemp(dir), nullptr);
-  LocalPostgresOptions cluster_options;
-  cluster_options.dir = dir;
-  cluster_options.durable = false;
-  absl::StatusOr<std::unique_ptr<LocalPostgres>> started =
-      LocalPostgres::Start(cluster_options);
-  ASSERT_TRUE(started.ok()) << started.status();
-  std::unique_ptr<LocalPostgres> cluster = *std::move(started);
-  PgStoreOptions options;
-  options.conninfo = cluster->ConnInfo("postgres");
-  options.max_connections = 4;
-  coordinator_.reset();
-  auto store = PgStore::Create(options);
-  ASSERT_TRUE(store.ok()) << store.status();
-  store_ = *std::move(store);
-  coordinator_ = std::make_unique<Coordinator>(*store_, clock_, policy_, nullptr);
+// A store on a cluster of its own, which a test may stop and restart whatever
+// server the other tests use (SSLBENCH_TEST_PG may point at one it cannot
+// restart).
+class OwnClusterTest : public PgStoreTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(mkdtemp(dir_), nullptr);
+    LocalPostgresOptions cluster_options;
+    cluster_options.dir = dir_;
+    cluster_options.durable = false;
+    absl::StatusOr<std::unique_ptr<LocalPostgres>> started =
+        LocalPostgres::Start(cluster_options);
+    ASSERT_TRUE(started.ok()) << started.status();
+    cluster_ = *std::move(started);
+    PgStoreOptions options;
+    options.conninfo = cluster_->ConnInfo("postgres");
+    options.max_connections = 4;
+    auto store = PgStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    policy_.lease_duration = absl::Seconds(30);
+    policy_.backoff_base = absl::Seconds(1);
+    policy_.outage_bridge_after = absl::Seconds(10);
+    coordinator_ = std::make_unique<Coordinator>(*store_, clock_, policy_, nullptr);
+  }
+  void TearDown() override {
+    coordinator_.reset();
+    store_.reset();
+    cluster_.reset();
+    std::filesystem::remove_all(dir_);
+  }
 
+  char dir_[64] = "/tmp/sslbench-restart-pg-XXXXXX";
+  std::unique_ptr<LocalPostgres> cluster_;
+};
+
+TEST_F(OwnClusterTest, SurvivesADatabaseRestart) {
   const int64_t study = Submit(testing::MakeStudy(1, 1));
-  ASSERT_TRUE(cluster->Restart().ok());
+  ASSERT_TRUE(cluster_->Restart().ok());
   // Pooled connections died with the server; the store reconnects.
   EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
-  ASSERT_TRUE(cluster->Stop().ok());
+  ASSERT_TRUE(cluster_->Stop().ok());
   EXPECT_EQ(coordinator_->GetStudy(study).status().code(), absl::StatusCode::kUnavailable);
-  ASSERT_TRUE(cluster->Restart().ok());
+  ASSERT_TRUE(cluster_->Restart().ok());
   EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
-  coordinator_.reset();
-  store_.reset();
-  cluster.reset();
-  std::filesystem::remove_all(dir);
+}
+
+// PostgreSQL down for 40 s (longer than the 30 s lease): the worker's
+// heartbeats fail meanwhile, but the reaper does not take its task when the
+// database returns; the lease then expires as usual when the worker is gone.
+TEST_F(OwnClusterTest, LeasesOutliveADatabaseOutage) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  ASSERT_TRUE(coordinator_->ReapExpiredLeases().ok());
+  const v1::LeaseTaskResponse lease = Lease(worker);
+  ASSERT_NE(lease.task_id(), 0);
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+
+  ASSERT_TRUE(cluster_->Stop().ok());
+  for (int i = 0; i < 20; ++i) {
+    clock_.Advance(absl::Seconds(2));
+    EXPECT_EQ(coordinator_->ReapExpiredLeases().status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(coordinator_->Heartbeat(hb).status().code(), absl::StatusCode::kUnavailable);
+  }
+  ASSERT_TRUE(cluster_->Restart().ok());
+  auto reaped = coordinator_->ReapExpiredLeases();
+  ASSERT_TRUE(reaped.ok()) << reaped.status();
+  EXPECT_EQ(*reaped, 0) << "a lease expired during the database's outage";
+  auto beat = coordinator_->Heartbeat(hb);
+  ASSERT_TRUE(beat.ok()) << beat.status();
+  EXPECT_FALSE(beat->cancelled());
+
+  // The worker now goes silent while the reaper runs: its lease expires, and
+  // the task comes back on its first attempt's count (no attempt was lost to
+  // the outage).
+  int released = 0;
+  for (int i = 0; i < 16; ++i) {
+    clock_.Advance(absl::Seconds(2));
+    released += *coordinator_->ReapExpiredLeases();
+  }
+  EXPECT_EQ(released, 1);
+  clock_.Advance(absl::Minutes(1));
+  v1::LeaseTaskResponse again;
+  do {
+    again = Lease(worker);
+  } while (again.task_id() != 0 && again.task_id() != lease.task_id());
+  ASSERT_EQ(again.task_id(), lease.task_id());
+  EXPECT_EQ(again.attempt(), 2);
+}
+
+// Tokens come from a CSPRNG: distinct, far apart, and a refusal never tells
+// the caller the token that holds.
+TEST_F(PgStoreTest, FencingTokensAreUnguessableAndNeverEchoed) {
+  Submit(testing::MakeStudy(4, 2));
+  const int64_t worker = Register();
+  std::vector<v1::LeaseTaskResponse> leases;
+  for (int i = 0; i < 16; ++i) {
+    leases.push_back(Lease(worker));
+    ASSERT_NE(leases.back().task_id(), 0);
+  }
+  for (size_t i = 0; i < leases.size(); ++i) {
+    EXPECT_GT(leases[i].lease_token(), 0);
+    for (size_t j = 0; j < i; ++j) {
+      // Sequential or nearby tokens would be guessed in a few tries.
+      const uint64_t a = static_cast<uint64_t>(leases[i].lease_token());
+      const uint64_t b = static_cast<uint64_t>(leases[j].lease_token());
+      EXPECT_GT(a > b ? a - b : b - a, uint64_t{1} << 32) << i << " " << j;
+    }
+  }
+  // A caller guessing: the refusal names neither token.
+  v1::FailTaskRequest fail;
+  fail.set_task_id(leases[0].task_id());
+  fail.set_lease_token(leases[0].lease_token() ^ 1);
+  const absl::Status refused = coordinator_->FailTask(fail).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("stale token"));
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::Not(HasSubstr(absl::StrCat(leases[0].lease_token()))));
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::Not(HasSubstr(absl::StrCat(leases[0].lease_token() ^ 1))));
+}
+
+// A heartbeat must come from the worker that holds the lease, token or not.
+TEST_F(PgStoreTest, HeartbeatFromAnotherWorkerIsRefused) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t holder = Register("holder");
+  const int64_t intruder = Register("intruder");
+  const v1::LeaseTaskResponse lease = Lease(holder);
+  ASSERT_NE(lease.task_id(), 0);
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(intruder);
+  hb.set_task_id(lease.task_id());
+  hb.set_lease_token(lease.lease_token());
+  const absl::Status refused = coordinator_->Heartbeat(hb).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("not leased to worker"));
+  hb.set_worker_id(holder);
+  EXPECT_TRUE(coordinator_->Heartbeat(hb).ok());
 }
 
 }  // namespace
