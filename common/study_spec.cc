@@ -6,6 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 #include "worker/datasets/dataset_reader.h"
 
 namespace sslbench {
@@ -24,6 +27,41 @@ bool ValidName(const std::string& name) {
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// Walks every field of `m` (recursively): strings within
+// kMaxSpecStringBytes, lists within kMaxSpecListEntries. `path` names the
+// field in the error, as `models[3].path`.
+absl::Status CheckSizes(const google::protobuf::Message& m, const std::string& path) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    const std::string name = path.empty() ? f->name() : absl::StrCat(path, ".", f->name());
+    const bool is_string = f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING;
+    const bool is_message = f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE;
+    if (!f->is_repeated()) {
+      if (is_string && r->GetStringReference(m, f, nullptr).size() > kMaxSpecStringBytes) {
+        return Invalid(name, absl::StrCat(r->GetStringReference(m, f, nullptr).size(),
+                                          " bytes; at most ", kMaxSpecStringBytes));
+      }
+      if (is_message) RETURN_IF_ERROR(CheckSizes(r->GetMessage(m, f), name));
+      continue;
+    }
+    const int n = r->FieldSize(m, f);
+    if (n > kMaxSpecListEntries) {
+      return Invalid(name, absl::StrCat(n, " entries; at most ", kMaxSpecListEntries));
+    }
+    for (int i = 0; i < n; ++i) {
+      const std::string item = absl::StrCat(name, "[", i, "]");
+      if (is_string && r->GetRepeatedStringReference(m, f, i, nullptr).size() >
+                           kMaxSpecStringBytes) {
+        return Invalid(item, absl::StrCat("longer than ", kMaxSpecStringBytes, " bytes"));
+      }
+      if (is_message) RETURN_IF_ERROR(CheckSizes(r->GetRepeatedMessage(m, f, i), item));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -105,6 +143,11 @@ void ApplyStudyDefaults(v1::StudySpec& spec) {
 }
 
 absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
+  if (const size_t bytes = spec.ByteSizeLong(); bytes > kMaxSpecBytes) {
+    return Invalid("spec", absl::StrCat(bytes, " bytes; a study spec may have at most ",
+                                        kMaxSpecBytes));
+  }
+  RETURN_IF_ERROR(CheckSizes(spec, ""));
   if (!ValidName(spec.name())) {
     return Invalid("name", absl::StrCat("\"", spec.name(),
                                         "\" must be 1-128 of [A-Za-z0-9_.-]"));

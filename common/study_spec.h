@@ -18,6 +18,14 @@ inline constexpr char kExtractorVersion[] = "2";
 // worker resuming an extraction ignores them.
 inline constexpr int32_t kMaxFeatureChunks = 1 << 20;
 
+// Size bounds of a study spec, so that no field can make the coordinator
+// copy megabytes into every task: every string (paths, labels, digests) at
+// most kMaxSpecStringBytes, every list at most kMaxSpecListEntries, the whole
+// spec at most kMaxSpecBytes serialised.
+inline constexpr int kMaxSpecStringBytes = 4096;
+inline constexpr int kMaxSpecListEntries = 1024;
+inline constexpr int kMaxSpecBytes = 1 << 20;
+
 // Fills unset optional fields with the protocol defaults of DESIGN.md.
 void ApplyStudyDefaults(v1::StudySpec& spec);
 

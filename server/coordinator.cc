@@ -17,12 +17,13 @@ bool IsTerminal(v1::StudyState state) {
 }
 
 Coordinator::Coordinator(Store& store, const Clock& clock, LeasePolicy policy,
-                         CoordinatorMetrics* metrics)
-    : store_(store), clock_(clock), policy_(std::move(policy)), metrics_(metrics) {}
+                         CoordinatorMetrics* metrics, PlanLimits limits)
+    : store_(store), clock_(clock), policy_(std::move(policy)), metrics_(metrics),
+      limits_(limits) {}
 
 absl::StatusOr<v1::SubmitStudyResponse> Coordinator::SubmitStudy(
     const v1::SubmitStudyRequest& request) {
-  ASSIGN_OR_RETURN(StudyPlan plan, PlanStudy(request.spec(), request.request_id()));
+  ASSIGN_OR_RETURN(StudyPlan plan, PlanStudy(request.spec(), request.request_id(), limits_));
   ASSIGN_OR_RETURN(CreatedStudy created, store_.CreateStudy(plan, clock_.Now()));
   v1::SubmitStudyResponse response;
   response.set_study_id(created.study_id);
@@ -74,6 +75,19 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
     const v1::RegisterWorkerRequest& request) {
   if (request.name().empty()) {
     return absl::InvalidArgumentError("name: a worker needs a name");
+  }
+  // Bounded: they are stored, logged and listed by `sslbench workers`.
+  if (request.name().size() > kMaxWorkerName) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("name: ", request.name().size(), " bytes; at most ", kMaxWorkerName));
+  }
+  if (request.hostname().size() > kMaxWorkerName) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hostname: ", request.hostname().size(), " bytes; at most ", kMaxWorkerName));
+  }
+  if (request.device().size() > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device: ", request.device().size(), " bytes; at most 64"));
   }
   ASSIGN_OR_RETURN(int64_t id, store_.RegisterWorker(request.name(), request.hostname(),
                                                      request.device(), clock_.Now()));

@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "server/lease_policy.h"
 #include "server/metrics.h"
+#include "server/planner.h"
 #include "server/store/store.h"
 #include "sslbench/v1/client_api.pb.h"
 #include "sslbench/v1/worker_api.pb.h"
@@ -22,7 +23,7 @@ class Coordinator {
  public:
   // `metrics` may be null. All references must outlive the coordinator.
   Coordinator(Store& store, const Clock& clock, LeasePolicy policy,
-              CoordinatorMetrics* metrics);
+              CoordinatorMetrics* metrics, PlanLimits limits = PlanLimits());
 
   const LeasePolicy& policy() const { return policy_; }
 
@@ -41,6 +42,8 @@ class Coordinator {
   absl::StatusOr<v1::CorrelateResponse> Correlate(const v1::CorrelateRequest& request);
   static constexpr int kDefaultBootstrapResamples = 1000;
   static constexpr int kMaxBootstrapResamples = 100000;
+  // Longest worker name or host name accepted at registration.
+  static constexpr size_t kMaxWorkerName = 255;
 
   // Worker API.
   absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(
@@ -68,6 +71,7 @@ class Coordinator {
   const Clock& clock_;
   const LeasePolicy policy_;
   CoordinatorMetrics* metrics_;
+  const PlanLimits limits_;
 };
 
 // True for the states a study does not leave.

@@ -41,7 +41,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     // no coordinator could reach the database.
     policy.outage_bridge_after = std::max(absl::Seconds(10), 5 * s->options_.reap_interval);
   }
-  s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock, policy, metrics);
+  s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock, policy, metrics,
+                                                  s->options_.plan_limits);
   s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);
   s->study_service_ =
       std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics);

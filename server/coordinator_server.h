@@ -26,6 +26,7 @@ struct CoordinatorServerOptions {
   std::string database;                      // libpq connection string
   std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
   LeasePolicy policy;
+  PlanLimits plan_limits;
   int executor_threads = 8;
   int db_connections = 8;
   // "postgres" or "file:///PATH" (see BlobStore).

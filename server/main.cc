@@ -24,6 +24,8 @@ ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port here once serving (for port 0)");
 ABSL_FLAG(int, lease_seconds, 30, "lease duration; workers heartbeat well within it");
 ABSL_FLAG(int, heartbeat_ms, 5000, "heartbeat interval asked of workers");
+ABSL_FLAG(int64_t, max_tasks_per_study, 250000,
+          "larger studies are refused at submit (split them)");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
 ABSL_FLAG(std::string, blob_store, "postgres",
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   options.policy.lease_duration = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.policy.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
   options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
+  options.plan_limits.max_tasks = absl::GetFlag(FLAGS_max_tasks_per_study);
   options.db_connections = absl::GetFlag(FLAGS_db_connections);
 
   auto server = sslbench::server::CoordinatorServer::Start(options);

@@ -3,6 +3,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/study_spec.h"
 
@@ -40,7 +41,8 @@ std::vector<v1::Subset> Subsets(const v1::ProtocolSpec& protocol) {
 
 }  // namespace
 
-absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) {
+absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id,
+                                    const PlanLimits& limits) {
   ApplyStudyDefaults(spec);
   RETURN_IF_ERROR(ValidateStudySpec(spec));
   if (request_id.size() > 256) {
@@ -52,6 +54,27 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
   // Fine-tuning reads images; every other protocol reads cached features.
   bool needs_features = false;
   for (const auto& protocol : spec.protocols()) needs_features |= !protocol.has_finetune();
+  // Counted before anything is built: the bounds are what keep a small
+  // request from filling the database.
+  int64_t per_pair = needs_features ? 2 : 0;
+  for (const auto& protocol : spec.protocols()) {
+    per_pair += static_cast<int64_t>(Subsets(protocol).size());
+  }
+  const int64_t tasks = per_pair * spec.models_size() * spec.datasets_size();
+  if (tasks > limits.max_tasks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec: ", tasks, " tasks (", spec.models_size(), " models x ", spec.datasets_size(),
+        " datasets x ", per_pair, " tasks each); a study may have at most ", limits.max_tasks,
+        " (coordinator flag --max_tasks_per_study); split it into several studies"));
+  }
+  int64_t task_bytes = 0;
+  auto count_bytes = [&](const v1::TaskSpec& task) -> absl::Status {
+    task_bytes += static_cast<int64_t>(task.ByteSizeLong());
+    if (task_bytes <= limits.max_task_bytes) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec: its tasks would store more than ", limits.max_task_bytes >> 20,
+        " MiB of task specs; shorten paths and lists, or split the study"));
+  };
   for (const auto& model : spec.models()) {
     for (const auto& dataset : spec.datasets()) {
       std::string keys[2];
@@ -70,6 +93,7 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
         task.set_cache_key(keys[s]);
         task.set_batch_size(spec.extract_batch_size());
         task.set_feature_dtype(spec.feature_dtype());
+        RETURN_IF_ERROR(count_bytes(task));
         plan.extracts.push_back(std::move(extract));
       }
       for (const auto& protocol : spec.protocols()) {
@@ -85,6 +109,7 @@ absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id) 
           }
           *task.mutable_protocol() = protocol;
           if (subset.shots() > 0 || subset.fraction() > 0) *task.mutable_subset() = subset;
+          RETURN_IF_ERROR(count_bytes(task));
           plan.probes.push_back(std::move(probe));
         }
       }

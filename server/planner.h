@@ -3,6 +3,7 @@
 // extract(model, dataset, split) tasks feed probe tasks. Pure: no database,
 // no RPC; the store decides which extractions the feature cache already has.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,17 @@ struct StudyPlan {
   std::vector<PlannedProbe> probes;
 };
 
+// What one study may put in the database.
+struct PlanLimits {
+  int64_t max_tasks = 250000;
+  // The tasks' specs as stored (each carries its model, dataset, protocol).
+  int64_t max_task_bytes = int64_t{256} << 20;
+};
+
 // Applies defaults, validates (INVALID_ARGUMENT naming the field) and expands.
-absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id);
+// A study over `limits` is refused with INVALID_ARGUMENT before any task is
+// built.
+absl::StatusOr<StudyPlan> PlanStudy(v1::StudySpec spec, std::string request_id,
+                                    const PlanLimits& limits = PlanLimits());
 
 }  // namespace sslbench::server

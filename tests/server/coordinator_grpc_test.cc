@@ -51,6 +51,33 @@ TEST_F(CoordinatorGrpcTest, ErrorsCarryCodesAndFieldNames) {
   EXPECT_THAT(s.error_message(), HasSubstr("models[0].channels"));
 }
 
+// Oversized requests are refused before anything is stored.
+TEST_F(CoordinatorGrpcTest, OversizedSubmitAndWorkerNameAreRefused) {
+  grpc::ClientContext c1;
+  v1::SubmitStudyRequest submit;
+  *submit.mutable_spec() = testing::MakeStudy(2, 2);
+  submit.mutable_spec()->mutable_datasets(1)->set_root("/" + std::string(2 << 20, 'd'));
+  v1::SubmitStudyResponse submitted;
+  const grpc::Status s = studies_->SubmitStudy(&c1, submit, &submitted);
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("bytes"));
+  grpc::ClientContext c2;
+  v1::ListWorkersResponse listed;
+  ASSERT_TRUE(studies_->ListWorkers(&c2, v1::ListWorkersRequest(), &listed).ok());
+
+  grpc::ClientContext c3;
+  v1::RegisterWorkerRequest reg;
+  reg.set_name(std::string(5 << 20, 'w'));
+  v1::RegisterWorkerResponse registered;
+  const grpc::Status r = workers_->RegisterWorker(&c3, reg, &registered);
+  EXPECT_EQ(r.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(r.error_message(), HasSubstr("name: 5242880 bytes"));
+  grpc::ClientContext c4;
+  v1::ListWorkersResponse after;
+  ASSERT_TRUE(studies_->ListWorkers(&c4, v1::ListWorkersRequest(), &after).ok());
+  EXPECT_EQ(after.workers_size(), listed.workers_size());
+}
+
 TEST_F(CoordinatorGrpcTest, WatchStreamsUntilTheStudyEnds) {
   grpc::ClientContext submit_context;
   v1::SubmitStudyRequest submit;

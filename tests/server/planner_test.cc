@@ -166,3 +166,57 @@ TEST(PlannerTest, RejectsMalformedSpecsNamingTheField) {
 
 }  // namespace
 }  // namespace sslbench::server
+
+namespace sslbench::server {
+namespace {
+
+// No field may carry megabytes into every task: a 2 MB path, a list of
+// thousands of values or an oversized spec is refused, naming the field.
+TEST(PlannerTest, OversizedFieldsAreRefusedNamingTheField) {
+  v1::StudySpec path = testing::MakeStudy(1, 1);
+  path.mutable_models(0)->set_path("/" + std::string(2 << 20, 'a'));
+  auto plan = PlanStudy(path, "");
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("spec:"));
+
+  v1::StudySpec label = testing::MakeStudy(1, 1);
+  label.mutable_models(0)->set_family(std::string(5000, 'f'));
+  plan = PlanStudy(label, "");
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("models[0].family: 5000 bytes"));
+
+  v1::StudySpec ks = testing::MakeStudy(1, 1);
+  auto* knn = ks.mutable_protocols(0)->mutable_knn();
+  for (int k = 1; k <= 2000; ++k) knn->add_ks(k);
+  plan = PlanStudy(ks, "");
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("protocols[0].knn.ks: 2000 entries"));
+}
+
+TEST(PlannerTest, StudiesOverTheLimitsAreRefusedBeforeExpansion) {
+  // 3 models x 2 datasets x (2 extractions + 1 probe) = 18 tasks.
+  const v1::StudySpec spec = testing::MakeStudy(3, 2);
+  PlanLimits limits;
+  limits.max_tasks = 18;
+  EXPECT_TRUE(PlanStudy(spec, "", limits).ok());
+  limits.max_tasks = 17;
+  auto plan = PlanStudy(spec, "", limits);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("18 tasks"));
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("at most 17"));
+
+  // Paths of 4 KB are allowed once, but not copied into 18 tasks past a
+  // 64 KiB budget.
+  v1::StudySpec long_paths = spec;
+  for (auto& m : *long_paths.mutable_models()) m.set_path("/" + std::string(4000, 'p'));
+  limits = PlanLimits();
+  limits.max_task_bytes = 64 << 10;
+  plan = PlanStudy(long_paths, "", limits);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("task specs"));
+  limits.max_task_bytes = 1 << 20;
+  EXPECT_TRUE(PlanStudy(long_paths, "", limits).ok());
+}
+
+}  // namespace
+}  // namespace sslbench::server
