@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -194,6 +195,8 @@ absl::StatusOr<LocalStack::Child> LocalStack::StartChild(
         << absl::StrJoin(argv, " ") << "\n";
   }
   ASSIGN_OR_RETURN(child.process, Subprocess::Start(argv, child.log_path));
+  child.argv = argv;
+  child.started = absl::Now();
   return child;
 }
 
@@ -231,15 +234,50 @@ absl::StatusOr<int> LocalStack::WaitForPortFile(const std::string& path,
 }
 
 absl::Status LocalStack::CheckChildren() {
-  auto check = [](Child& child) -> absl::Status {
-    if (child.process == nullptr || child.process->Running()) return absl::OkStatus();
+  for (Child& c : coordinator_) {
+    if (c.process->Running()) continue;
     return absl::InternalError(absl::StrCat(
-        child.name, " ", DescribeExit(child.process->Stop()), "; last lines of ",
-        child.log_path, ":\n", LogTail(child.log_path)));
-  };
-  for (Child& c : coordinator_) RETURN_IF_ERROR(check(c));
-  for (Child& w : workers_) RETURN_IF_ERROR(check(w));
+        c.name, " ", DescribeExit(c.process->Stop()), "; last lines of ", c.log_path, ":\n",
+        LogTail(c.log_path)));
+  }
+  if (postgres_ != nullptr && postgres_->ServerPid() == 0) {
+    return absl::InternalError(absl::StrCat(
+        "PostgreSQL in ", state_dir_, "/pg is no longer running (out of disk space? killed?); "
+        "last lines of its log:\n", postgres_->LogTail()));
+  }
+  const absl::Time now = absl::Now();
+  for (Child& w : workers_) {
+    if (w.process != nullptr && w.process->Running()) continue;
+    if (w.process != nullptr) {
+      // Exited: report it, and start it again after the backoff. A worker
+      // crashing on one task must not stop the stack; the coordinator gives
+      // the task to another attempt.
+      const std::string exit = DescribeExit(w.process->Stop());
+      w.process.reset();
+      w.exits_in_a_row = now - w.started >= absl::Minutes(5) ? 1 : w.exits_in_a_row + 1;
+      absl::Duration backoff = options_.restart_backoff;
+      for (int i = 1; i < w.exits_in_a_row && backoff < options_.restart_backoff_max; ++i) {
+        backoff *= 2;
+      }
+      backoff = std::min(backoff, options_.restart_backoff_max);
+      w.restart_at = now + backoff;
+      Say(absl::StrCat(w.name, " ", exit, "; starting it again in ", absl::FormatDuration(backoff),
+                       "; last lines of ", w.log_path, ":\n", LogTail(w.log_path, 10)));
+    }
+    if (now < w.restart_at) continue;
+    ASSIGN_OR_RETURN(Child restarted, StartChild(w.name, w.argv));
+    w.process = std::move(restarted.process);
+    w.started = restarted.started;
+    ++worker_restarts_;
+    Say(absl::StrCat(w.name, " started again (pid ", w.process->pid(), ")"));
+  }
   return absl::OkStatus();
+}
+
+std::vector<pid_t> LocalStack::worker_pids() const {
+  std::vector<pid_t> pids;
+  for (const Child& w : workers_) pids.push_back(w.process ? w.process->pid() : 0);
+  return pids;
 }
 
 absl::Status LocalStack::Shutdown() {
@@ -249,9 +287,11 @@ absl::Status LocalStack::Shutdown() {
     Say("stopping the workers");
     // All at once, so that they wind down in parallel; Stop() then waits.
     for (Child& w : workers_) {
-      if (w.process->Running()) kill(w.process->pid(), SIGTERM);
+      if (w.process != nullptr && w.process->Running()) kill(w.process->pid(), SIGTERM);
     }
-    for (Child& w : workers_) w.process->Stop(absl::Seconds(15));
+    for (Child& w : workers_) {
+      if (w.process != nullptr) w.process->Stop(absl::Seconds(15));
+    }
     workers_.clear();
   }
   if (!coordinator_.empty()) {

@@ -23,6 +23,11 @@ struct LocalStackOptions {
   std::string bin_dir;   // holds sslbench-coordinator/-worker; "": ExecutableDir()
   std::string blob_store = "postgres";  // the coordinator's --blob_store
   absl::Duration start_timeout = absl::Seconds(120);
+  // A worker that exits is started again after this, doubled for each exit in
+  // a row (up to restart_backoff_max); a worker that ran for 5 minutes starts
+  // the count afresh.
+  absl::Duration restart_backoff = absl::Seconds(1);
+  absl::Duration restart_backoff_max = absl::Minutes(1);
   // Polled while waiting for the coordinator; true aborts the start
   // (CANCELLED), e.g. on a pending SIGINT.
   std::function<bool()> interrupted;
@@ -53,9 +58,17 @@ class LocalStack {
   const std::string& state_dir() const { return state_dir_; }  // absolute
   std::string log_dir() const { return state_dir_ + "/logs"; }
 
-  // OK while every child runs; INTERNAL naming the first child that exited,
-  // its exit status and the tail of its log otherwise.
+  // Supervises the children; call it every second or so. A worker that
+  // exited is reported (its exit status and log tail on stderr) and started
+  // again after its backoff; the coordinator or PostgreSQL not running is an
+  // INTERNAL error naming it, with the tail of its log.
   absl::Status CheckChildren();
+  // The workers' process ids (0 for one waiting to be restarted).
+  std::vector<pid_t> worker_pids() const;
+  // PostgreSQL's server process (0 when it does not run).
+  pid_t postgres_pid() const { return postgres_ ? postgres_->ServerPid() : 0; }
+  // How many times workers were started again.
+  int worker_restarts() const { return worker_restarts_; }
   // Stops the workers, the coordinator, then PostgreSQL; removes
   // coordinator.addr. Idempotent.
   absl::Status Shutdown();
@@ -64,7 +77,11 @@ class LocalStack {
   struct Child {
     std::string name;
     std::string log_path;
-    std::unique_ptr<Subprocess> process;
+    std::vector<std::string> argv;
+    std::unique_ptr<Subprocess> process;  // null while waiting to restart
+    absl::Time started;
+    int exits_in_a_row = 0;
+    absl::Time restart_at;
   };
 
   explicit LocalStack(LocalStackOptions options) : options_(std::move(options)) {}
@@ -80,6 +97,7 @@ class LocalStack {
   std::vector<Child> coordinator_;  // zero or one
   std::vector<Child> workers_;
   bool shut_down_ = false;
+  int worker_restarts_ = 0;
 };
 
 }  // namespace sslbench::client

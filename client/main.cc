@@ -598,6 +598,9 @@ int CmdUp(const std::vector<std::string>& args) {
       std::fprintf(stderr, "\nsslbench: %s received, shutting down\n", strsignal(sig));
       break;
     }
+    // A Ctrl-C reaches the children too: their exit then is no crash to
+    // restart from.
+    if (StopSignalPending()) continue;
     absl::Status children = (*stack)->CheckChildren();
     if (!children.ok()) {
       // A Ctrl-C reaches the children too; their exit is then expected.
@@ -749,6 +752,7 @@ int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
         watcher.Cancel();
         return;
       }
+      if (StopSignalPending()) continue;  // taken on the next round
       absl::Status children = stack.CheckChildren();
       if (!children.ok()) {
         if (StopSignalPending()) continue;  // taken on the next round

@@ -1,6 +1,7 @@
 #include "common/local_postgres.h"
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <sys/socket.h>
@@ -356,6 +357,25 @@ absl::Status LocalPostgres::CreateDatabase(const std::string& name) {
     return created.status();
   }
   return absl::OkStatus();
+}
+
+pid_t LocalPostgres::ServerPid() const {
+  // postmaster.pid's first line is the server's pid; it is removed at a clean
+  // stop and left behind by a crash, so the process is checked too.
+  std::ifstream in(data_dir_ + "/postmaster.pid");
+  long pid = 0;
+  if (!(in >> pid) || pid <= 0) return 0;
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return 0;
+  // A recycled pid would have another command line.
+  std::ifstream cmdline(absl::StrCat("/proc/", pid, "/cmdline"));
+  std::string argv0;
+  std::getline(cmdline, argv0, '\0');
+  if (argv0.find("postgres") == std::string::npos) return 0;
+  return static_cast<pid_t>(pid);
+}
+
+std::string LocalPostgres::LogTail(int lines) const {
+  return Tail(ReadFileOrEmpty(options_.dir + "/postgres.log"), lines);
 }
 
 absl::Status LocalPostgres::Stop() {

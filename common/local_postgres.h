@@ -43,6 +43,11 @@ class LocalPostgres {
   // Stops / starts the server on the same port (tests of database restarts).
   absl::Status Stop();
   absl::Status Restart();
+  // The server's process id (from postmaster.pid) while it runs; 0 when it
+  // does not (stopped, or it died).
+  pid_t ServerPid() const;
+  // The last lines of the server's log.
+  std::string LogTail(int lines = 20) const;
 
  private:
   LocalPostgres() = default;

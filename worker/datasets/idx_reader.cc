@@ -181,6 +181,23 @@ absl::StatusOr<LoadedSplit> Load(const std::string& root,
   set.height = static_cast<int>(dims[1]);
   set.width = static_cast<int>(dims[2]);
   const int64_t image_bytes = int64_t{set.height} * set.width;
+  // What the header claims must fit in the file before anything is read: a
+  // plain file holds it byte for byte, and deflate expands at most 1032:1.
+  for (const auto& [path, claimed] :
+       {std::pair<const std::string&, int64_t>{images_path, set.count * image_bytes},
+        std::pair<const std::string&, int64_t>{labels_path, set.count}}) {
+    std::error_code ec;
+    const int64_t size = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot stat '", path, "': ", ec.message()));
+    const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
+    const int64_t most = gz ? size * 1032 : size;
+    if (claimed > most) {
+      return absl::DataLossError(absl::StrCat(
+          "'", path, "' is truncated or its header is corrupt: it claims ", dims[0],
+          " images (", claimed, " bytes to read) but the file has ", size, " bytes",
+          gz ? " compressed" : ""));
+    }
+  }
   if (absl::Status s = images.ReadInto(set.pixels, set.count * image_bytes, "pixels");
       !s.ok()) {
     return s;

@@ -226,3 +226,30 @@ TEST(FashionMnistTest, ReadsBothSplits) {
 
 }  // namespace
 }  // namespace sslbench::compute
+
+namespace sslbench::compute {
+namespace {
+
+// A header claiming 2^31 images of 28x28 with a few bytes behind it: refused
+// from the file's size, before anything is allocated or read (the reader
+// used to size its buffers from the header).
+TEST(ReadIdxSplitTest, HeaderClaimingBillionsOfImagesIsDataLoss) {
+  for (const bool gz : {false, true}) {
+    const std::string dir = MakeTempDir(gz ? "claims_gz" : "claims");
+    const auto images = ImagesFile(0x80000000u, 28, 28, std::vector<uint8_t>(784 * 3, 7));
+    const auto labels = LabelsFile(0x80000000u, {0, 1, 2});
+    if (gz) {
+      WriteGz(dir + "/train-images-idx3-ubyte.gz", images);
+      WriteGz(dir + "/train-labels-idx1-ubyte.gz", labels);
+    } else {
+      WritePlain(dir + "/train-images-idx3-ubyte", images);
+      WritePlain(dir + "/train-labels-idx1-ubyte", labels);
+    }
+    EXPECT_THAT(ReadIdxSplit(dir, "train").status(),
+                StatusIs(absl::StatusCode::kDataLoss, "claims 2147483648 images"))
+        << (gz ? "gzip" : "plain");
+  }
+}
+
+}  // namespace
+}  // namespace sslbench::compute

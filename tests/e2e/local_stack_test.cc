@@ -1,0 +1,76 @@
+// The local stack of `sslbench up` supervising its children: the real
+// coordinator and worker binaries, a private PostgreSQL.
+
+#include "client/local_stack.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sslbench::client {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Blocks until process `pid` (any process) has exited; false after 60 s.
+bool AwaitExit(pid_t pid) {
+  const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return errno == ESRCH;  // already gone
+  pollfd p{fd, POLLIN, 0};
+  const int ready = poll(&p, 1, 60000);
+  close(fd);
+  return ready == 1;
+}
+
+TEST(LocalStackTest, RestartsAWorkerThatDiesAndNoticesADeadDatabase) {
+  char dir[] = "/tmp/sslbench-up-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  LocalStackOptions options;
+  options.state_dir = dir;
+  options.workers = 2;
+  options.bin_dir = SSLBENCH_BIN_DIR;
+  options.restart_backoff = absl::ZeroDuration();
+  auto stack = LocalStack::Start(options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  const std::vector<pid_t> before = (*stack)->worker_pids();
+  ASSERT_EQ(before.size(), 2u);
+
+  // A worker crashes (as one did on a poisoned task): the stack goes on and
+  // the worker comes back; its sibling is left alone.
+  ASSERT_EQ(kill(before[0], SIGKILL), 0);
+  ASSERT_TRUE(AwaitExit(before[0]));
+  const absl::Status supervised = (*stack)->CheckChildren();
+  EXPECT_TRUE(supervised.ok()) << supervised;
+  EXPECT_EQ((*stack)->worker_restarts(), 1);
+  const std::vector<pid_t> after = (*stack)->worker_pids();
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_NE(after[0], before[0]);
+  EXPECT_GT(after[0], 0);
+  EXPECT_EQ(kill(after[0], 0), 0) << "the restarted worker is not running";
+  EXPECT_EQ(after[1], before[1]);
+
+  // PostgreSQL dies (a full disk stops it): reported, naming it.
+  const pid_t pg = (*stack)->postgres_pid();
+  ASSERT_GT(pg, 0);
+  ASSERT_EQ(kill(pg, SIGQUIT), 0);
+  ASSERT_TRUE(AwaitExit(pg));
+  const absl::Status dead = (*stack)->CheckChildren();
+  EXPECT_EQ(dead.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(dead.message()), HasSubstr("PostgreSQL"));
+  EXPECT_THAT(std::string(dead.message()), HasSubstr("no longer running"));
+
+  EXPECT_TRUE((*stack)->Shutdown().ok());
+  stack->reset();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sslbench::client
