@@ -37,6 +37,37 @@ std::string Doubles(const std::vector<double>& values) {
 
 // `max_k` caps every k: the smallest train set over the task's seeds, so all
 // seeds report the same variants.
+// Labels must number the classes 0..C-1 with every class in train: a label
+// out of the dataset's range (255 in a 10-class set) would otherwise add
+// empty classes that skew mean per-class accuracy. Returns the train images
+// per class.
+absl::StatusOr<std::vector<int64_t>> CheckLabels(const std::vector<int32_t>& train,
+                                                 const std::vector<int32_t>& test,
+                                                 int num_classes) {
+  std::vector<int64_t> per_class(static_cast<size_t>(std::max(num_classes, 0)), 0);
+  for (int32_t label : train) {
+    if (label < 0) return absl::InvalidArgumentError(absl::StrCat("train label ", label, " < 0"));
+    ++per_class[static_cast<size_t>(label)];
+  }
+  for (int32_t label : test) {
+    if (label < 0) return absl::InvalidArgumentError(absl::StrCat("test label ", label, " < 0"));
+  }
+  std::vector<int> missing;
+  for (int c = 0; c < num_classes; ++c) {
+    if (per_class[static_cast<size_t>(c)] == 0) missing.push_back(c);
+  }
+  if (missing.empty()) return per_class;
+  const int max_train = train.empty() ? -1 : *std::max_element(train.begin(), train.end());
+  const int max_test = test.empty() ? -1 : *std::max_element(test.begin(), test.end());
+  const size_t shown = std::min<size_t>(missing.size(), 5);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "labels: ", missing.size(), " of the ", num_classes, " classes 0..", num_classes - 1,
+      " have no train image (", absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
+      missing.size() > shown ? ", ..." : "", "); the largest label is ", max_train,
+      " in train and ", max_test, " in test. Labels must number the classes 0..C-1, "
+      "each with train images"));
+}
+
 absl::StatusOr<std::vector<Outcome>> RunKnnOnce(const v1::KnnParams& params,
                                                 const compute::FeatureMatrix& train,
                                                 const compute::FeatureMatrix& test,
@@ -51,12 +82,20 @@ absl::StatusOr<std::vector<Outcome>> RunKnnOnce(const v1::KnnParams& params,
   options.euclidean_k = params.euclidean_k() > 0 ? params.euclidean_k() : 0;
   options.test_chunk_rows = params.test_chunk_rows();
   options.train_chunk_rows = params.train_chunk_rows();
-  // A k larger than the (few-shot) train set is clamped; the result's config
-  // records the k actually used.
-  for (int& k : options.ks) k = static_cast<int>(std::min<int64_t>(k, max_k));
-  std::sort(options.ks.begin(), options.ks.end());
-  options.ks.erase(std::unique(options.ks.begin(), options.ks.end()), options.ks.end());
-  options.euclidean_k = static_cast<int>(std::min<int64_t>(options.euclidean_k, max_k));
+  // A k larger than the (few-shot) train set is refused, not clamped: a
+  // clamped k would report a number under a name it does not have.
+  for (int k : options.ks) {
+    if (k > max_k) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "protocol knn: k=", k, " is larger than the ", max_k,
+          " train images it would vote among; use ks of at most ", max_k));
+    }
+  }
+  if (options.euclidean_k > max_k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "protocol knn: euclidean_k=", options.euclidean_k, " is larger than the ", max_k,
+        " train images it would vote among"));
+  }
   ASSIGN_OR_RETURN(auto results, compute::RunKnn(train, test, num_classes, options, progress));
   std::vector<Outcome> outcomes;
   for (auto& r : results) {
@@ -295,6 +334,8 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
   int num_classes = 0;
   for (int32_t label : train.labels) num_classes = std::max(num_classes, label + 1);
   for (int32_t label : test.labels) num_classes = std::max(num_classes, label + 1);
+  ASSIGN_OR_RETURN(const std::vector<int64_t> train_per_class,
+                   CheckLabels(train.labels, test.labels, num_classes));
 
   const bool few_shot = spec.subset().shots() > 0 || spec.subset().fraction() > 0;
   const std::vector<int64_t> seeds = TaskSeeds(spec);
@@ -305,6 +346,14 @@ absl::StatusOr<std::vector<v1::ProbeResult>> RunProbeTask(
   std::vector<int64_t> train_rows_used;
   std::vector<std::vector<int64_t>> subset_rows(seeds.size());
   int64_t max_k = train.rows;
+  if (const int shots = spec.subset().shots(); shots > 0) {
+    const auto fewest = std::min_element(train_per_class.begin(), train_per_class.end());
+    if (*fewest < shots) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          shots, "-shot needs ", shots, " train images of every class; class ",
+          fewest - train_per_class.begin(), " has ", *fewest));
+    }
+  }
   if (few_shot) {
     for (size_t s = 0; s < seeds.size(); ++s) {
       subset_rows[s] = compute::SelectFewShot(train.labels, num_classes, spec.subset().shots(),

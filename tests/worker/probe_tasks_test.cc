@@ -169,3 +169,73 @@ TEST(ProbeTasksTest, SubsetNamesAndRowSelection) {
 
 }  // namespace
 }  // namespace sslbench::worker
+
+namespace sslbench::worker {
+namespace {
+
+// Settings the data cannot honour fail the probe, naming the numbers, instead
+// of being clamped or accepted (they used to be).
+TEST(ProbeTasksTest, KLargerThanTheTrainSetIsRefused) {
+  const auto train = Clusters(4, 5, 0.f);  // 20 images
+  const auto test = Clusters(4, 2, 1.f);
+  v1::TaskSpec spec = KnnTask();
+  spec.mutable_protocol()->mutable_knn()->add_ks(200);
+  auto results = RunProbeTask(spec, train, test, nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(results.status().message()), HasSubstr("k=200 is larger than the 20"));
+
+  // In a few-shot subset the bound is the subset: 2-shot x 4 classes = 8.
+  v1::TaskSpec few = KnnTask();
+  few.mutable_protocol()->mutable_knn()->set_euclidean_k(10);
+  few.mutable_subset()->set_shots(2);
+  few.mutable_subset()->add_seeds(0);
+  results = RunProbeTask(few, train, test, nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(results.status().message()), HasSubstr("euclidean_k=10 is larger than the 8"));
+}
+
+TEST(ProbeTasksTest, MoreShotsThanAClassHasAreRefused) {
+  auto train = Clusters(4, 5, 0.f);
+  // Class 2 keeps 3 of its 5 images.
+  compute::FeatureMatrix fewer;
+  fewer.dim = train.dim;
+  int kept2 = 0;
+  for (int64_t r = 0; r < train.rows; ++r) {
+    if (train.labels[r] == 2 && ++kept2 > 3) continue;
+    fewer.data.insert(fewer.data.end(), train.data.begin() + r * 2, train.data.begin() + r * 2 + 2);
+    fewer.labels.push_back(train.labels[r]);
+    ++fewer.rows;
+  }
+  v1::TaskSpec spec = KnnTask();
+  spec.mutable_subset()->set_shots(4);
+  spec.mutable_subset()->add_seeds(0);
+  auto results = RunProbeTask(spec, fewer, Clusters(4, 2, 1.f), nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(results.status().message()),
+              HasSubstr("4-shot needs 4 train images of every class; class 2 has 3"));
+  spec.mutable_subset()->set_shots(3);
+  EXPECT_TRUE(RunProbeTask(spec, fewer, Clusters(4, 2, 1.f), nullptr).ok());
+}
+
+// Label 255 in a 10-class set: 245 empty classes would join the mean
+// per-class accuracy.
+TEST(ProbeTasksTest, LabelOutsideTheClassesIsRefused) {
+  auto train = Clusters(10, 3, 0.f);
+  const auto test = Clusters(10, 2, 1.f);
+  train.labels[7] = 255;
+  v1::TaskSpec spec = KnnTask();
+  auto results = RunProbeTask(spec, train, test, nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(results.status().message()),
+              HasSubstr("245 of the 256 classes 0..255 have no train image (10, 11, 12, 13, 14, ...)"));
+  EXPECT_THAT(std::string(results.status().message()), HasSubstr("largest label is 255 in train"));
+  // A test label that train never has.
+  auto test_only = Clusters(10, 2, 1.f);
+  test_only.labels[0] = 10;
+  results = RunProbeTask(spec, Clusters(10, 3, 0.f), test_only, nullptr);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(results.status().message()), HasSubstr("1 of the 11 classes"));
+}
+
+}  // namespace
+}  // namespace sslbench::worker
