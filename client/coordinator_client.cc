@@ -6,10 +6,12 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/format.h"
+#include "common/random.h"
 #include "common/grpc_status.h"
 
 namespace sslbench::client {
@@ -56,16 +58,31 @@ void CoordinatorClient::SetDeadline(grpc::ClientContext& context) const {
 }
 
 absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
-    const v1::StudySpec& spec, const std::string& request_id) {
-  grpc::ClientContext context;
-  SetDeadline(context);
+    const v1::StudySpec& spec, const std::string& request_id, std::string* used_request_id) {
   v1::SubmitStudyRequest request;
   *request.mutable_spec() = spec;
-  request.set_request_id(request_id);
-  v1::SubmitStudyResponse response;
-  const grpc::Status status = stub_->SubmitStudy(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response;
+  request.set_request_id(request_id.empty() ? "cli-" + RandomHex(16) : request_id);
+  if (used_request_id != nullptr) *used_request_id = request.request_id();
+  absl::Duration backoff = submit_backoff;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::SubmitStudyResponse response;
+    const grpc::Status status = stub_->SubmitStudy(&context, request, &response);
+    if (status.ok()) return response;
+    // A first call that found nobody listening sent nothing: no coordinator
+    // runs there, and saying so at once helps more than waiting.
+    const bool never_sent = attempt == 1 &&
+                            status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                            absl::StrContains(status.error_message(), "failed to connect");
+    const bool retry = (status.error_code() == grpc::StatusCode::UNAVAILABLE && !never_sent) ||
+                       status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!retry || attempt >= submit_attempts) return FromGrpcStatus(status);
+    std::fprintf(stderr, "sslbench: submit: %s; trying again in %s under the same request id\n",
+                 status.error_message().c_str(), absl::FormatDuration(backoff).c_str());
+    absl::SleepFor(backoff);
+    backoff *= 2;
+  }
 }
 
 absl::StatusOr<v1::StudyStatus> CoordinatorClient::GetStudy(int64_t study_id, bool include_spec) {

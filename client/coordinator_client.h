@@ -38,8 +38,17 @@ class CoordinatorClient {
   const std::string& address() const { return address_; }
   v1::StudyService::Stub* stub() { return stub_.get(); }
 
+  // Submits under an idempotency key: `request_id`, or a random one when it
+  // is empty (written to `*used_request_id` when given). A call that times
+  // out or finds no coordinator is sent again with the same key, up to
+  // `submit_attempts` times with a backoff doubling from `submit_backoff`:
+  // a study the coordinator committed after the client gave up is then
+  // returned (existing = true), never created twice.
   absl::StatusOr<v1::SubmitStudyResponse> SubmitStudy(const v1::StudySpec& spec,
-                                                      const std::string& request_id);
+                                                      const std::string& request_id,
+                                                      std::string* used_request_id = nullptr);
+  int submit_attempts = 4;
+  absl::Duration submit_backoff = absl::Seconds(2);
   absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id, bool include_spec = false);
   absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);

@@ -46,7 +46,8 @@ ABSL_FLAG(std::string, coordinator, "",
           "coordinator address HOST:PORT (default: $SSLBENCH_COORDINATOR, else "
           "./.sslbench/coordinator.addr, else localhost:7070)");
 ABSL_FLAG(std::string, request_id, "",
-          "submit: idempotency key; the same key returns the same study");
+          "submit: idempotency key; the same key returns the same study (default: a random "
+          "key, reused when the submit is retried)");
 ABSL_FLAG(bool, dry_run, false,
           "submit: validate the study, print its tasks and estimated cost, submit "
           "nothing (model files and dataset folders need not exist)");
@@ -222,9 +223,19 @@ int CmdSubmit(const std::vector<std::string>& args) {
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
   if (!spec.ok()) return Fail(spec.status(), address);
   CoordinatorClient client(address, absl::Seconds(60));
+  std::string request_id;
   absl::StatusOr<v1::SubmitStudyResponse> response =
-      client.SubmitStudy(*spec, absl::GetFlag(FLAGS_request_id));
-  if (!response.ok()) return Fail(response.status(), address);
+      client.SubmitStudy(*spec, absl::GetFlag(FLAGS_request_id), &request_id);
+  if (!response.ok()) {
+    const int code = Fail(response.status(), address);
+    if (absl::IsDeadlineExceeded(response.status()) || absl::IsUnavailable(response.status())) {
+      std::fprintf(stderr,
+                   "sslbench: the coordinator may still commit the study; submit again with "
+                   "--request_id=%s to get it without a duplicate\n",
+                   request_id.c_str());
+    }
+    return code;
+  }
   std::printf("%lld\n", static_cast<long long>(response->study_id()));
   std::fflush(stdout);
   std::fprintf(stderr,

@@ -7,7 +7,9 @@
 #include <map>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "client/artifact.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -69,6 +71,34 @@ class FakeStudyService final : public v1::StudyService::Service {
                           "no artifact " + std::to_string(request->artifact_id()));
     }
     *response = it->second;
+    return grpc::Status::OK;
+  }
+
+  // SubmitStudy: the first call commits only after the client has given up
+  // (as a coordinator did with a 131k-task study); later calls with a key
+  // already committed return that study.
+  // Held through a call, as the coordinator holds the key's lock through its
+  // transaction: a retry waits for the first call's commit.
+  absl::Mutex submit_mu;
+  std::vector<std::string> submit_keys;
+  std::map<std::string, int64_t> committed;
+  grpc::Status SubmitStudy(grpc::ServerContext* context, const v1::SubmitStudyRequest* request,
+                           v1::SubmitStudyResponse* response) override {
+    absl::MutexLock lock(&submit_mu);
+    submit_keys.push_back(request->request_id());
+    auto it = committed.find(request->request_id());
+    if (it != committed.end()) {
+      response->set_study_id(it->second);
+      response->set_existing(true);
+      return grpc::Status::OK;
+    }
+    if (submit_keys.size() == 1) {
+      const absl::Time limit = absl::Now() + absl::Seconds(30);
+      while (!context->IsCancelled() && absl::Now() < limit) absl::SleepFor(absl::Milliseconds(5));
+    }
+    const int64_t id = static_cast<int64_t>(committed.size()) + 1;
+    committed[request->request_id()] = id;
+    response->set_study_id(id);
     return grpc::Status::OK;
   }
 
@@ -283,6 +313,41 @@ TEST_F(ArtifactTest, EmptyArtifactMakesAnEmptyFile) {
   EXPECT_TRUE(std::filesystem::exists(path));
   EXPECT_EQ(std::filesystem::file_size(path), 0u);
   EXPECT_THAT(DescribeArtifact(*artifact, path), HasSubstr("(no content type, 0 bytes)"));
+}
+
+}  // namespace
+}  // namespace sslbench::client
+
+namespace sslbench::client {
+namespace {
+
+// The submit timed out while the coordinator went on to commit: the retry
+// carries the same idempotency key and gets that study, not a second one.
+TEST_F(WatcherTest, SubmitRetriesUnderOneKeyAndNeverDuplicates) {
+  StartServer();
+  CoordinatorClient client(address_, absl::Milliseconds(300));
+  client.submit_backoff = absl::Milliseconds(10);
+  std::string key;
+  auto response = client.SubmitStudy(v1::StudySpec(), "", &key);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->study_id(), 1);
+  EXPECT_TRUE(response->existing());
+  ASSERT_EQ(service_.submit_keys.size(), 2u);
+  EXPECT_EQ(service_.submit_keys[0], key);
+  EXPECT_EQ(service_.submit_keys[1], key);
+  EXPECT_EQ(key.size(), 36u);  // "cli-" and 128 random bits
+  EXPECT_EQ(service_.committed.size(), 1u);
+
+  // Another submit is another study: a fresh key.
+  std::string second;
+  ASSERT_TRUE(client.SubmitStudy(v1::StudySpec(), "", &second).ok());
+  EXPECT_NE(second, key);
+  EXPECT_EQ(service_.committed.size(), 2u);
+  // A key the user gives is used as it is.
+  std::string given;
+  ASSERT_TRUE(client.SubmitStudy(v1::StudySpec(), "nightly-2026-11-30", &given).ok());
+  EXPECT_EQ(given, "nightly-2026-11-30");
+  EXPECT_EQ(service_.submit_keys.back(), "nightly-2026-11-30");
 }
 
 }  // namespace
