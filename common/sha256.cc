@@ -1,6 +1,9 @@
 #include "common/sha256.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -38,9 +41,11 @@ std::string Sha256Hex(std::string_view bytes) {
   return Finish(ctx.get());
 }
 
-absl::StatusOr<std::string> Sha256File(const std::string& path) {
-  std::unique_ptr<FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) {
+absl::StatusOr<std::string> Sha256File(const std::string& path,
+                                       const HashFileOptions& options) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer.
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) {
       return absl::NotFoundError(absl::StrCat("file not found: ", path));
@@ -48,12 +53,30 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
     return absl::InternalError(
         absl::StrCat("cannot open ", path, ": ", std::strerror(err)));
   }
+  std::unique_ptr<FILE, FileCloser> file(fdopen(fd, "rb"));
+  if (!file) {
+    close(fd);
+    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a regular file (a device, FIFO or folder)"));
+  }
+  if (options.max_bytes > 0 && st.st_size > options.max_bytes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " has ", st.st_size, " bytes; files over ", options.max_bytes, " are refused"));
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   std::unique_ptr<EVP_MD_CTX, CtxDeleter> ctx(EVP_MD_CTX_new());
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
   std::vector<char> buffer(1 << 20);
   size_t n;
   while ((n = std::fread(buffer.data(), 1, buffer.size(), file.get())) > 0) {
     EVP_DigestUpdate(ctx.get(), buffer.data(), n);
+    if (options.cancelled && options.cancelled()) {
+      return absl::CancelledError(absl::StrCat("hashing ", path, " was cancelled"));
+    }
   }
   if (std::ferror(file.get())) {
     return absl::InternalError(absl::StrCat("read error on ", path));

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
@@ -27,6 +28,27 @@ bool ValidName(const std::string& name) {
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// An absolute, normalised path outside the kernel's pseudo file systems:
+// workers must never be sent to read /dev/zero or /proc. Workers confine
+// paths further to their configured roots (see common/path_guard.h).
+absl::Status CheckPath(const std::string& field, const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(field, absl::StrCat("\"", path, "\" must be an absolute path"));
+  }
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part == ".." || part == ".") {
+      return Invalid(field, absl::StrCat("\"", path, "\" must not contain . or .. components"));
+    }
+  }
+  for (const char* pseudo : {"/dev", "/proc", "/sys"}) {
+    const std::string p(pseudo);
+    if (path == p || path.rfind(p + "/", 0) == 0) {
+      return Invalid(field, absl::StrCat("\"", path, "\" is under ", p, ", not a file of data"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 // Walks every field of `m` (recursively): strings within
@@ -182,9 +204,7 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     if (!names.insert(m.name()).second) {
       return Invalid(f + ".name", absl::StrCat("duplicate model \"", m.name(), "\""));
     }
-    if (m.path().empty() || m.path()[0] != '/') {
-      return Invalid(f + ".path", absl::StrCat("\"", m.path(), "\" must be an absolute path"));
-    }
+    RETURN_IF_ERROR(CheckPath(f + ".path", m.path()));
     if (m.channels() != 1 && m.channels() != 3) {
       return Invalid(f + ".channels", absl::StrCat(m.channels(), " is not 1 or 3"));
     }
@@ -232,9 +252,7 @@ absl::Status ValidateStudySpec(const v1::StudySpec& spec) {
     if (absl::Status s = datasets::ParseBadImagePolicy(d.on_bad_image()).status(); !s.ok()) {
       return Invalid(f + ".on_bad_image", std::string(s.message()));
     }
-    if (d.root().empty() || d.root()[0] != '/') {
-      return Invalid(f + ".root", absl::StrCat("\"", d.root(), "\" must be an absolute path"));
-    }
+    RETURN_IF_ERROR(CheckPath(f + ".root", d.root()));
     if (d.train_limit() < 0) return Invalid(f + ".train_limit", "must be >= 0");
     if (d.test_limit() < 0) return Invalid(f + ".test_limit", "must be >= 0");
     if (d.digest().empty()) return Invalid(f + ".digest", "missing content digest of the dataset files");

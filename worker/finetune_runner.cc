@@ -89,12 +89,14 @@ absl::StatusOr<std::string> GetCheckpoint(TaskContext& ctx) {
 
 class FineTuneRunner final : public TaskRunner {
  public:
-  explicit FineTuneRunner(std::string device) : device_(std::move(device)) {}
+  FineTuneRunner(std::string device, ReadPolicy read)
+      : device_(std::move(device)), read_(std::move(read)) {}
 
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     const v1::TaskSpec& spec = ctx.spec();
     const v1::FineTuneParams& params = spec.protocol().finetune();
-    RETURN_IF_ERROR(VerifyModel(spec.model()));
+    RETURN_IF_ERROR(VerifyModel(spec.model(), read_, [&ctx] { return ctx.ShouldStop(); }));
+    RETURN_IF_ERROR(CheckDatasetRoot(spec.dataset(), read_));
     // Images are held in memory, resized and centre-cropped to the model's
     // input once; the augmentations work from there.
     compute::ModelOptions model = ToModelOptions(spec.model());
@@ -210,12 +212,13 @@ class FineTuneRunner final : public TaskRunner {
 
  private:
   const std::string device_;
+  const ReadPolicy read_;
 };
 
 }  // namespace
 
-std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device) {
-  return std::make_shared<FineTuneRunner>(device);
+std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device, const ReadPolicy& read) {
+  return std::make_shared<FineTuneRunner>(device, read);
 }
 
 }  // namespace sslbench::worker

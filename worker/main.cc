@@ -18,6 +18,7 @@
 #include "absl/flags/usage.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
+#include "common/path_guard.h"
 #include "grpcpp/grpcpp.h"
 #include "worker/compute/device.h"
 #include "worker/compute/feature_extractor.h"
@@ -40,6 +41,12 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 ABSL_FLAG(int, chunk_kib, 4096, "target size of one uploaded feature chunk");
 ABSL_FLAG(std::string, feature_cache_dir, "",
           "keep downloaded feature sets in this folder (empty: no disk cache)");
+ABSL_FLAG(std::string, model_roots, "",
+          "comma-separated folders model files must lie in (links and .. resolved); "
+          "empty: anywhere. Set it on shared clusters");
+ABSL_FLAG(std::string, data_roots, "",
+          "comma-separated folders dataset folders must lie in; empty: anywhere");
+ABSL_FLAG(double, max_model_gib, 64, "model files larger than this are refused");
 ABSL_FLAG(double, feature_cache_gib, 20, "size limit of the feature cache, least recently used go first");
 
 int main(int argc, char** argv) {
@@ -102,6 +109,18 @@ int main(int argc, char** argv) {
                                                  : std::max(1, threads);
   runner_options.chunk_bytes = int64_t{absl::GetFlag(FLAGS_chunk_kib)} * 1024;
   runner_options.device = *device;
+  auto parse_roots = [](const char* flag, const std::string& list,
+                        std::vector<std::string>* roots) {
+    const absl::Status s = sslbench::ParseRoots(list, roots);
+    if (!s.ok()) std::fprintf(stderr, "sslbench-worker: --%s: %s\n", flag, std::string(s.message()).c_str());
+    return s.ok();
+  };
+  if (!parse_roots("model_roots", absl::GetFlag(FLAGS_model_roots), &runner_options.read.model_roots) ||
+      !parse_roots("data_roots", absl::GetFlag(FLAGS_data_roots), &runner_options.read.data_roots)) {
+    return 64;
+  }
+  runner_options.read.max_model_bytes =
+      static_cast<int64_t>(absl::GetFlag(FLAGS_max_model_gib) * (1 << 30));
   sslbench::LogInfo("worker", "compute device ", *device, " (", threads, " compute threads, ",
                     runner_options.decode_threads, " decode threads)");
   grpc::ChannelArguments args;

@@ -3,20 +3,36 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/path_guard.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace sslbench::worker {
 
-absl::Status VerifyModel(const v1::ModelSpec& model) {
-  ASSIGN_OR_RETURN(std::string sha, Sha256File(model.path()));
-  if (sha != model.sha256()) {
+absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy,
+                         const std::function<bool()>& stop) {
+  RETURN_IF_ERROR(CheckUnderRoots(model.path(), policy.model_roots,
+                                  absl::StrCat("model \"", model.name(), "\": file")));
+  HashFileOptions hashing;
+  hashing.max_bytes = policy.max_model_bytes;
+  hashing.cancelled = stop;
+  absl::StatusOr<std::string> sha = Sha256File(model.path(), hashing);
+  if (!sha.ok()) {
+    return absl::Status(sha.status().code(), absl::StrCat("model \"", model.name(), "\": ",
+                                                          sha.status().message()));
+  }
+  if (*sha != model.sha256()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model \"", model.name(), "\": file ", model.path(),
-        " changed since the study was submitted (sha256 ", sha.substr(0, 12), " != ",
+        " changed since the study was submitted (sha256 ", sha->substr(0, 12), " != ",
         model.sha256().substr(0, 12), "); resubmit the study"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckDatasetRoot(const v1::DatasetSpec& dataset, const ReadPolicy& policy) {
+  return CheckUnderRoots(dataset.root(), policy.data_roots,
+                         absl::StrCat("dataset \"", dataset.name(), "\": folder"));
 }
 
 compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {

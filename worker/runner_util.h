@@ -1,15 +1,34 @@
 #pragma once
 // Helpers the runners share.
 
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "sslbench/v1/types.pb.h"
 #include "worker/compute/feature_extractor.h"
 
 namespace sslbench::worker {
 
-// The cache key and the results promise these exact bytes: FAILED_PRECONDITION
-// for a model file changed since the study was submitted.
-absl::Status VerifyModel(const v1::ModelSpec& model);
+// What a worker may read for a task (flags --model_roots, --data_roots,
+// --max_model_bytes).
+struct ReadPolicy {
+  std::vector<std::string> model_roots;  // empty: anywhere
+  std::vector<std::string> data_roots;   // empty: anywhere
+  int64_t max_model_bytes = int64_t{64} << 30;
+};
+
+// The model file must lie under the policy's model roots, be a regular file
+// (not /dev/zero) within max_model_bytes, and hash to the sha256 the study
+// was submitted with (the cache key and the results promise these bytes):
+// PERMISSION_DENIED, FAILED_PRECONDITION otherwise. Hashing polls `stop` and
+// returns CANCELLED when it says so.
+absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy = ReadPolicy(),
+                         const std::function<bool()>& stop = nullptr);
+// The dataset's folder must lie under the policy's data roots.
+absl::Status CheckDatasetRoot(const v1::DatasetSpec& dataset, const ReadPolicy& policy);
 
 compute::ModelOptions ToModelOptions(const v1::ModelSpec& model);
 

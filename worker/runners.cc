@@ -9,7 +9,7 @@ TaskRunners DefaultTaskRunners(const RunnerOptions& options, WorkerMetrics* metr
   for (v1::TaskKind kind : {v1::TASK_KIND_KNN, v1::TASK_KIND_LINEAR, v1::TASK_KIND_LOGREG}) {
     runners.Register(kind, probes);
   }
-  runners.Register(v1::TASK_KIND_FINETUNE, NewFineTuneRunner(options.device));
+  runners.Register(v1::TASK_KIND_FINETUNE, NewFineTuneRunner(options.device, options.read));
   return runners;
 }
 

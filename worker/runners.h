@@ -7,6 +7,7 @@
 #include <string>
 
 #include "worker/feature_cache.h"
+#include "worker/runner_util.h"
 #include "worker/task_runner.h"
 #include "worker/worker_metrics.h"
 
@@ -23,6 +24,8 @@ struct RunnerOptions {
   // "cuda:N" (resolved, see compute/device.h). Extraction and fine-tuning
   // use the device's default precision (bf16 autocast on CUDA).
   std::string device = "cpu";
+  // Where model files and datasets may be read from.
+  ReadPolicy read;
 };
 
 // Extract: features of (model, dataset, split), uploaded in chunks; resumes
@@ -35,7 +38,8 @@ std::shared_ptr<TaskRunner> NewProbeRunner(LocalFeatureCache* cache,
                                            const std::string& device = "cpu");
 // End-to-end fine-tuning, checkpointed, resuming from the latest checkpoint.
 // On `device`, with bf16 autocast on CUDA.
-std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device = "cpu");
+std::shared_ptr<TaskRunner> NewFineTuneRunner(const std::string& device = "cpu",
+                                              const ReadPolicy& read = ReadPolicy());
 
 // Every runner above, registered under its kinds.
 TaskRunners DefaultTaskRunners(const RunnerOptions& options, WorkerMetrics* metrics);

@@ -220,3 +220,32 @@ TEST(PlannerTest, StudiesOverTheLimitsAreRefusedBeforeExpansion) {
 
 }  // namespace
 }  // namespace sslbench::server
+
+namespace sslbench::server {
+namespace {
+
+// The coordinator checks the shape of paths itself (the CLI is not the only
+// caller): no device files, no `..`.
+TEST(PlannerTest, PathsIntoDevicesOrWithDotDotAreRefused) {
+  const struct {
+    const char* path;
+    const char* error;
+  } cases[] = {{"/dev/zero", "is under /dev"},
+               {"/proc/self/environ", "is under /proc"},
+               {"/models/../etc/shadow", "must not contain . or .. components"},
+               {"models/m.pt", "must be an absolute path"}};
+  for (const auto& c : cases) {
+    v1::StudySpec spec = testing::MakeStudy(1, 1);
+    spec.mutable_models(0)->set_path(c.path);
+    auto plan = PlanStudy(spec, "");
+    EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument) << c.path;
+    EXPECT_THAT(std::string(plan.status().message()), HasSubstr(c.error)) << c.path;
+  }
+  v1::StudySpec root = testing::MakeStudy(1, 1);
+  root.mutable_datasets(0)->set_root("/sys/kernel");
+  EXPECT_THAT(std::string(PlanStudy(root, "").status().message()),
+              HasSubstr("datasets[0].root"));
+}
+
+}  // namespace
+}  // namespace sslbench::server
