@@ -22,8 +22,9 @@ Coordinator::Coordinator(Store& store, const Clock& clock, LeasePolicy policy,
       limits_(limits) {}
 
 absl::StatusOr<v1::SubmitStudyResponse> Coordinator::SubmitStudy(
-    const v1::SubmitStudyRequest& request) {
+    const v1::SubmitStudyRequest& request, const Caller& caller) {
   ASSIGN_OR_RETURN(StudyPlan plan, PlanStudy(request.spec(), request.request_id(), limits_));
+  plan.submitted_by = caller.name;
   ASSIGN_OR_RETURN(CreatedStudy created, store_.CreateStudy(plan, clock_.Now()));
   v1::SubmitStudyResponse response;
   response.set_study_id(created.study_id);
@@ -32,8 +33,9 @@ absl::StatusOr<v1::SubmitStudyResponse> Coordinator::SubmitStudy(
   response.set_reused_features(created.reused_features);
   if (!created.existing) {
     if (metrics_) metrics_->StudySubmitted();
-    LogInfo("coordinator", "study ", created.study_id, " \"", plan.spec.name(),
-            "\": ", created.tasks, " tasks, ", created.reused_features,
+    LogInfo("coordinator", "study ", created.study_id, " \"", plan.spec.name(), "\"",
+            caller.name.empty() ? "" : absl::StrCat(" from ", caller.name), ": ",
+            created.tasks, " tasks, ", created.reused_features,
             " feature sets reused from the cache, ", created.shared_features,
             " shared with running studies");
   }
@@ -48,8 +50,54 @@ absl::StatusOr<v1::StudyStatus> Coordinator::GetStudy(int64_t study_id, bool inc
   return status;
 }
 
-absl::StatusOr<v1::StudyStatus> Coordinator::CancelStudy(int64_t study_id) {
-  return store_.CancelStudy(study_id, clock_.Now());
+absl::StatusOr<v1::StudyStatus> Coordinator::CancelStudy(int64_t study_id,
+                                                         const Caller& caller) {
+  if (caller.role != Role::kAdmin) {
+    ASSIGN_OR_RETURN(v1::StudyStatus status, store_.GetStudyStatus(study_id, clock_.Now()));
+    if (status.submitted_by() != caller.name) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "study ", study_id, " was submitted by \"", status.submitted_by(), "\"; token \"",
+          caller.name, "\" may cancel only its own studies (an admin may cancel any)"));
+    }
+  }
+  ASSIGN_OR_RETURN(v1::StudyStatus status, store_.CancelStudy(study_id, clock_.Now(), caller.name));
+  LogInfo("coordinator", "study ", study_id, " cancelled",
+          caller.name.empty() ? "" : absl::StrCat(" by ", caller.name));
+  return status;
+}
+
+absl::StatusOr<v1::CreateTokenResponse> Coordinator::CreateToken(
+    const v1::CreateTokenRequest& request, const Caller& caller) {
+  const std::string& name = request.name();
+  if (name.empty() || name.size() > 128 ||
+      name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-") !=
+          std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("name: \"", name.substr(0, 128), "\" must be 1-128 of [A-Za-z0-9_.@-]"));
+  }
+  ASSIGN_OR_RETURN(Role role, ParseRole(request.role()));
+  v1::CreateTokenResponse response;
+  response.set_token(NewTokenSecret());
+  ASSIGN_OR_RETURN(*response.mutable_info(),
+                   store_.CreateToken(name, RoleName(role), TokenHash(response.token()),
+                                      caller.name, clock_.Now()));
+  LogInfo("coordinator", "token ", response.info().token_id(), " \"", name, "\" (",
+          RoleName(role), ") created", caller.name.empty() ? "" : absl::StrCat(" by ", caller.name));
+  return response;
+}
+
+absl::StatusOr<v1::ListTokensResponse> Coordinator::ListTokens() {
+  ASSIGN_OR_RETURN(std::vector<v1::TokenInfo> tokens, store_.ListTokens());
+  v1::ListTokensResponse response;
+  for (auto& t : tokens) *response.add_tokens() = std::move(t);
+  return response;
+}
+
+absl::StatusOr<v1::TokenInfo> Coordinator::RevokeToken(int64_t token_id, const Caller& caller) {
+  ASSIGN_OR_RETURN(v1::TokenInfo info, store_.RevokeToken(token_id, clock_.Now()));
+  LogInfo("coordinator", "token ", token_id, " \"", info.name(), "\" revoked",
+          caller.name.empty() ? "" : absl::StrCat(" by ", caller.name));
+  return info;
 }
 
 absl::StatusOr<v1::ListResultsResponse> Coordinator::ListResults(int64_t study_id) {

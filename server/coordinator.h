@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/clock.h"
+#include "server/auth.h"
 #include "server/lease_policy.h"
 #include "server/metrics.h"
 #include "server/planner.h"
@@ -28,10 +29,17 @@ class Coordinator {
   const LeasePolicy& policy() const { return policy_; }
 
   // Client API.
+  // `caller` is recorded as the study's submitter.
   absl::StatusOr<v1::SubmitStudyResponse> SubmitStudy(
-      const v1::SubmitStudyRequest& request);
+      const v1::SubmitStudyRequest& request, const Caller& caller = Caller());
   absl::StatusOr<v1::StudyStatus> GetStudy(int64_t study_id, bool include_spec = false);
-  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id);
+  // A submitter may cancel only its own studies (PERMISSION_DENIED).
+  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id, const Caller& caller = Caller());
+  // Tokens (the Authenticator has checked the caller is an admin).
+  absl::StatusOr<v1::CreateTokenResponse> CreateToken(const v1::CreateTokenRequest& request,
+                                                      const Caller& caller);
+  absl::StatusOr<v1::ListTokensResponse> ListTokens();
+  absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id, const Caller& caller);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
   absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);

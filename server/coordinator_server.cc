@@ -3,13 +3,56 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 
 namespace sslbench::server {
+namespace {
+
+// Registers the tokens of a bootstrap file ("ROLE NAME TOKEN" per line).
+absl::Status LoadBootstrapTokens(const std::string& path, Store& store, const Clock& clock) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("bootstrap token file ", path, " not found"));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "bootstrap token file ", path, " is readable by others; chmod 600 it"));
+  }
+  std::ifstream in(path);
+  std::string line;
+  int line_number = 0, loaded = 0;
+  while (std::getline(in, line)) {
+    ++line_number;
+    const std::vector<std::string> fields =
+        absl::StrSplit(line.substr(0, line.find('#')), absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (fields.empty()) continue;
+    if (fields.size() != 3 || fields[2].size() < 20) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", line_number, ": expected ROLE NAME TOKEN (a token of at least 20 characters)"));
+    }
+    absl::StatusOr<Role> role = ParseRole(fields[0]);
+    if (!role.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_number, ": ",
+                                                     role.status().message()));
+    }
+    RETURN_IF_ERROR(store.EnsureToken(fields[1], RoleName(*role), TokenHash(fields[2]), clock.Now()));
+    ++loaded;
+  }
+  LogInfo("coordinator", loaded, " bootstrap tokens from ", path);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     CoordinatorServerOptions options) {
@@ -43,11 +86,19 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   s->coordinator_ = std::make_unique<Coordinator>(*s->store_, clock, policy, metrics,
                                                   s->options_.plan_limits);
+  s->auth_ = std::make_unique<Authenticator>(*s->store_, clock, s->options_.auth, metrics);
+  if (!s->options_.bootstrap_tokens_file.empty()) {
+    RETURN_IF_ERROR(LoadBootstrapTokens(s->options_.bootstrap_tokens_file, *s->store_, clock));
+  }
+  if (!s->options_.auth.required) {
+    LogWarning("coordinator", "authentication is off: anyone who reaches this port can "
+               "submit, cancel and act as a worker (--auth=required turns it on)");
+  }
   s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);
   s->study_service_ =
-      std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics);
+      std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics, *s->auth_);
   s->worker_service_ =
-      std::make_unique<WorkerServiceImpl>(*s->coordinator_, *s->pool_, metrics);
+      std::make_unique<WorkerServiceImpl>(*s->coordinator_, *s->pool_, metrics, *s->auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

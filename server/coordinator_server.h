@@ -27,6 +27,12 @@ struct CoordinatorServerOptions {
   std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
   LeasePolicy policy;
   PlanLimits plan_limits;
+  // Authentication (see server/auth.h). Off: anyone who reaches the port may
+  // do anything (a warning is logged).
+  AuthOptions auth;
+  // Tokens registered at start: lines "ROLE NAME TOKEN" ('#' comments), e.g.
+  // the first admin token from a secret. Must not be readable by others.
+  std::string bootstrap_tokens_file;
   int executor_threads = 8;
   int db_connections = 8;
   // "postgres" or "file:///PATH" (see BlobStore).
@@ -62,6 +68,7 @@ class CoordinatorServer {
   std::unique_ptr<CoordinatorMetrics> metrics_registry_;
   std::unique_ptr<PgStore> store_;
   std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<StudyServiceImpl> study_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;

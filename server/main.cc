@@ -26,6 +26,13 @@ ABSL_FLAG(int, lease_seconds, 30, "lease duration; workers heartbeat well within
 ABSL_FLAG(int, heartbeat_ms, 5000, "heartbeat interval asked of workers");
 ABSL_FLAG(int64_t, max_tasks_per_study, 250000,
           "larger studies are refused at submit (split them)");
+ABSL_FLAG(std::string, auth, "off",
+          "required: every call needs a bearer token with a role (see `sslbench tokens`); "
+          "off: no authentication (a warning is logged)");
+ABSL_FLAG(std::string, bootstrap_tokens, "",
+          "file of tokens registered at start, lines \"ROLE NAME TOKEN\" (mode 600), e.g. "
+          "the first admin token from a secret");
+ABSL_FLAG(int, token_cache_seconds, 10, "how long a token lookup is cached (revocation delay)");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
 ABSL_FLAG(std::string, blob_store, "postgres",
@@ -64,6 +71,15 @@ int main(int argc, char** argv) {
   options.policy.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
   options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
   options.plan_limits.max_tasks = absl::GetFlag(FLAGS_max_tasks_per_study);
+  const std::string auth = absl::GetFlag(FLAGS_auth);
+  if (auth != "off" && auth != "required") {
+    std::fprintf(stderr, "sslbench-coordinator: --auth must be off or required, not \"%s\"\n",
+                 auth.c_str());
+    return 64;
+  }
+  options.auth.required = auth == "required";
+  options.auth.cache_ttl = absl::Seconds(absl::GetFlag(FLAGS_token_cache_seconds));
+  options.bootstrap_tokens_file = absl::GetFlag(FLAGS_bootstrap_tokens);
   options.db_connections = absl::GetFlag(FLAGS_db_connections);
 
   auto server = sslbench::server::CoordinatorServer::Start(options);

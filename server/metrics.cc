@@ -51,6 +51,19 @@ CoordinatorMetrics::CoordinatorMetrics(std::shared_ptr<prometheus::Registry> reg
                             .Help("Studies accepted")
                             .Register(*registry_)
                             .Add({});
+  auth_refused_ = &prometheus::BuildCounter()
+                       .Name("sslbench_auth_refused_total")
+                       .Help("Calls refused for a missing or unknown token (UNAUTHENTICATED) "
+                             "or a role that may not make them (PERMISSION_DENIED)")
+                       .Register(*registry_);
+  // Exported from the start, so alerts see 0 rather than no series.
+  for (const char* code : {"UNAUTHENTICATED", "PERMISSION_DENIED"}) {
+    auth_refused_->Add({{"code", code}});
+  }
+}
+
+void CoordinatorMetrics::AuthRefused(absl::string_view code) {
+  auth_refused_->Add({{"code", std::string(code)}}).Increment();
 }
 
 void CoordinatorMetrics::ObserveRpc(absl::string_view method, absl::string_view code,

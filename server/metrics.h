@@ -25,6 +25,9 @@ class CoordinatorMetrics {
   void LeaseGranted() { leases_granted_->Increment(); }
   void LeaseExpired() { leases_expired_->Increment(); }
   void StudySubmitted() { studies_submitted_->Increment(); }
+  // A call refused by authentication: `code` is "UNAUTHENTICATED" or
+  // "PERMISSION_DENIED".
+  void AuthRefused(absl::string_view code);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -36,6 +39,7 @@ class CoordinatorMetrics {
   prometheus::Counter* leases_granted_;
   prometheus::Counter* leases_expired_;
   prometheus::Counter* studies_submitted_;
+  prometheus::Family<prometheus::Counter>* auth_refused_;
 };
 
 }  // namespace sslbench::server

@@ -24,6 +24,7 @@ struct PlannedProbe {
 struct StudyPlan {
   v1::StudySpec spec;        // defaulted and validated
   std::string request_id;    // may be empty
+  std::string submitted_by;  // the caller's token name; empty without authentication
   std::vector<PlannedExtract> extracts;  // unique by cache_key
   std::vector<PlannedProbe> probes;
 };

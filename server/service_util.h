@@ -11,6 +11,7 @@
 #include "common/grpc_status.h"
 #include "common/thread_pool.h"
 #include "grpcpp/grpcpp.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 
 namespace sslbench::server {
@@ -27,24 +28,46 @@ inline const char* CodeName(grpc::StatusCode code) {
     case grpc::ABORTED: return "ABORTED";
     case grpc::UNAVAILABLE: return "UNAVAILABLE";
     case grpc::INTERNAL: return "INTERNAL";
+    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::DATA_LOSS: return "DATA_LOSS";
     default: return "OTHER";
   }
 }
 
-// `fn` returns absl::Status or absl::StatusOr<Response>.
+// The call's "authorization" metadata ("" when absent).
+inline std::string AuthorizationOf(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+// `fn` returns absl::Status or absl::StatusOr<Response>; it takes the
+// authorised Caller, or nothing. `method` is the RPC's name, as the
+// Authenticator knows it.
 template <typename Response, typename Fn>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
                                    absl::string_view method, ThreadPool& pool,
-                                   CoordinatorMetrics* metrics, Response* response,
-                                   Fn fn) {
+                                   CoordinatorMetrics* metrics, Authenticator& auth,
+                                   Response* response, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = std::chrono::steady_clock::now();
-  pool.Schedule([=]() mutable {
+  pool.Schedule([=, &auth, authorization = AuthorizationOf(*context)]() mutable {
     grpc::Status status;
+    absl::StatusOr<Caller> caller;
     if (context->IsCancelled()) {
       status = grpc::Status(grpc::CANCELLED, "cancelled before it ran");
+    } else if (caller = auth.Authorize(authorization, method); !caller.ok()) {
+      status = ToGrpcStatus(caller.status());
     } else {
-      auto result = fn();
+      auto result = [&] {
+        if constexpr (std::is_invocable_v<Fn&, const Caller&>) {
+          return fn(*caller);
+        } else {
+          return fn();
+        }
+      }();
       if constexpr (std::is_same_v<decltype(result), absl::Status>) {
         status = ToGrpcStatus(result);
       } else {

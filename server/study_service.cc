@@ -16,10 +16,17 @@ namespace {
 // repeat until the study ends or the client goes away.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
  public:
-  WatchReactor(Coordinator& coordinator, ThreadPool& pool, int64_t study_id,
-               absl::Duration interval)
+  WatchReactor(Coordinator& coordinator, ThreadPool& pool, Authenticator& auth,
+               std::string authorization, int64_t study_id, absl::Duration interval)
       : coordinator_(coordinator), pool_(pool), study_id_(study_id), interval_(interval) {
-    pool_.Schedule([this] { Poll(); });
+    pool_.Schedule([this, &auth, authorization = std::move(authorization)] {
+      const absl::StatusOr<Caller> caller = auth.Authorize(authorization, "WatchStudy");
+      if (!caller.ok()) {
+        FinishOnce(ToGrpcStatus(caller.status()));
+        return;
+      }
+      Poll();
+    });
   }
 
   void OnWriteDone(bool ok) override {
@@ -96,59 +103,89 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::StudyStatus> {
 grpc::ServerUnaryReactor* StudyServiceImpl::SubmitStudy(
     grpc::CallbackServerContext* context, const v1::SubmitStudyRequest* request,
     v1::SubmitStudyResponse* response) {
-  return RunUnary(context, "SubmitStudy", pool_, metrics_, response,
-                  [this, request] { return coordinator_.SubmitStudy(*request); });
+  return RunUnary(context, "SubmitStudy", pool_, metrics_, auth_, response,
+                  [this, request](const Caller& caller) {
+                    return coordinator_.SubmitStudy(*request, caller);
+                  });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::GetStudy(
     grpc::CallbackServerContext* context, const v1::GetStudyRequest* request,
     v1::StudyStatus* response) {
-  return RunUnary(context, "GetStudy", pool_, metrics_, response,
+  return RunUnary(context, "GetStudy", pool_, metrics_, auth_, response,
                   [this, request] {
                     return coordinator_.GetStudy(request->study_id(), request->include_spec());
                   });
 }
 
 grpc::ServerWriteReactor<v1::StudyStatus>* StudyServiceImpl::WatchStudy(
-    grpc::CallbackServerContext* /*context*/, const v1::WatchStudyRequest* request) {
+    grpc::CallbackServerContext* context, const v1::WatchStudyRequest* request) {
   const int interval_ms = request->interval_ms() > 0 ? request->interval_ms() : 500;
-  return new WatchReactor(coordinator_, pool_, request->study_id(),
+  return new WatchReactor(coordinator_, pool_, auth_, AuthorizationOf(*context),
+                          request->study_id(),
                           absl::Milliseconds(std::max(interval_ms, 50)));
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::CancelStudy(
     grpc::CallbackServerContext* context, const v1::CancelStudyRequest* request,
     v1::StudyStatus* response) {
-  return RunUnary(context, "CancelStudy", pool_, metrics_, response,
-                  [this, request] { return coordinator_.CancelStudy(request->study_id()); });
+  return RunUnary(context, "CancelStudy", pool_, metrics_, auth_, response,
+                  [this, request](const Caller& caller) {
+                    return coordinator_.CancelStudy(request->study_id(), caller);
+                  });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::ListResults(
     grpc::CallbackServerContext* context, const v1::ListResultsRequest* request,
     v1::ListResultsResponse* response) {
-  return RunUnary(context, "ListResults", pool_, metrics_, response,
+  return RunUnary(context, "ListResults", pool_, metrics_, auth_, response,
                   [this, request] { return coordinator_.ListResults(request->study_id()); });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::ListWorkers(
     grpc::CallbackServerContext* context, const v1::ListWorkersRequest* /*request*/,
     v1::ListWorkersResponse* response) {
-  return RunUnary(context, "ListWorkers", pool_, metrics_, response,
+  return RunUnary(context, "ListWorkers", pool_, metrics_, auth_, response,
                   [this] { return coordinator_.ListWorkers(); });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::GetArtifact(
     grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
     v1::Artifact* response) {
-  return RunUnary(context, "GetArtifact", pool_, metrics_, response,
+  return RunUnary(context, "GetArtifact", pool_, metrics_, auth_, response,
                   [this, request] { return coordinator_.GetArtifact(request->artifact_id()); });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::Correlate(
     grpc::CallbackServerContext* context, const v1::CorrelateRequest* request,
     v1::CorrelateResponse* response) {
-  return RunUnary(context, "Correlate", pool_, metrics_, response,
+  return RunUnary(context, "Correlate", pool_, metrics_, auth_, response,
                   [this, request] { return coordinator_.Correlate(*request); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::CreateToken(
+    grpc::CallbackServerContext* context, const v1::CreateTokenRequest* request,
+    v1::CreateTokenResponse* response) {
+  return RunUnary(context, "CreateToken", pool_, metrics_, auth_, response,
+                  [this, request](const Caller& caller) {
+                    return coordinator_.CreateToken(*request, caller);
+                  });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::ListTokens(
+    grpc::CallbackServerContext* context, const v1::ListTokensRequest* /*request*/,
+    v1::ListTokensResponse* response) {
+  return RunUnary(context, "ListTokens", pool_, metrics_, auth_, response,
+                  [this] { return coordinator_.ListTokens(); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::RevokeToken(
+    grpc::CallbackServerContext* context, const v1::RevokeTokenRequest* request,
+    v1::TokenInfo* response) {
+  return RunUnary(context, "RevokeToken", pool_, metrics_, auth_, response,
+                  [this, request](const Caller& caller) {
+                    return coordinator_.RevokeToken(request->token_id(), caller);
+                  });
 }
 
 }  // namespace sslbench::server

@@ -11,8 +11,8 @@ class StudyServiceImpl final : public v1::StudyService::CallbackService {
  public:
   // All arguments must outlive the service; `metrics` may be null.
   StudyServiceImpl(Coordinator& coordinator, ThreadPool& pool,
-                   CoordinatorMetrics* metrics)
-      : coordinator_(coordinator), pool_(pool), metrics_(metrics) {}
+                   CoordinatorMetrics* metrics, Authenticator& auth)
+      : coordinator_(coordinator), pool_(pool), metrics_(metrics), auth_(auth) {}
 
   grpc::ServerUnaryReactor* SubmitStudy(grpc::CallbackServerContext* context,
                                         const v1::SubmitStudyRequest* request,
@@ -38,11 +38,21 @@ class StudyServiceImpl final : public v1::StudyService::CallbackService {
   grpc::ServerUnaryReactor* Correlate(grpc::CallbackServerContext* context,
                                       const v1::CorrelateRequest* request,
                                       v1::CorrelateResponse* response) override;
+  grpc::ServerUnaryReactor* CreateToken(grpc::CallbackServerContext* context,
+                                        const v1::CreateTokenRequest* request,
+                                        v1::CreateTokenResponse* response) override;
+  grpc::ServerUnaryReactor* ListTokens(grpc::CallbackServerContext* context,
+                                       const v1::ListTokensRequest* request,
+                                       v1::ListTokensResponse* response) override;
+  grpc::ServerUnaryReactor* RevokeToken(grpc::CallbackServerContext* context,
+                                        const v1::RevokeTokenRequest* request,
+                                        v1::TokenInfo* response) override;
 
  private:
   Coordinator& coordinator_;
   ThreadPool& pool_;
   CoordinatorMetrics* metrics_;
+  Authenticator& auth_;
 };
 
 }  // namespace sslbench::server

@@ -10,8 +10,8 @@ namespace sslbench::server {
 class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
  public:
   WorkerServiceImpl(Coordinator& coordinator, ThreadPool& pool,
-                    CoordinatorMetrics* metrics)
-      : coordinator_(coordinator), pool_(pool), metrics_(metrics) {}
+                    CoordinatorMetrics* metrics, Authenticator& auth)
+      : coordinator_(coordinator), pool_(pool), metrics_(metrics), auth_(auth) {}
 
   grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext* context,
                                            const v1::RegisterWorkerRequest* request,
@@ -48,6 +48,7 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   Coordinator& coordinator_;
   ThreadPool& pool_;
   CoordinatorMetrics* metrics_;
+  Authenticator& auth_;
 };
 
 }  // namespace sslbench::server

@@ -168,6 +168,20 @@ CREATE TABLE lease_clock (
 -- Fencing tokens are now random (drawn by the coordinator), not a sequence.
 DROP SEQUENCE lease_tokens;
 )sql"},
+      {9, "access tokens with roles; who submitted and cancelled each study", R"sql(
+CREATE TABLE access_tokens (
+  id          BIGSERIAL PRIMARY KEY,
+  name        TEXT NOT NULL,
+  role        TEXT NOT NULL,
+  secret_hash TEXT NOT NULL UNIQUE,
+  created_us  BIGINT NOT NULL,
+  created_by  TEXT NOT NULL DEFAULT '',
+  revoked_us  BIGINT NOT NULL DEFAULT 0
+);
+ALTER TABLE studies
+  ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '',
+  ADD COLUMN cancelled_by TEXT NOT NULL DEFAULT '';
+)sql"},
   };
   return kMigrations;
 }

@@ -308,9 +308,9 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     }
     const std::string spec_bytes = plan.spec.SerializeAsString();
     const auto inserted = w.exec_params(
-        "INSERT INTO studies (request_id, name, spec, state, created_us) "
-        "VALUES (NULLIF($1, ''), $2, $3, 'RUNNING', $4) RETURNING id",
-        plan.request_id, plan.spec.name(), Bytes(spec_bytes), now_us);
+        "INSERT INTO studies (request_id, name, spec, state, created_us, submitted_by) "
+        "VALUES (NULLIF($1, ''), $2, $3, 'RUNNING', $4, $5) RETURNING id",
+        plan.request_id, plan.spec.name(), Bytes(spec_bytes), now_us, plan.submitted_by);
     const int64_t study_id = inserted[0][0].as<int64_t>();
     created.study_id = study_id;
 
@@ -396,8 +396,8 @@ absl::StatusOr<v1::StudyStatus> PgStore::GetStudyStatus(int64_t study_id,
     auto& w = t.work;
     status.Clear();
     const auto s = w.exec_params(
-        "SELECT name, state, error, created_us, finished_us, reused_features "
-        "FROM studies WHERE id = $1",
+        "SELECT name, state, error, created_us, finished_us, reused_features, "
+        "submitted_by, cancelled_by FROM studies WHERE id = $1",
         study_id);
     if (s.empty()) {
       return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
@@ -406,6 +406,8 @@ absl::StatusOr<v1::StudyStatus> PgStore::GetStudyStatus(int64_t study_id,
     status.set_name(s[0][0].as<std::string>());
     status.set_state(StudyStateFromName(s[0][1].as<std::string>()));
     status.set_error(s[0][2].as<std::string>());
+    status.set_submitted_by(s[0][6].as<std::string>());
+    status.set_cancelled_by(s[0][7].as<std::string>());
     const int64_t created_us = s[0][3].as<int64_t>();
     const int64_t finished_us = s[0][4].as<int64_t>();
     status.set_created_unix(static_cast<double>(created_us) / 1e6);
@@ -444,8 +446,8 @@ absl::StatusOr<v1::StudyStatus> PgStore::GetStudyStatus(int64_t study_id,
   return status;
 }
 
-absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id,
-                                                     absl::Time now) {
+absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id, absl::Time now,
+                                                     const std::string& cancelled_by) {
   const int64_t now_us = Us(now);
   RETURN_IF_ERROR(Transact("cancel_study", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
@@ -493,8 +495,9 @@ absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id,
             " WHERE d.depends_on = t.id AND o.state IN ('PENDING', 'LEASED'))"),
         study_id, now_us);
     w.exec_params(
-        "UPDATE studies SET state = 'CANCELLED', finished_us = $2 WHERE id = $1",
-        study_id, now_us);
+        "UPDATE studies SET state = 'CANCELLED', finished_us = $2, cancelled_by = $3 "
+        "WHERE id = $1",
+        study_id, now_us, cancelled_by);
     return absl::OkStatus();
   }));
   return GetStudyStatus(study_id, now);

@@ -39,8 +39,17 @@ class PgStore final : public Store {
                                            absl::Time now) override;
   absl::StatusOr<v1::StudyStatus> GetStudyStatus(int64_t study_id,
                                                  absl::Time now) override;
-  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id,
-                                              absl::Time now) override;
+  absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id, absl::Time now,
+                                              const std::string& cancelled_by) override;
+  absl::StatusOr<v1::TokenInfo> CreateToken(const std::string& name, const std::string& role,
+                                            const std::string& secret_hash,
+                                            const std::string& created_by,
+                                            absl::Time now) override;
+  absl::Status EnsureToken(const std::string& name, const std::string& role,
+                           const std::string& secret_hash, absl::Time now) override;
+  absl::StatusOr<std::vector<v1::TokenInfo>> ListTokens() override;
+  absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id, absl::Time now) override;
+  absl::StatusOr<std::optional<v1::TokenInfo>> FindToken(const std::string& secret_hash) override;
   absl::StatusOr<std::vector<v1::ProbeResult>> ListResults(
       int64_t study_id) override;
   absl::StatusOr<int64_t> RegisterWorker(const std::string& name,

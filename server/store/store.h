@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/planner.h"
+#include "sslbench/v1/client_api.pb.h"
 #include "sslbench/v1/types.pb.h"
 #include "sslbench/v1/worker_api.pb.h"
 
@@ -83,8 +84,9 @@ class Store {
                                                          absl::Time now) = 0;
   // Cancels unfinished tasks of the study, except extractions another running
   // study still needs.
-  virtual absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id,
-                                                      absl::Time now) = 0;
+  // `cancelled_by` (a token name, may be empty) is recorded on the study.
+  virtual absl::StatusOr<v1::StudyStatus> CancelStudy(int64_t study_id, absl::Time now,
+                                                      const std::string& cancelled_by) = 0;
   virtual absl::StatusOr<std::vector<v1::ProbeResult>> ListResults(
       int64_t study_id) = 0;
 
@@ -152,6 +154,24 @@ class Store {
   // For metrics: tasks by state name ("PENDING", ...).
   virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
   CountTasksByState() = 0;
+
+  // Access tokens, by the SHA-256 of their secret (the secret is never
+  // stored). CreateToken: ALREADY_EXISTS for a hash already known.
+  virtual absl::StatusOr<v1::TokenInfo> CreateToken(const std::string& name,
+                                                    const std::string& role,
+                                                    const std::string& secret_hash,
+                                                    const std::string& created_by,
+                                                    absl::Time now) = 0;
+  // Registers a token from the coordinator's bootstrap file unless its hash
+  // is known already (a token revoked since stays revoked).
+  virtual absl::Status EnsureToken(const std::string& name, const std::string& role,
+                                   const std::string& secret_hash, absl::Time now) = 0;
+  virtual absl::StatusOr<std::vector<v1::TokenInfo>> ListTokens() = 0;
+  // NOT_FOUND for an unknown id; revoking twice keeps the first time.
+  virtual absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id, absl::Time now) = 0;
+  // The valid (not revoked) token with this hash, or nullopt.
+  virtual absl::StatusOr<std::optional<v1::TokenInfo>> FindToken(
+      const std::string& secret_hash) = 0;
 
   // The spec the study was submitted with (as planned, defaults filled in).
   // NOT_FOUND for an unknown id; DATA_LOSS when the stored spec does not parse.

@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -13,13 +14,16 @@
 
 namespace sslbench::testing {
 
-inline absl::StatusOr<std::unique_ptr<server::CoordinatorServer>> StartTestCoordinator() {
+// `customize` may change the options (authentication, limits) first.
+inline absl::StatusOr<std::unique_ptr<server::CoordinatorServer>> StartTestCoordinator(
+    const std::function<void(server::CoordinatorServerOptions&)>& customize = nullptr) {
   absl::StatusOr<std::string> db = FreshDatabase();
   if (!db.ok()) return db.status();
   server::CoordinatorServerOptions options;
   options.listen = "127.0.0.1:0";
   options.metrics_listen = "127.0.0.1:0";
   options.database = *db;
+  if (customize) customize(options);
   return server::CoordinatorServer::Start(options);
 }
 
