@@ -17,7 +17,7 @@ namespace {
 // accepted with any command.
 const std::set<std::string>& CommonFlags() {
   static const auto* flags = new std::set<std::string>{
-      "coordinator", "help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch",
+      "coordinator", "token_file", "help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch",
       "version",
       "only_check_args", "flagfile", "fromenv", "tryfromenv", "undefok"};
   return *flags;
@@ -30,6 +30,7 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
       {"status", {}},
       {"cancel", {}},
       {"workers", {}},
+      {"tokens", {"name", "role"}},
       {"results", {"format"}},
       {"correlate", {"format", "metric", "bootstrap", "seed", "by"}},
       {"artifact", {"output"}},

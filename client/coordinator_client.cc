@@ -30,6 +30,25 @@ std::string ResolveCoordinatorAddress(const std::string& flag_value,
   return kDefaultCoordinator;
 }
 
+absl::StatusOr<std::string> ResolveToken(const std::string& token_file, const char* env_value,
+                                         const std::string& default_file) {
+  auto read = [](const std::string& path) -> std::string {
+    std::ifstream in(path);
+    std::string line;
+    if (!in || !std::getline(in, line)) return "";
+    return std::string(absl::StripAsciiWhitespace(line));
+  };
+  if (!token_file.empty()) {
+    std::ifstream probe(token_file);
+    if (!probe) return absl::NotFoundError(absl::StrCat("token file ", token_file, " cannot be read"));
+    std::string token = read(token_file);
+    if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("token file ", token_file, " is empty"));
+    return token;
+  }
+  if (env_value != nullptr && env_value[0] != '\0') return std::string(env_value);
+  return read(default_file);
+}
+
 std::string FormatError(const absl::Status& status, const std::string& address) {
   std::string out = absl::StrCat("sslbench: ", absl::StatusCodeToString(status.code()),
                                  ": ", status.message());
@@ -42,8 +61,8 @@ std::string FormatError(const absl::Status& status, const std::string& address) 
 }
 
 CoordinatorClient::CoordinatorClient(const std::string& address,
-                                     absl::Duration rpc_timeout)
-    : address_(address), rpc_timeout_(rpc_timeout) {
+                                     absl::Duration rpc_timeout, std::string token)
+    : address_(address), rpc_timeout_(rpc_timeout), token_(std::move(token)) {
   grpc::ChannelArguments args;
   // Study specs and result lists with per-class accuracies can be large.
   args.SetMaxReceiveMessageSize(256 << 20);
@@ -53,8 +72,46 @@ CoordinatorClient::CoordinatorClient(const std::string& address,
   stub_ = v1::StudyService::NewStub(channel_);
 }
 
-void CoordinatorClient::SetDeadline(grpc::ClientContext& context) const {
+void CoordinatorClient::Prepare(grpc::ClientContext& context) const {
   context.set_deadline(absl::ToChronoTime(absl::Now() + rpc_timeout_));
+  Authorize(context);
+}
+
+void CoordinatorClient::Authorize(grpc::ClientContext& context) const {
+  if (!token_.empty()) context.AddMetadata("authorization", "Bearer " + token_);
+}
+
+absl::StatusOr<v1::CreateTokenResponse> CoordinatorClient::CreateToken(const std::string& name,
+                                                                       const std::string& role) {
+  grpc::ClientContext context;
+  Prepare(context);
+  v1::CreateTokenRequest request;
+  request.set_name(name);
+  request.set_role(role);
+  v1::CreateTokenResponse response;
+  const grpc::Status status = stub_->CreateToken(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::ListTokensResponse> CoordinatorClient::ListTokens() {
+  grpc::ClientContext context;
+  Prepare(context);
+  v1::ListTokensResponse response;
+  const grpc::Status status = stub_->ListTokens(&context, v1::ListTokensRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::TokenInfo> CoordinatorClient::RevokeToken(int64_t token_id) {
+  grpc::ClientContext context;
+  Prepare(context);
+  v1::RevokeTokenRequest request;
+  request.set_token_id(token_id);
+  v1::TokenInfo response;
+  const grpc::Status status = stub_->RevokeToken(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
 }
 
 absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
@@ -66,7 +123,7 @@ absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
   absl::Duration backoff = submit_backoff;
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
-    SetDeadline(context);
+    Prepare(context);
     v1::SubmitStudyResponse response;
     const grpc::Status status = stub_->SubmitStudy(&context, request, &response);
     if (status.ok()) return response;
@@ -87,7 +144,7 @@ absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
 
 absl::StatusOr<v1::StudyStatus> CoordinatorClient::GetStudy(int64_t study_id, bool include_spec) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::GetStudyRequest request;
   request.set_study_id(study_id);
   request.set_include_spec(include_spec);
@@ -99,7 +156,7 @@ absl::StatusOr<v1::StudyStatus> CoordinatorClient::GetStudy(int64_t study_id, bo
 
 absl::StatusOr<v1::StudyStatus> CoordinatorClient::CancelStudy(int64_t study_id) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::CancelStudyRequest request;
   request.set_study_id(study_id);
   v1::StudyStatus response;
@@ -111,7 +168,7 @@ absl::StatusOr<v1::StudyStatus> CoordinatorClient::CancelStudy(int64_t study_id)
 absl::StatusOr<v1::ListResultsResponse> CoordinatorClient::ListResults(
     int64_t study_id) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::ListResultsRequest request;
   request.set_study_id(study_id);
   v1::ListResultsResponse response;
@@ -122,7 +179,7 @@ absl::StatusOr<v1::ListResultsResponse> CoordinatorClient::ListResults(
 
 absl::StatusOr<v1::ListWorkersResponse> CoordinatorClient::ListWorkers() {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::ListWorkersResponse response;
   const grpc::Status status =
       stub_->ListWorkers(&context, v1::ListWorkersRequest(), &response);
@@ -132,7 +189,7 @@ absl::StatusOr<v1::ListWorkersResponse> CoordinatorClient::ListWorkers() {
 
 absl::StatusOr<v1::Artifact> CoordinatorClient::GetArtifact(int64_t artifact_id) {
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::GetArtifactRequest request;
   request.set_artifact_id(artifact_id);
   v1::Artifact response;
@@ -156,6 +213,7 @@ absl::StatusOr<v1::StudyStatus> StudyWatcher::Run() {
     v1::WatchStudyRequest request;
     request.set_study_id(study_id_);
     request.set_interval_ms(500);
+    client_->Authorize(context);
     std::unique_ptr<grpc::ClientReader<v1::StudyStatus>> reader =
         client_->stub()->WatchStudy(&context, request);
     v1::StudyStatus status;
@@ -254,6 +312,7 @@ absl::StatusOr<v1::CorrelateResponse> Correlate(CoordinatorClient& client,
                                                 absl::Duration timeout) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  client.Authorize(context);
   v1::CorrelateResponse response;
   const grpc::Status status = client.stub()->Correlate(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);

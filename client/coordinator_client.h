@@ -25,6 +25,13 @@ std::string ResolveCoordinatorAddress(const std::string& flag_value,
                                       const char* env_value,
                                       const std::string& addr_file);
 
+// The access token: read from `token_file` when given (NOT_FOUND /
+// INVALID_ARGUMENT when unreadable or empty), else `env_value`
+// (SSLBENCH_TOKEN), else the contents of `default_file` (the local stack's
+// admin token) when it exists, else "" (no token).
+absl::StatusOr<std::string> ResolveToken(const std::string& token_file, const char* env_value,
+                                         const std::string& default_file);
+
 // "sslbench: CODE: message"; for UNAVAILABLE, adds the address and how to
 // start a local stack.
 std::string FormatError(const absl::Status& status, const std::string& address);
@@ -32,11 +39,22 @@ std::string FormatError(const absl::Status& status, const std::string& address);
 // Thread-compatible; Watcher::Cancel may be called from any thread.
 class CoordinatorClient {
  public:
+  // `token`: the access token sent with every call ("" for none).
   explicit CoordinatorClient(const std::string& address,
-                             absl::Duration rpc_timeout = absl::Seconds(30));
+                             absl::Duration rpc_timeout = absl::Seconds(30),
+                             std::string token = "");
 
   const std::string& address() const { return address_; }
   v1::StudyService::Stub* stub() { return stub_.get(); }
+  // Sets the deadline (rpc_timeout from now) and the access token.
+  void Prepare(grpc::ClientContext& context) const;
+  // Only the access token (streams set their own deadlines).
+  void Authorize(grpc::ClientContext& context) const;
+
+  absl::StatusOr<v1::CreateTokenResponse> CreateToken(const std::string& name,
+                                                      const std::string& role);
+  absl::StatusOr<v1::ListTokensResponse> ListTokens();
+  absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id);
 
   // Submits under an idempotency key: `request_id`, or a random one when it
   // is empty (written to `*used_request_id` when given). A call that times
@@ -57,10 +75,9 @@ class CoordinatorClient {
   absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);
 
  private:
-  void SetDeadline(grpc::ClientContext& context) const;
-
   std::string address_;
   absl::Duration rpc_timeout_;
+  std::string token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::StudyService::Stub> stub_;
 };

@@ -1,5 +1,6 @@
 #include "client/local_stack.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/random.h"
 #include "common/status_macros.h"
 
 namespace sslbench::client {
@@ -155,6 +157,7 @@ absl::Status LocalStack::StartAll() {
   ASSIGN_OR_RETURN(postgres_, LocalPostgres::Start(pg_options));
   RETURN_IF_ERROR(postgres_->CreateDatabase(kDatabase));
 
+  RETURN_IF_ERROR(PrepareTokens());
   const std::string port_file = state_dir_ + "/coordinator.port";
   fs::remove(port_file, ec);
   Say("starting the coordinator");
@@ -163,7 +166,8 @@ absl::Status LocalStack::StartAll() {
       StartChild("coordinator",
                  {coordinator_bin, absl::StrCat("--listen=127.0.0.1:", options_.port),
                   "--port_file=" + port_file, "--database=" + conninfo(),
-                  "--metrics_listen=127.0.0.1:0", "--blob_store=" + options_.blob_store}));
+                  "--metrics_listen=127.0.0.1:0", "--blob_store=" + options_.blob_store,
+                  "--auth=required", "--bootstrap_tokens=" + state_dir_ + "/tokens"}));
   coordinator_.push_back(std::move(coordinator));
   ASSIGN_OR_RETURN(const int port, WaitForPortFile(port_file, coordinator_.front()));
   address_ = absl::StrCat("127.0.0.1:", port);
@@ -174,12 +178,49 @@ absl::Status LocalStack::StartAll() {
         Child worker,
         StartChild(name, {worker_bin, "--coordinator=" + address_, "--name=" + name,
                           absl::StrCat("--threads=", options_.worker_threads),
-                          "--metrics_listen=127.0.0.1:0"}));
+                          "--metrics_listen=127.0.0.1:0",
+                          "--token_file=" + state_dir_ + "/worker.token"}));
     workers_.push_back(std::move(worker));
   }
   Say(absl::StrCat("started ", options_.workers, " worker(s)"));
   RETURN_IF_ERROR(WriteFileAtomically(state_dir_ + "/coordinator.addr", address_ + "\n"));
   return absl::OkStatus();
+}
+
+absl::Status LocalStack::PrepareTokens() {
+  // Kept between runs, so that shells holding the token go on working.
+  const std::string bootstrap = state_dir_ + "/tokens";
+  std::string worker_token;
+  {
+    std::ifstream in(bootstrap);
+    std::string role, name, token;
+    while (in >> role >> name >> token) {
+      if (role == "admin") admin_token_ = token;
+      if (role == "worker") worker_token = token;
+    }
+  }
+  if (admin_token_.empty() || worker_token.empty()) {
+    admin_token_ = "sbt_" + RandomHex(16);
+    worker_token = "sbt_" + RandomHex(16);
+  }
+  // Written with mode 600 from the start: the coordinator refuses a
+  // bootstrap file others can read.
+  auto write_private = [](const std::string& path, const std::string& text) -> absl::Status {
+    const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+    const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+    const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    close(fd);
+    if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("cannot write ", path));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(write_private(bootstrap, absl::StrCat("# ROLE NAME TOKEN, read by the coordinator\n",
+                                                        "admin local-admin ", admin_token_, "\n",
+                                                        "worker local-workers ", worker_token, "\n")));
+  RETURN_IF_ERROR(write_private(state_dir_ + "/token", admin_token_ + "\n"));
+  return write_private(state_dir_ + "/worker.token", worker_token + "\n");
 }
 
 absl::StatusOr<LocalStack::Child> LocalStack::StartChild(

@@ -54,6 +54,9 @@ class LocalStack {
   ~LocalStack();
 
   const std::string& address() const { return address_; }     // 127.0.0.1:PORT
+  // The stack runs with authentication on: this admin token (also in
+  // STATE/token, mode 600) for the CLI; the workers use STATE/worker.token.
+  const std::string& admin_token() const { return admin_token_; }
   std::string conninfo() const;
   const std::string& state_dir() const { return state_dir_; }  // absolute
   std::string log_dir() const { return state_dir_ + "/logs"; }
@@ -86,6 +89,9 @@ class LocalStack {
 
   explicit LocalStack(LocalStackOptions options) : options_(std::move(options)) {}
   absl::Status StartAll();
+  // Writes STATE/tokens (the coordinator's bootstrap file), STATE/token and
+  // STATE/worker.token, reusing the tokens of an earlier run.
+  absl::Status PrepareTokens();
   absl::StatusOr<Child> StartChild(const std::string& name,
                                    const std::vector<std::string>& argv);
   absl::StatusOr<int> WaitForPortFile(const std::string& path, Child& coordinator);
@@ -93,6 +99,7 @@ class LocalStack {
   LocalStackOptions options_;
   std::string state_dir_;
   std::string address_;
+  std::string admin_token_;
   std::unique_ptr<LocalPostgres> postgres_;
   std::vector<Child> coordinator_;  // zero or one
   std::vector<Child> workers_;

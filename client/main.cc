@@ -45,6 +45,11 @@
 ABSL_FLAG(std::string, coordinator, "",
           "coordinator address HOST:PORT (default: $SSLBENCH_COORDINATOR, else "
           "./.sslbench/coordinator.addr, else localhost:7070)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the access token sent with every call (default: $SSLBENCH_TOKEN, "
+          "else ./.sslbench/token, written by `sslbench up`)");
+ABSL_FLAG(std::string, name, "", "tokens create: who or what holds the token");
+ABSL_FLAG(std::string, role, "", "tokens create: worker, reader, submitter or admin");
 ABSL_FLAG(std::string, request_id, "",
           "submit: idempotency key; the same key returns the same study (default: a random "
           "key, reused when the submit is retried)");
@@ -94,6 +99,7 @@ constexpr int kExitError = 1;
 constexpr int kExitWatchError = 3;  // watch: could not follow the study
 constexpr int kExitUsage = 64;
 constexpr int kExitInterrupted = 130;
+constexpr absl::Duration kRpcTimeout = absl::Seconds(30);
 
 constexpr char kUsage[] = R"(sslbench: evaluate self-supervised vision models.
 
@@ -147,6 +153,11 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         labels) as ImageFolder PNG datasets,
                                         plus suite.yaml; reused when unchanged
   workers                               the registered workers
+  tokens create --name=NAME --role=worker|reader|submitter|admin
+                                        an access token (printed once); needs
+                                        an admin token
+  tokens list                           the tokens (names and roles, no secrets)
+  tokens revoke ID                      refuse the token from now on
   up [--state_dir=.sslbench] [--workers=2] [--worker_threads=1] [--port=0]
      [--blob_store=postgres|file:///PATH]
                                         run a local stack (PostgreSQL, coordinator,
@@ -162,7 +173,9 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         predictor ranking
 
 Every command but up and demo talks to --coordinator=HOST:PORT (default:
-$SSLBENCH_COORDINATOR, else ./.sslbench/coordinator.addr, else localhost:7070).
+$SSLBENCH_COORDINATOR, else ./.sslbench/coordinator.addr, else localhost:7070),
+with the access token of --token_file=FILE (default: $SSLBENCH_TOKEN, else
+./.sslbench/token, the local stack's admin token).
 )";
 
 constexpr char kDemoDataset[] = "/usr/share/datasets/fashion-mnist";
@@ -171,6 +184,18 @@ std::string CoordinatorAddress() {
   return ResolveCoordinatorAddress(absl::GetFlag(FLAGS_coordinator),
                                    std::getenv("SSLBENCH_COORDINATOR"),
                                    ".sslbench/coordinator.addr");
+}
+
+// The access token for every call; exits with a usage error when
+// --token_file names a file that cannot be read.
+std::string Token() {
+  absl::StatusOr<std::string> token = ResolveToken(
+      absl::GetFlag(FLAGS_token_file), std::getenv("SSLBENCH_TOKEN"), ".sslbench/token");
+  if (!token.ok()) {
+    std::fprintf(stderr, "sslbench: --token_file: %s\n", std::string(token.status().message()).c_str());
+    std::exit(kExitUsage);
+  }
+  return *token;
 }
 
 int Fail(const absl::Status& status, const std::string& address) {
@@ -222,7 +247,7 @@ int CmdSubmit(const std::vector<std::string>& args) {
   const std::string address = CoordinatorAddress();
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
   if (!spec.ok()) return Fail(spec.status(), address);
-  CoordinatorClient client(address, absl::Seconds(60));
+  CoordinatorClient client(address, absl::Seconds(60), Token());
   std::string request_id;
   absl::StatusOr<v1::SubmitStudyResponse> response =
       client.SubmitStudy(*spec, absl::GetFlag(FLAGS_request_id), &request_id);
@@ -266,7 +291,7 @@ int CmdWatch(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   StudyWatcher watcher(&client, id, stdout, isatty(STDOUT_FILENO) == 1);
   absl::StatusOr<v1::StudyStatus> status = watcher.Run();
   if (!status.ok()) {
@@ -281,7 +306,7 @@ int CmdStatus(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   absl::StatusOr<v1::StudyStatus> status = client.GetStudy(id);
   if (!status.ok()) return Fail(status.status(), address);
   std::fputs(FormatStudyStatus(*status).c_str(), stdout);
@@ -304,7 +329,7 @@ int CmdResults(const std::vector<std::string>& args) {
   std::string format;
   if (!FormatFlag(&format, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
   if (!results.ok()) return Fail(results.status(), address);
   absl::StatusOr<std::string> text = FormatResults(*results, format);
@@ -337,7 +362,7 @@ int CmdCorrelate(const std::vector<std::string>& args) {
   request.set_seed(absl::GetFlag(FLAGS_seed));
   request.set_group_by(absl::GetFlag(FLAGS_by));
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   absl::StatusOr<v1::CorrelateResponse> response = Correlate(client, request);
   if (!response.ok()) return Fail(response.status(), address);
   absl::StatusOr<std::string> text = FormatCorrelation(*response, format);
@@ -407,7 +432,7 @@ int CmdCancel(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   absl::StatusOr<v1::StudyStatus> status = client.CancelStudy(id);
   if (!status.ok()) return Fail(status.status(), address);
   std::fputs(FormatStudyStatus(*status).c_str(), stdout);
@@ -417,7 +442,7 @@ int CmdCancel(const std::vector<std::string>& args) {
 int CmdWorkers(const std::vector<std::string>& args) {
   if (!args.empty()) return Usage("workers takes no arguments");
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address);
+  CoordinatorClient client(address, kRpcTimeout, Token());
   absl::StatusOr<v1::ListWorkersResponse> workers = client.ListWorkers();
   if (!workers.ok()) return Fail(workers.status(), address);
   std::fputs(FormatWorkersTable(*workers, absl::ToDoubleSeconds(
@@ -425,6 +450,60 @@ int CmdWorkers(const std::vector<std::string>& args) {
                  .c_str(),
              stdout);
   return kExitOk;
+}
+
+int CmdTokens(const std::vector<std::string>& args) {
+  if (args.empty()) return Usage("tokens takes create, list or revoke ID");
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address, kRpcTimeout, Token());
+  if (args[0] == "create") {
+    if (args.size() != 1) return Usage("tokens create takes --name and --role, no arguments");
+    if (absl::GetFlag(FLAGS_name).empty() || absl::GetFlag(FLAGS_role).empty()) {
+      return Usage("tokens create needs --name=NAME and --role=worker|reader|submitter|admin");
+    }
+    absl::StatusOr<v1::CreateTokenResponse> created =
+        client.CreateToken(absl::GetFlag(FLAGS_name), absl::GetFlag(FLAGS_role));
+    if (!created.ok()) return Fail(created.status(), address);
+    // The secret alone on stdout (for `> file`); what it is on stderr.
+    std::printf("%s\n", created->token().c_str());
+    std::fprintf(stderr,
+                 "sslbench: token %lld \"%s\" (%s) created; it is shown only now: keep it in a "
+                 "file of mode 600 and pass it with --token_file\n",
+                 static_cast<long long>(created->info().token_id()),
+                 created->info().name().c_str(), created->info().role().c_str());
+    return kExitOk;
+  }
+  if (args[0] == "list") {
+    if (args.size() != 1) return Usage("tokens list takes no arguments");
+    absl::StatusOr<v1::ListTokensResponse> listed = client.ListTokens();
+    if (!listed.ok()) return Fail(listed.status(), address);
+    std::printf("%-6s %-24s %-10s %-20s %-20s %s\n", "ID", "NAME", "ROLE", "CREATED", "BY",
+                "REVOKED");
+    auto when = [](double unix_seconds) {
+      return unix_seconds <= 0 ? std::string("-")
+                               : absl::FormatTime("%Y-%m-%d %H:%M:%S",
+                                                  absl::FromUnixSeconds(static_cast<int64_t>(unix_seconds)),
+                                                  absl::UTCTimeZone());
+    };
+    for (const v1::TokenInfo& t : listed->tokens()) {
+      std::printf("%-6lld %-24s %-10s %-20s %-20s %s\n", static_cast<long long>(t.token_id()),
+                  t.name().c_str(), t.role().c_str(), when(t.created_unix()).c_str(),
+                  t.created_by().c_str(), when(t.revoked_unix()).c_str());
+    }
+    return kExitOk;
+  }
+  if (args[0] == "revoke") {
+    int64_t id = 0;
+    if (args.size() != 2 || !absl::SimpleAtoi(args[1], &id) || id <= 0) {
+      return Usage("tokens revoke takes one token id (see tokens list)");
+    }
+    absl::StatusOr<v1::TokenInfo> revoked = client.RevokeToken(id);
+    if (!revoked.ok()) return Fail(revoked.status(), address);
+    std::fprintf(stderr, "sslbench: token %lld \"%s\" revoked\n", static_cast<long long>(id),
+                 revoked->name().c_str());
+    return kExitOk;
+  }
+  return Usage(absl::StrCat("tokens: unknown subcommand \"", args[0], "\" (create, list, revoke)"));
 }
 
 int CmdArtifact(const std::vector<std::string>& args) {
@@ -445,7 +524,7 @@ int CmdArtifact(const std::vector<std::string>& args) {
         "--output=FILE), or redirect the output");
   }
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, absl::Minutes(5));
+  CoordinatorClient client(address, absl::Minutes(5), Token());
   absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, id, output, stdout);
   if (!artifact.ok()) return Fail(artifact.status(), address);
   std::fprintf(stderr, "sslbench: %s\n",
@@ -509,7 +588,7 @@ int CmdReport(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, absl::Minutes(5));
+  CoordinatorClient client(address, absl::Minutes(5), Token());
   absl::StatusOr<ReportInput> input = FetchReport(client, id);
   if (!input.ok()) return Fail(input.status(), address);
   const std::string figure = absl::GetFlag(FLAGS_figure);
@@ -584,10 +663,14 @@ int CmdUp(const std::vector<std::string>& args) {
       std::filesystem::absolute(".sslbench", ec).lexically_normal().string();
   const std::string where =
       found_from_here
-          ? absl::StrCat("  address in   ", addr_file, " (found from this folder)\n")
+          ? absl::StrCat("  address in   ", addr_file, " (found from this folder)\n",
+                         "  admin token  ", (*stack)->state_dir(),
+                         "/token (found from this folder)\n")
           : absl::StrCat("  address in   ", addr_file, "; elsewhere use\n",
                          "               export SSLBENCH_COORDINATOR=",
-                         (*stack)->address(), "\n");
+                         (*stack)->address(), "\n",
+                         "  admin token  ", (*stack)->state_dir(), "/token; elsewhere use\n",
+                         "               --token_file=", (*stack)->state_dir(), "/token\n");
   std::printf(
       "sslbench: local stack is up\n"
       "  coordinator  %s\n"
@@ -741,7 +824,7 @@ int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(*study_path);
   if (!spec.ok()) return Fail(spec.status(), stack.address());
 
-  CoordinatorClient client(stack.address(), absl::Seconds(60));
+  CoordinatorClient client(stack.address(), absl::Seconds(60), stack.admin_token());
   absl::StatusOr<v1::SubmitStudyResponse> submitted = client.SubmitStudy(*spec, "");
   if (!submitted.ok()) return Fail(submitted.status(), stack.address());
   const int64_t id = submitted->study_id();
@@ -942,6 +1025,7 @@ int Main(int argc, char** argv) {
   if (command == "cancel") return CmdCancel(args);
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);
+  if (command == "tokens") return CmdTokens(args);
   if (command == "up") return CmdUp(args);
   if (command == "demo") return CmdDemo(args);
   return Usage(absl::StrCat("unknown command \"", command, "\""));

@@ -123,7 +123,7 @@ absl::StatusOr<Caller> Authenticator::Authorize(absl::string_view authorization,
     if (Allows(caller.role, rule.role)) return caller;
     return Refuse(absl::PermissionDeniedError(
         absl::StrCat("token \"", caller.name, "\" (", RoleName(caller.role), ") may not call ",
-                     method, "; it needs a ", RoleName(rule.role), " token")));
+                     method, "; it needs ", rule.role == Role::kAdmin ? "an " : "a ", RoleName(rule.role), " token")));
   }
   return Refuse(absl::PermissionDeniedError(absl::StrCat("unknown method ", method)));
 }

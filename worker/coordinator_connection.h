@@ -59,8 +59,9 @@ class CoordinatorConnection {
 };
 
 // The gRPC implementation over `channel`. Backoff waits run on `clock`
-// (which must outlive the connection).
+// (which must outlive the connection). `token`, when not empty, is sent as
+// the bearer access token with every call.
 std::unique_ptr<CoordinatorConnection> NewGrpcCoordinatorConnection(
-    std::shared_ptr<grpc::Channel> channel, const Clock& clock);
+    std::shared_ptr<grpc::Channel> channel, const Clock& clock, std::string token = "");
 
 }  // namespace sslbench::worker

@@ -16,8 +16,11 @@ namespace {
 
 class GrpcCoordinatorConnection final : public CoordinatorConnection {
  public:
-  GrpcCoordinatorConnection(std::shared_ptr<grpc::Channel> channel, const Clock& clock)
-      : stub_(v1::WorkerService::NewStub(std::move(channel))), clock_(clock) {}
+  GrpcCoordinatorConnection(std::shared_ptr<grpc::Channel> channel, const Clock& clock,
+                            std::string token)
+      : stub_(v1::WorkerService::NewStub(std::move(channel))),
+        clock_(clock),
+        authorization_(token.empty() ? "" : "Bearer " + token) {}
 
   absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(
       const v1::RegisterWorkerRequest& request, const CallOptions& options) override {
@@ -91,6 +94,7 @@ class GrpcCoordinatorConnection final : public CoordinatorConnection {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() +
                            absl::ToChronoMilliseconds(options.timeout));
+      if (!authorization_.empty()) context.AddMetadata("authorization", authorization_);
       Response response;
       const absl::Status status = FromGrpcStatus(rpc(&context, &response));
       if (status.ok()) return response;
@@ -109,13 +113,14 @@ class GrpcCoordinatorConnection final : public CoordinatorConnection {
 
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   const Clock& clock_;
+  const std::string authorization_;
 };
 
 }  // namespace
 
 std::unique_ptr<CoordinatorConnection> NewGrpcCoordinatorConnection(
-    std::shared_ptr<grpc::Channel> channel, const Clock& clock) {
-  return std::make_unique<GrpcCoordinatorConnection>(std::move(channel), clock);
+    std::shared_ptr<grpc::Channel> channel, const Clock& clock, std::string token) {
+  return std::make_unique<GrpcCoordinatorConnection>(std::move(channel), clock, std::move(token));
 }
 
 }  // namespace sslbench::worker

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdlib>
 
 #include <cstdio>
@@ -47,6 +48,9 @@ ABSL_FLAG(std::string, model_roots, "",
 ABSL_FLAG(std::string, data_roots, "",
           "comma-separated folders dataset folders must lie in; empty: anywhere");
 ABSL_FLAG(double, max_model_gib, 64, "model files larger than this are refused");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding this worker's access token (a worker-role token; default: "
+          "$SSLBENCH_TOKEN, else none)");
 ABSL_FLAG(double, feature_cache_gib, 20, "size limit of the feature cache, least recently used go first");
 
 int main(int argc, char** argv) {
@@ -141,9 +145,21 @@ int main(int argc, char** argv) {
     runner_options.feature_cache = feature_cache.get();
     options.cached_feature_keys = [cache = feature_cache.get()] { return cache->Keys(1000); };
   }
+  std::string token;
+  if (const std::string file = absl::GetFlag(FLAGS_token_file); !file.empty()) {
+    std::ifstream in(file);
+    if (!in || !std::getline(in, token) || token.empty()) {
+      std::fprintf(stderr, "sslbench-worker: --token_file: cannot read a token from %s\n",
+                   file.c_str());
+      return 64;
+    }
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  } else if (const char* env = std::getenv("SSLBENCH_TOKEN"); env != nullptr) {
+    token = env;
+  }
   const sslbench::RealClock clock;
   std::unique_ptr<sslbench::worker::CoordinatorConnection> connection =
-      sslbench::worker::NewGrpcCoordinatorConnection(channel, clock);
+      sslbench::worker::NewGrpcCoordinatorConnection(channel, clock, token);
   sslbench::worker::WorkerMetrics worker_metrics(*registry);
   sslbench::worker::WorkerDaemon daemon(
       *connection, sslbench::worker::DefaultTaskRunners(runner_options, &worker_metrics),

@@ -3,6 +3,8 @@
 
 #include "client/local_stack.h"
 
+#include <sys/stat.h>
+
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -12,6 +14,8 @@
 #include <filesystem>
 #include <string>
 
+#include "absl/time/clock.h"
+#include "client/coordinator_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -42,6 +46,24 @@ TEST(LocalStackTest, RestartsAWorkerThatDiesAndNoticesADeadDatabase) {
   ASSERT_TRUE(stack.ok()) << stack.status();
   const std::vector<pid_t> before = (*stack)->worker_pids();
   ASSERT_EQ(before.size(), 2u);
+
+  // The stack runs with authentication: no token, no answer; the workers
+  // registered with theirs.
+  CoordinatorClient anonymous((*stack)->address(), absl::Seconds(10));
+  EXPECT_EQ(anonymous.ListWorkers().status().code(), absl::StatusCode::kUnauthenticated);
+  CoordinatorClient admin((*stack)->address(), absl::Seconds(10), (*stack)->admin_token());
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  int registered = 0;
+  while (registered < 2 && absl::Now() < deadline) {
+    absl::StatusOr<v1::ListWorkersResponse> workers = admin.ListWorkers();
+    ASSERT_TRUE(workers.ok()) << workers.status();
+    registered = workers->workers_size();
+    if (registered < 2) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(registered, 2) << "the workers did not register with their token";
+  struct stat token_file;
+  ASSERT_EQ(stat((std::string(dir) + "/token").c_str(), &token_file), 0);
+  EXPECT_EQ(token_file.st_mode & 077, 0u) << "the admin token is readable by others";
 
   // A worker crashes (as one did on a poisoned task): the stack goes on and
   // the worker comes back; its sibling is left alone.
