@@ -17,7 +17,7 @@ namespace {
 // accepted with any command.
 const std::set<std::string>& CommonFlags() {
   static const auto* flags = new std::set<std::string>{
-      "coordinator", "token_file", "help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch",
+      "coordinator", "token_file", "tls_ca", "help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch",
       "version",
       "only_check_args", "flagfile", "fromenv", "tryfromenv", "undefok"};
   return *flags;

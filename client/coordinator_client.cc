@@ -61,14 +61,15 @@ std::string FormatError(const absl::Status& status, const std::string& address) 
 }
 
 CoordinatorClient::CoordinatorClient(const std::string& address,
-                                     absl::Duration rpc_timeout, std::string token)
+                                     absl::Duration rpc_timeout, std::string token,
+                                     std::shared_ptr<grpc::ChannelCredentials> credentials)
     : address_(address), rpc_timeout_(rpc_timeout), token_(std::move(token)) {
   grpc::ChannelArguments args;
   // Study specs and result lists with per-class accuracies can be large.
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(),
-                                       args);
+  channel_ = grpc::CreateCustomChannel(
+      address_, credentials ? credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = v1::StudyService::NewStub(channel_);
 }
 

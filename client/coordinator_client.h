@@ -40,9 +40,11 @@ std::string FormatError(const absl::Status& status, const std::string& address);
 class CoordinatorClient {
  public:
   // `token`: the access token sent with every call ("" for none).
+  // `credentials`: TLS (see common/tls.h); null for plaintext.
   explicit CoordinatorClient(const std::string& address,
                              absl::Duration rpc_timeout = absl::Seconds(30),
-                             std::string token = "");
+                             std::string token = "",
+                             std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
   const std::string& address() const { return address_; }
   v1::StudyService::Stub* stub() { return stub_.get(); }

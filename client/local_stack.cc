@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "common/random.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 
 namespace sslbench::client {
 namespace {
@@ -158,6 +159,9 @@ absl::Status LocalStack::StartAll() {
   RETURN_IF_ERROR(postgres_->CreateDatabase(kDatabase));
 
   RETURN_IF_ERROR(PrepareTokens());
+  // TLS with a CA of its own: the certificate names localhost and 127.0.0.1.
+  fs::create_directories(state_dir_ + "/tls", ec);
+  RETURN_IF_ERROR(MakeDevCertificates(state_dir_ + "/tls"));
   const std::string port_file = state_dir_ + "/coordinator.port";
   fs::remove(port_file, ec);
   Say("starting the coordinator");
@@ -167,7 +171,9 @@ absl::Status LocalStack::StartAll() {
                  {coordinator_bin, absl::StrCat("--listen=127.0.0.1:", options_.port),
                   "--port_file=" + port_file, "--database=" + conninfo(),
                   "--metrics_listen=127.0.0.1:0", "--blob_store=" + options_.blob_store,
-                  "--auth=required", "--bootstrap_tokens=" + state_dir_ + "/tokens"}));
+                  "--auth=required", "--bootstrap_tokens=" + state_dir_ + "/tokens",
+                  "--tls_cert=" + state_dir_ + "/tls/server.pem",
+                  "--tls_key=" + state_dir_ + "/tls/server.key"}));
   coordinator_.push_back(std::move(coordinator));
   ASSIGN_OR_RETURN(const int port, WaitForPortFile(port_file, coordinator_.front()));
   address_ = absl::StrCat("127.0.0.1:", port);
@@ -179,7 +185,8 @@ absl::Status LocalStack::StartAll() {
         StartChild(name, {worker_bin, "--coordinator=" + address_, "--name=" + name,
                           absl::StrCat("--threads=", options_.worker_threads),
                           "--metrics_listen=127.0.0.1:0",
-                          "--token_file=" + state_dir_ + "/worker.token"}));
+                          "--token_file=" + state_dir_ + "/worker.token",
+                          "--tls_ca=" + ca_path()}));
     workers_.push_back(std::move(worker));
   }
   Say(absl::StrCat("started ", options_.workers, " worker(s)"));

@@ -57,6 +57,8 @@ class LocalStack {
   // The stack runs with authentication on: this admin token (also in
   // STATE/token, mode 600) for the CLI; the workers use STATE/worker.token.
   const std::string& admin_token() const { return admin_token_; }
+  // The CA of the coordinator's TLS certificate (STATE/tls/ca.pem).
+  std::string ca_path() const { return state_dir_ + "/tls/ca.pem"; }
   std::string conninfo() const;
   const std::string& state_dir() const { return state_dir_; }  // absolute
   std::string log_dir() const { return state_dir_ + "/logs"; }

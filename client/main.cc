@@ -39,6 +39,7 @@
 #include "client/study_file.h"
 #include "common/build_info.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 #include "worker/datasets/files.h"
 #include "common/subprocess.h"
 
@@ -48,6 +49,9 @@ ABSL_FLAG(std::string, coordinator, "",
 ABSL_FLAG(std::string, token_file, "",
           "file holding the access token sent with every call (default: $SSLBENCH_TOKEN, "
           "else ./.sslbench/token, written by `sslbench up`)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA to trust: talk to the coordinator over TLS (default: $SSLBENCH_TLS_CA, "
+          "else ./.sslbench/tls/ca.pem when it exists)");
 ABSL_FLAG(std::string, name, "", "tokens create: who or what holds the token");
 ABSL_FLAG(std::string, role, "", "tokens create: worker, reader, submitter or admin");
 ABSL_FLAG(std::string, request_id, "",
@@ -175,7 +179,8 @@ usage: sslbench COMMAND [ARGS] [--flags]
 Every command but up and demo talks to --coordinator=HOST:PORT (default:
 $SSLBENCH_COORDINATOR, else ./.sslbench/coordinator.addr, else localhost:7070),
 with the access token of --token_file=FILE (default: $SSLBENCH_TOKEN, else
-./.sslbench/token, the local stack's admin token).
+./.sslbench/token, the local stack's admin token), over TLS when a CA is
+known: --tls_ca=FILE (default: $SSLBENCH_TLS_CA, else ./.sslbench/tls/ca.pem).
 )";
 
 constexpr char kDemoDataset[] = "/usr/share/datasets/fashion-mnist";
@@ -196,6 +201,24 @@ std::string Token() {
     std::exit(kExitUsage);
   }
   return *token;
+}
+
+// TLS credentials for the coordinator (plaintext when no CA is known);
+// exits with a usage error when the CA file cannot be read.
+std::shared_ptr<grpc::ChannelCredentials> Credentials() {
+  TlsClientFiles tls;
+  tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  if (const char* env = std::getenv("SSLBENCH_TLS_CA"); tls.ca.empty() && env != nullptr) tls.ca = env;
+  std::error_code ec;
+  if (tls.ca.empty() && std::filesystem::exists(".sslbench/tls/ca.pem", ec)) {
+    tls.ca = ".sslbench/tls/ca.pem";
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ClientCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "sslbench: --tls_ca: %s\n", std::string(credentials.status().message()).c_str());
+    std::exit(kExitUsage);
+  }
+  return *credentials;
 }
 
 int Fail(const absl::Status& status, const std::string& address) {
@@ -247,7 +270,7 @@ int CmdSubmit(const std::vector<std::string>& args) {
   const std::string address = CoordinatorAddress();
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
   if (!spec.ok()) return Fail(spec.status(), address);
-  CoordinatorClient client(address, absl::Seconds(60), Token());
+  CoordinatorClient client(address, absl::Seconds(60), Token(), Credentials());
   std::string request_id;
   absl::StatusOr<v1::SubmitStudyResponse> response =
       client.SubmitStudy(*spec, absl::GetFlag(FLAGS_request_id), &request_id);
@@ -291,7 +314,7 @@ int CmdWatch(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   StudyWatcher watcher(&client, id, stdout, isatty(STDOUT_FILENO) == 1);
   absl::StatusOr<v1::StudyStatus> status = watcher.Run();
   if (!status.ok()) {
@@ -306,7 +329,7 @@ int CmdStatus(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   absl::StatusOr<v1::StudyStatus> status = client.GetStudy(id);
   if (!status.ok()) return Fail(status.status(), address);
   std::fputs(FormatStudyStatus(*status).c_str(), stdout);
@@ -329,7 +352,7 @@ int CmdResults(const std::vector<std::string>& args) {
   std::string format;
   if (!FormatFlag(&format, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   absl::StatusOr<v1::ListResultsResponse> results = client.ListResults(id);
   if (!results.ok()) return Fail(results.status(), address);
   absl::StatusOr<std::string> text = FormatResults(*results, format);
@@ -362,7 +385,7 @@ int CmdCorrelate(const std::vector<std::string>& args) {
   request.set_seed(absl::GetFlag(FLAGS_seed));
   request.set_group_by(absl::GetFlag(FLAGS_by));
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   absl::StatusOr<v1::CorrelateResponse> response = Correlate(client, request);
   if (!response.ok()) return Fail(response.status(), address);
   absl::StatusOr<std::string> text = FormatCorrelation(*response, format);
@@ -432,7 +455,7 @@ int CmdCancel(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   absl::StatusOr<v1::StudyStatus> status = client.CancelStudy(id);
   if (!status.ok()) return Fail(status.status(), address);
   std::fputs(FormatStudyStatus(*status).c_str(), stdout);
@@ -442,7 +465,7 @@ int CmdCancel(const std::vector<std::string>& args) {
 int CmdWorkers(const std::vector<std::string>& args) {
   if (!args.empty()) return Usage("workers takes no arguments");
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   absl::StatusOr<v1::ListWorkersResponse> workers = client.ListWorkers();
   if (!workers.ok()) return Fail(workers.status(), address);
   std::fputs(FormatWorkersTable(*workers, absl::ToDoubleSeconds(
@@ -455,7 +478,7 @@ int CmdWorkers(const std::vector<std::string>& args) {
 int CmdTokens(const std::vector<std::string>& args) {
   if (args.empty()) return Usage("tokens takes create, list or revoke ID");
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, kRpcTimeout, Token());
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
   if (args[0] == "create") {
     if (args.size() != 1) return Usage("tokens create takes --name and --role, no arguments");
     if (absl::GetFlag(FLAGS_name).empty() || absl::GetFlag(FLAGS_role).empty()) {
@@ -524,7 +547,7 @@ int CmdArtifact(const std::vector<std::string>& args) {
         "--output=FILE), or redirect the output");
   }
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, absl::Minutes(5), Token());
+  CoordinatorClient client(address, absl::Minutes(5), Token(), Credentials());
   absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, id, output, stdout);
   if (!artifact.ok()) return Fail(artifact.status(), address);
   std::fprintf(stderr, "sslbench: %s\n",
@@ -588,7 +611,7 @@ int CmdReport(const std::vector<std::string>& args) {
   int exit_code = 0;
   if (!StudyIdArg(args, &id, &exit_code)) return exit_code;
   const std::string address = CoordinatorAddress();
-  CoordinatorClient client(address, absl::Minutes(5), Token());
+  CoordinatorClient client(address, absl::Minutes(5), Token(), Credentials());
   absl::StatusOr<ReportInput> input = FetchReport(client, id);
   if (!input.ok()) return Fail(input.status(), address);
   const std::string figure = absl::GetFlag(FLAGS_figure);
@@ -665,12 +688,15 @@ int CmdUp(const std::vector<std::string>& args) {
       found_from_here
           ? absl::StrCat("  address in   ", addr_file, " (found from this folder)\n",
                          "  admin token  ", (*stack)->state_dir(),
-                         "/token (found from this folder)\n")
+                         "/token (found from this folder)\n",
+                         "  TLS CA       ", (*stack)->ca_path(), " (found from this folder)\n")
           : absl::StrCat("  address in   ", addr_file, "; elsewhere use\n",
                          "               export SSLBENCH_COORDINATOR=",
                          (*stack)->address(), "\n",
                          "  admin token  ", (*stack)->state_dir(), "/token; elsewhere use\n",
-                         "               --token_file=", (*stack)->state_dir(), "/token\n");
+                         "               --token_file=", (*stack)->state_dir(), "/token\n",
+                         "  TLS CA       ", (*stack)->ca_path(), "; elsewhere use\n",
+                         "               --tls_ca=", (*stack)->ca_path(), "\n");
   std::printf(
       "sslbench: local stack is up\n"
       "  coordinator  %s\n"
@@ -824,7 +850,10 @@ int RunDemoStudy(LocalStack& stack, const sigset_t& signals) {
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(*study_path);
   if (!spec.ok()) return Fail(spec.status(), stack.address());
 
-  CoordinatorClient client(stack.address(), absl::Seconds(60), stack.admin_token());
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
+      ClientCredentials(TlsClientFiles{stack.ca_path(), "", ""});
+  if (!tls.ok()) return Fail(tls.status(), stack.address());
+  CoordinatorClient client(stack.address(), absl::Seconds(60), stack.admin_token(), *tls);
   absl::StatusOr<v1::SubmitStudyResponse> submitted = client.SubmitStudy(*spec, "");
   if (!submitted.ok()) return Fail(submitted.status(), stack.address());
   const int64_t id = submitted->study_id();

@@ -24,9 +24,11 @@ absl::Status LoadBootstrapTokens(const std::string& path, Store& store, const Cl
   if (stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("bootstrap token file ", path, " not found"));
   }
-  if ((st.st_mode & 077) != 0) {
+  // Group-readable is fine (a Kubernetes Secret mounted with fsGroup);
+  // readable by everyone is not.
+  if ((st.st_mode & 007) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "bootstrap token file ", path, " is readable by others; chmod 600 it"));
+        "bootstrap token file ", path, " is readable by others; chmod o-rwx it"));
   }
   std::ifstream in(path);
   std::string line;
@@ -103,8 +105,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(s->options_.listen, grpc::InsecureServerCredentials(),
-                           &s->port_);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   ServerCredentials(s->options_.tls));
+  builder.AddListeningPort(s->options_.listen, credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
   builder.RegisterService(s->study_service_.get());
@@ -121,6 +124,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   s->reaper_ = std::thread([raw = s.get()] { raw->ReapLoop(); });
   LogInfo("coordinator", "serving on port ", s->port_,
+          s->options_.tls.cert.empty() ? " (plaintext)"
+          : s->options_.tls.client_ca.empty() ? " (TLS)" : " (mutual TLS)",
           s->metrics_ ? absl::StrCat(", metrics on port ", s->metrics_->port()) : "");
   return s;
 }

@@ -17,6 +17,7 @@
 #include "server/metrics.h"
 #include "server/store/pg_store.h"
 #include "server/study_service.h"
+#include "common/tls.h"
 #include "server/worker_service.h"
 
 namespace sslbench::server {
@@ -33,6 +34,8 @@ struct CoordinatorServerOptions {
   // Tokens registered at start: lines "ROLE NAME TOKEN" ('#' comments), e.g.
   // the first admin token from a secret. Must not be readable by others.
   std::string bootstrap_tokens_file;
+  // TLS on the gRPC port (empty cert: plaintext).
+  TlsServerFiles tls;
   int executor_threads = 8;
   int db_connections = 8;
   // "postgres" or "file:///PATH" (see BlobStore).

@@ -32,6 +32,10 @@ ABSL_FLAG(std::string, auth, "off",
 ABSL_FLAG(std::string, bootstrap_tokens, "",
           "file of tokens registered at start, lines \"ROLE NAME TOKEN\" (mode 600), e.g. "
           "the first admin token from a secret");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA: require client certificates it signed (mutual TLS)");
 ABSL_FLAG(int, token_cache_seconds, 10, "how long a token lookup is cached (revocation delay)");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
@@ -80,6 +84,13 @@ int main(int argc, char** argv) {
   options.auth.required = auth == "required";
   options.auth.cache_ttl = absl::Seconds(absl::GetFlag(FLAGS_token_cache_seconds));
   options.bootstrap_tokens_file = absl::GetFlag(FLAGS_bootstrap_tokens);
+  options.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (options.tls.cert.empty() != options.tls.key.empty()) {
+    std::fprintf(stderr, "sslbench-coordinator: --tls_cert and --tls_key go together\n");
+    return 64;
+  }
   options.db_connections = absl::GetFlag(FLAGS_db_connections);
 
   auto server = sslbench::server::CoordinatorServer::Start(options);

@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "common/path_guard.h"
+#include "common/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "worker/compute/device.h"
 #include "worker/compute/feature_extractor.h"
@@ -51,6 +52,10 @@ ABSL_FLAG(double, max_model_gib, 64, "model files larger than this are refused")
 ABSL_FLAG(std::string, token_file, "",
           "file holding this worker's access token (a worker-role token; default: "
           "$SSLBENCH_TOKEN, else none)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA to trust: talk to the coordinator over TLS (default: $SSLBENCH_TLS_CA)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
 ABSL_FLAG(double, feature_cache_gib, 20, "size limit of the feature cache, least recently used go first");
 
 int main(int argc, char** argv) {
@@ -130,8 +135,18 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator),
-                                           grpc::InsecureChannelCredentials(), args);
+  sslbench::TlsClientFiles tls{absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+                               absl::GetFlag(FLAGS_tls_key)};
+  if (const char* env = std::getenv("SSLBENCH_TLS_CA"); tls.ca.empty() && env != nullptr) {
+    tls.ca = env;
+  }
+  const absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      sslbench::ClientCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "sslbench-worker: %s\n", std::string(credentials.status().message()).c_str());
+    return 64;
+  }
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator), *credentials, args);
   std::unique_ptr<sslbench::worker::LocalFeatureCache> feature_cache;
   if (!absl::GetFlag(FLAGS_feature_cache_dir).empty()) {
     auto opened = sslbench::worker::LocalFeatureCache::Open(

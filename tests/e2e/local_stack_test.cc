@@ -16,6 +16,7 @@
 
 #include "absl/time/clock.h"
 #include "client/coordinator_client.h"
+#include "common/tls.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -49,9 +50,14 @@ TEST(LocalStackTest, RestartsAWorkerThatDiesAndNoticesADeadDatabase) {
 
   // The stack runs with authentication: no token, no answer; the workers
   // registered with theirs.
-  CoordinatorClient anonymous((*stack)->address(), absl::Seconds(10));
+  // ... over TLS with the stack's own CA: a plaintext client gets nowhere.
+  auto tls = ClientCredentials(TlsClientFiles{(*stack)->ca_path(), "", ""});
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  CoordinatorClient plaintext((*stack)->address(), absl::Seconds(5), (*stack)->admin_token());
+  EXPECT_EQ(plaintext.ListWorkers().status().code(), absl::StatusCode::kUnavailable);
+  CoordinatorClient anonymous((*stack)->address(), absl::Seconds(10), "", *tls);
   EXPECT_EQ(anonymous.ListWorkers().status().code(), absl::StatusCode::kUnauthenticated);
-  CoordinatorClient admin((*stack)->address(), absl::Seconds(10), (*stack)->admin_token());
+  CoordinatorClient admin((*stack)->address(), absl::Seconds(10), (*stack)->admin_token(), *tls);
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   int registered = 0;
   while (registered < 2 && absl::Now() < deadline) {

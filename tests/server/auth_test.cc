@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/tls.h"
 #include "server/auth.h"
 #include "sslbench/v1/client_api.grpc.pb.h"
 #include "sslbench/v1/worker_api.grpc.pb.h"
@@ -205,6 +207,70 @@ TEST(AuthUnitTest, RolesAndSecrets) {
   EXPECT_NE(a, b);
   EXPECT_EQ(TokenHash(a).size(), 64u);
   EXPECT_NE(TokenHash(a), TokenHash(b));
+}
+
+}  // namespace
+}  // namespace sslbench::server
+
+namespace sslbench::server {
+namespace {
+
+std::string TempDir() {
+  char dir[] = "/tmp/sslbench-tls-XXXXXX";
+  return mkdtemp(dir) != nullptr ? std::string(dir) : std::string();
+}
+
+grpc::Status ListWorkersOver(const CoordinatorServer& server,
+                             std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  auto stub = v1::StudyService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()), credentials));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListWorkersResponse response;
+  return stub->ListWorkers(&context, v1::ListWorkersRequest(), &response);
+}
+
+// TLS with a development CA: only clients that trust it get through;
+// with a client CA, only clients holding a certificate it signed.
+TEST(TlsTest, OnlyClientsTrustingTheCaAndWithACertificateWhenAskedGetThrough) {
+  const std::string dir = TempDir(), other = TempDir();
+  ASSERT_TRUE(MakeDevCertificates(dir).ok());
+  ASSERT_TRUE(MakeDevCertificates(other).ok());
+  struct stat key;
+  ASSERT_EQ(stat((dir + "/server.key").c_str(), &key), 0);
+  EXPECT_EQ(key.st_mode & 077, 0u);
+
+  auto server = testing::StartTestCoordinator([&](CoordinatorServerOptions& o) {
+    o.tls.cert = dir + "/server.pem";
+    o.tls.key = dir + "/server.key";
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(ListWorkersOver(**server, *ClientCredentials({dir + "/ca.pem", "", ""})).ok());
+  EXPECT_EQ(ListWorkersOver(**server, grpc::InsecureChannelCredentials()).error_code(),
+            grpc::UNAVAILABLE);
+  EXPECT_EQ(ListWorkersOver(**server, *ClientCredentials({other + "/ca.pem", "", ""})).error_code(),
+            grpc::UNAVAILABLE);
+  EXPECT_EQ(ClientCredentials({dir + "/missing.pem", "", ""}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  auto mutual = testing::StartTestCoordinator([&](CoordinatorServerOptions& o) {
+    o.tls.cert = dir + "/server.pem";
+    o.tls.key = dir + "/server.key";
+    o.tls.client_ca = dir + "/ca.pem";
+  });
+  ASSERT_TRUE(mutual.ok()) << mutual.status();
+  EXPECT_EQ(ListWorkersOver(**mutual, *ClientCredentials({dir + "/ca.pem", "", ""})).error_code(),
+            grpc::UNAVAILABLE);
+  EXPECT_TRUE(ListWorkersOver(**mutual, *ClientCredentials({dir + "/ca.pem", dir + "/server.pem",
+                                                            dir + "/server.key"}))
+                  .ok());
+  // A certificate of another CA is refused.
+  EXPECT_EQ(ListWorkersOver(**mutual, *ClientCredentials({dir + "/ca.pem", other + "/server.pem",
+                                                          other + "/server.key"}))
+                .error_code(),
+            grpc::UNAVAILABLE);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(other);
 }
 
 }  // namespace
