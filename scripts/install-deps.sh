@@ -10,6 +10,8 @@ PACKAGES=(
   libpqxx-dev libssl-dev zlib1g-dev libyaml-cpp-dev libjpeg62-turbo-dev libpng-dev
   prometheus-cpp-dev
   libgtest-dev libgmock-dev
+  # libFuzzer targets (tests/fuzz) build with clang.
+  clang
   postgresql postgresql-client
   dataset-fashion-mnist
   # Reference implementations for parity tests and benchmarks only.

@@ -776,7 +776,7 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
   return Transact("complete_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     const auto r = w.exec_params(
-        "SELECT state, lease_token, study_id, kind, cache_key, lease_worker "
+        "SELECT state, lease_token, study_id, kind, cache_key, lease_worker, spec "
         "FROM tasks WHERE id = $1 FOR UPDATE",
         task_id);
     if (r.empty()) {
@@ -791,6 +791,31 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
     const int64_t study_id = r[0][2].as<int64_t>();
     const std::string kind = r[0][3].as<std::string>();
     const std::string cache_key = r[0][4].as<std::string>();
+    // Results must be of this task: its model, dataset and protocol (a
+    // forged or confused worker cannot file results under other names).
+    if (kind == "EXTRACT" && !results.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("task ", task_id, ": an extraction completes without results"));
+    }
+    if (kind != "EXTRACT") {
+      v1::TaskSpec spec;
+      if (!spec.ParseFromString(FromBytes(r[0][6]))) {
+        return absl::DataLossError(absl::StrCat("task ", task_id, ": spec does not parse"));
+      }
+      if (results.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("task ", task_id, ": a probe completes with at least one result"));
+      }
+      for (const auto& result : results) {
+        if (result.model() != spec.model().name() || result.dataset() != spec.dataset().name() ||
+            result.protocol() != spec.protocol().name()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "task ", task_id, " is ", spec.protocol().name(), " of ", spec.model().name(),
+              " on ", spec.dataset().name(), "; a result for ", result.protocol(), " of ",
+              result.model(), " on ", result.dataset(), " does not belong to it"));
+        }
+      }
+    }
     if (kind == "EXTRACT") {
       const auto c = w.exec_params(
           "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "

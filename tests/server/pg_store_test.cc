@@ -644,6 +644,18 @@ TEST_F(PgStoreTest, ForgedResultsAndNonFiniteFeaturesAreRefused) {
   result->clear_per_class();
   result->set_top5(0.9);
   result->set_mean_per_class(0.5);
+  // A result filed under another model (or protocol) than the task's.
+  result->set_model("model9");
+  const absl::Status elsewhere = coordinator_->CompleteTask(complete);
+  EXPECT_EQ(elsewhere.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(elsewhere.message()), HasSubstr("does not belong to it"));
+  result->set_model("model0");
+  result->set_protocol("linear");
+  EXPECT_EQ(coordinator_->CompleteTask(complete).code(), absl::StatusCode::kInvalidArgument);
+  result->set_protocol("knn");
+  v1::CompleteTaskRequest empty = complete;
+  empty.clear_results();
+  EXPECT_EQ(coordinator_->CompleteTask(empty).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(coordinator_->CompleteTask(complete).ok());
   auto one = coordinator_->ListResults(study);
   ASSERT_TRUE(one.ok());
@@ -651,7 +663,11 @@ TEST_F(PgStoreTest, ForgedResultsAndNonFiniteFeaturesAreRefused) {
 }
 
 TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
-  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.mutable_protocols(0)->Clear();
+  spec.mutable_protocols(0)->set_name("linear");
+  spec.mutable_protocols(0)->mutable_linear();
+  const int64_t study = Submit(spec);
   const int64_t worker = Register();
   ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
   ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());

@@ -1,0 +1,265 @@
+// sslbench-load-bench: the coordinator under many workers. Starts a private
+// PostgreSQL and --coordinators coordinator replicas in this process (over
+// loopback gRPC, one database), submits studies of tiny tasks, then runs
+// --workers simulated workers for --seconds: each leases a task, heartbeats
+// once, stores one small feature chunk for an extraction, and completes it
+// (a probe completes with one result). Prints completions per second and
+// the lease and completion latencies (p50, p99) as one JSON line.
+//
+//   sslbench-load-bench --workers=200 --coordinators=1 --seconds=20
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "common/local_postgres.h"
+#include "common/log.h"
+#include "common/sha256.h"
+#include "grpcpp/grpcpp.h"
+#include "server/coordinator_server.h"
+#include "sslbench/v1/client_api.grpc.pb.h"
+#include "sslbench/v1/worker_api.grpc.pb.h"
+
+ABSL_FLAG(int, workers, 200, "simulated workers (threads)");
+ABSL_FLAG(int, coordinators, 1, "coordinator replicas on the one database");
+ABSL_FLAG(int, seconds, 20, "measured time");
+ABSL_FLAG(int, warmup_seconds, 3, "time before measuring");
+ABSL_FLAG(int, tasks, 60000, "tasks queued before the run (in studies of ~3,000)");
+ABSL_FLAG(bool, durable, false, "PostgreSQL with fsync on (default off, as the tests run it)");
+ABSL_FLAG(int, executor_threads, 8, "each coordinator's RPC executor threads");
+ABSL_FLAG(int, db_connections, 16, "each coordinator's database connections");
+
+namespace {
+
+namespace v1 = sslbench::v1;
+using Clock = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "sslbench-load-bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// One study of `models` x `datasets` x kNN: 2 extractions and 1 probe per pair.
+v1::StudySpec Study(int index, int models, int datasets) {
+  v1::StudySpec spec;
+  spec.set_name(absl::StrCat("load-", index));
+  for (int m = 0; m < models; ++m) {
+    auto* model = spec.add_models();
+    model->set_name(absl::StrCat("m", m));
+    model->set_path(absl::StrCat("/models/m", m, ".pt"));
+    model->set_sha256(sslbench::Sha256Hex(absl::StrCat("study ", index, " model ", m)));
+  }
+  for (int d = 0; d < datasets; ++d) {
+    auto* dataset = spec.add_datasets();
+    dataset->set_name(absl::StrCat("d", d));
+    dataset->set_root(absl::StrCat("/data/d", d));
+    dataset->set_digest(absl::StrCat("digest-", d));
+  }
+  auto* knn = spec.add_protocols();
+  knn->set_name("knn");
+  knn->mutable_knn();
+  return spec;
+}
+
+struct Latencies {
+  std::mutex mu;
+  std::vector<double> lease_ms, complete_ms;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+double Ms(Clock::time_point since) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int workers = absl::GetFlag(FLAGS_workers);
+  const int replicas = absl::GetFlag(FLAGS_coordinators);
+
+  char dir[] = "/tmp/sslbench-load-XXXXXX";
+  if (mkdtemp(dir) == nullptr) Die("mkdtemp failed");
+  sslbench::LocalPostgresOptions pg_options;
+  pg_options.dir = dir;
+  pg_options.durable = absl::GetFlag(FLAGS_durable);
+  auto pg = sslbench::LocalPostgres::Start(pg_options);
+  if (!pg.ok()) Die(pg.status().ToString());
+  if (auto s = (*pg)->CreateDatabase("load"); !s.ok()) Die(s.ToString());
+
+  std::vector<std::unique_ptr<sslbench::server::CoordinatorServer>> servers;
+  for (int r = 0; r < replicas; ++r) {
+    sslbench::server::CoordinatorServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.metrics_listen = "";
+    options.database = (*pg)->ConnInfo("load");
+    options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
+    options.db_connections = absl::GetFlag(FLAGS_db_connections);
+    auto server = sslbench::server::CoordinatorServer::Start(options);
+    if (!server.ok()) Die(server.status().ToString());
+    servers.push_back(*std::move(server));
+  }
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (auto& s : servers) {
+    // A few channels per replica: one HTTP/2 connection serialises frames.
+    for (int c = 0; c < 4; ++c) {
+      grpc::ChannelArguments args;
+      args.SetInt("grpc.channel_id", c);  // distinct channels, distinct connections
+      channels.push_back(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", s->port()),
+                                                   grpc::InsecureChannelCredentials(), args));
+    }
+  }
+
+  // Queue the tasks: studies of 1,000 (model, dataset) pairs, 3 tasks each.
+  const auto submit_start = Clock::now();
+  int queued = 0;
+  auto studies = v1::StudyService::NewStub(channels[0]);
+  for (int i = 0; queued < absl::GetFlag(FLAGS_tasks); ++i) {
+    grpc::ClientContext context;
+    v1::SubmitStudyRequest request;
+    *request.mutable_spec() = Study(i, 100, 10);
+    v1::SubmitStudyResponse response;
+    const grpc::Status s = studies->SubmitStudy(&context, request, &response);
+    if (!s.ok()) Die("submit: " + s.error_message());
+    queued += static_cast<int>(response.tasks());
+  }
+  const double submit_s = Ms(submit_start) / 1000;
+
+  std::atomic<bool> measuring{false}, stop{false};
+  std::atomic<int64_t> completions{0}, empty_leases{0}, errors{0};
+  Latencies latencies;
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      auto stub = v1::WorkerService::NewStub(channels[static_cast<size_t>(w) % channels.size()]);
+      v1::RegisterWorkerRequest reg;
+      reg.set_name(absl::StrCat("sim-", w));
+      reg.set_device("cpu");
+      v1::RegisterWorkerResponse registered;
+      {
+        grpc::ClientContext context;
+        if (!stub->RegisterWorker(&context, reg, &registered).ok()) {
+          ++errors;
+          return;
+        }
+      }
+      std::vector<double> lease_ms, complete_ms;
+      while (!stop.load()) {
+        v1::LeaseTaskRequest lease_request;
+        lease_request.set_worker_id(registered.worker_id());
+        v1::LeaseTaskResponse lease;
+        auto t0 = Clock::now();
+        {
+          grpc::ClientContext context;
+          if (!stub->LeaseTask(&context, lease_request, &lease).ok()) {
+            ++errors;
+            continue;
+          }
+        }
+        if (measuring.load()) lease_ms.push_back(Ms(t0));
+        if (lease.task_id() == 0) {
+          ++empty_leases;
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          continue;
+        }
+        {
+          grpc::ClientContext context;
+          v1::HeartbeatRequest hb;
+          hb.set_worker_id(registered.worker_id());
+          hb.set_task_id(lease.task_id());
+          hb.set_lease_token(lease.lease_token());
+          v1::HeartbeatResponse response;
+          if (!stub->Heartbeat(&context, hb, &response).ok()) ++errors;
+        }
+        v1::CompleteTaskRequest complete;
+        complete.set_task_id(lease.task_id());
+        complete.set_lease_token(lease.lease_token());
+        if (lease.spec().kind() == v1::TASK_KIND_EXTRACT) {
+          grpc::ClientContext context;
+          v1::PutFeatureChunkRequest put;
+          put.set_task_id(lease.task_id());
+          put.set_lease_token(lease.lease_token());
+          auto* chunk = put.mutable_chunk();
+          chunk->set_cache_key(lease.spec().cache_key());
+          chunk->set_num_rows(4);
+          chunk->set_dim(2);
+          chunk->set_features(std::string(4 * 2 * 4, '\0'));
+          chunk->set_labels(std::string(4 * 4, '\0'));
+          v1::PutFeatureChunkResponse response;
+          if (!stub->PutFeatureChunk(&context, put, &response).ok()) {
+            ++errors;
+            continue;
+          }
+          complete.set_feature_rows(4);
+          complete.set_feature_dim(2);
+          complete.set_feature_chunks(1);
+        } else {
+          auto* result = complete.add_results();
+          result->set_model(lease.spec().model().name());
+          result->set_dataset(lease.spec().dataset().name());
+          result->set_protocol("knn");
+          result->set_variant("cosine k=20 T=0.07");
+          result->set_top1(0.5);
+        }
+        t0 = Clock::now();
+        grpc::ClientContext context;
+        v1::CompleteTaskResponse response;
+        if (!stub->CompleteTask(&context, complete, &response).ok()) {
+          ++errors;
+          continue;
+        }
+        if (measuring.load()) {
+          complete_ms.push_back(Ms(t0));
+          ++completions;
+        }
+      }
+      std::lock_guard<std::mutex> lock(latencies.mu);
+      latencies.lease_ms.insert(latencies.lease_ms.end(), lease_ms.begin(), lease_ms.end());
+      latencies.complete_ms.insert(latencies.complete_ms.end(), complete_ms.begin(),
+                                   complete_ms.end());
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_warmup_seconds)));
+  measuring = true;
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_seconds)));
+  measuring = false;
+  const double elapsed = Ms(start) / 1000;
+  stop = true;
+  for (auto& t : threads) t.join();
+  const int64_t done = completions.load();
+
+  std::printf(
+      "{\"coordinators\": %d, \"workers\": %d, \"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, "
+      "\"submit_s\": %.1f, \"completions\": %lld, \"completions_per_s\": %.0f, "
+      "\"lease_p50_ms\": %.2f, \"lease_p99_ms\": %.2f, \"complete_p50_ms\": %.2f, "
+      "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld}\n",
+      replicas, workers, std::thread::hardware_concurrency(),
+      absl::GetFlag(FLAGS_durable) ? "true" : "false", queued, submit_s,
+      static_cast<long long>(done), static_cast<double>(done) / elapsed,
+      Percentile(latencies.lease_ms, 0.5), Percentile(latencies.lease_ms, 0.99),
+      Percentile(latencies.complete_ms, 0.5), Percentile(latencies.complete_ms, 0.99),
+      static_cast<long long>(empty_leases.load()), static_cast<long long>(errors.load()));
+  servers.clear();
+  pg->reset();
+  std::filesystem::remove_all(dir);
+  return 0;
+}

@@ -1,0 +1,28 @@
+// IDX files: the input is split into an image file and a label file (its
+// first byte says where); listing and reading every record must give records
+// or an error, never a crash or an allocation the files cannot back.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "tests/fuzz/fuzz_util.h"
+#include "worker/datasets/dataset_reader.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  const size_t split = std::min<size_t>(size - 1, data[0] * 4u);
+  const std::string& dir = sslbench::fuzz::Scratch();
+  sslbench::fuzz::WriteFile(dir + "/train-images-idx3-ubyte", data + 1, split);
+  sslbench::fuzz::WriteFile(dir + "/train-labels-idx1-ubyte", data + 1 + split, size - 1 - split);
+  sslbench::datasets::DatasetConfig config;
+  config.format = "idx";
+  config.root = dir;
+  auto reader = sslbench::datasets::OpenDatasetReader(config);
+  if (!reader.ok()) return 0;
+  auto listing = (*reader)->List("train", 0);
+  if (!listing.ok()) return 0;
+  for (const auto& record : listing->records) (void)(*reader)->ReadRecord(record);
+  return 0;
+}
