@@ -182,6 +182,23 @@ ALTER TABLE studies
   ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '',
   ADD COLUMN cancelled_by TEXT NOT NULL DEFAULT '';
 )sql"},
+      {10, "leasing without scanning the queue: a count of unfinished dependencies", R"sql(
+-- Dependencies not yet SUCCEEDED; a PENDING task with none is ready. Kept by
+-- CreateStudy and CompleteTask, so a lease reads the first ready task from
+-- an index instead of checking every pending task's dependencies.
+ALTER TABLE tasks ADD COLUMN blocked_deps INT NOT NULL DEFAULT 0;
+UPDATE tasks t SET blocked_deps = (
+  SELECT count(*) FROM task_deps d JOIN tasks p ON p.id = d.depends_on
+  WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED')
+WHERE t.state = 'PENDING';
+CREATE INDEX tasks_ready ON tasks (id) WHERE state = 'PENDING' AND blocked_deps = 0;
+CREATE INDEX tasks_ready_cpu ON tasks (id)
+  WHERE state = 'PENDING' AND blocked_deps = 0 AND NOT requires_gpu;
+CREATE INDEX tasks_ready_input ON tasks (input_key)
+  WHERE state = 'PENDING' AND blocked_deps = 0;
+-- Whether a study still has work: one index probe, not a count of its tasks.
+CREATE INDEX tasks_study_open ON tasks (study_id) WHERE state IN ('PENDING', 'LEASED');
+)sql"},
   };
   return kMigrations;
 }

@@ -84,14 +84,18 @@ std::set<int64_t> FailDependents(pqxx::work& w, int64_t failed_task,
 // Recomputes a running study's state from its own tasks.
 void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
   const auto s = w.exec_params(
-      "SELECT state FROM studies WHERE id = $1 FOR UPDATE", study_id);
+      // NO KEY UPDATE: serialises the study's refreshes without conflicting
+      // with the KEY SHARE locks that inserting its results (a foreign key)
+      // takes; FOR UPDATE deadlocked concurrent completions.
+      "SELECT state FROM studies WHERE id = $1 FOR NO KEY UPDATE", study_id);
   if (s.empty() || s[0][0].as<std::string>() != "RUNNING") return;
-  const auto r = w.exec_params(
-      "SELECT count(*) FILTER (WHERE state IN ('PENDING', 'LEASED')), "
-      "count(*) FILTER (WHERE state = 'FAILED') FROM tasks WHERE study_id = $1",
+  const auto open = w.exec_params(
+      "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED'))",
       study_id);
-  if (r[0][0].as<int64_t>() > 0) return;
-  if (r[0][1].as<int64_t>() > 0) {
+  if (open[0][0].as<bool>()) return;
+  const auto failed = w.exec_params(
+      "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state = 'FAILED')", study_id);
+  if (failed[0][0].as<bool>()) {
     const auto e = w.exec_params(
         "SELECT id, last_error FROM tasks WHERE study_id = $1 AND "
         "state = 'FAILED' ORDER BY id LIMIT 1",
@@ -315,22 +319,24 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     created.study_id = study_id;
 
     const auto& gpu_kinds = plan.spec.gpu_task_kinds();
-    auto insert_task = [&](const v1::TaskSpec& spec) -> int64_t {
+    auto insert_task = [&](const v1::TaskSpec& spec, int blocked_deps) -> int64_t {
       const bool requires_gpu =
           std::find(gpu_kinds.begin(), gpu_kinds.end(), spec.kind()) != gpu_kinds.end();
       const auto r = w.exec_params(
           "INSERT INTO tasks (study_id, kind, state, spec, cache_key, "
-          "max_attempts, created_us, input_key, requires_gpu) "
-          "VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8) RETURNING id",
+          "max_attempts, created_us, input_key, requires_gpu, blocked_deps) "
+          "VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
           study_id, KindName(spec.kind()), Bytes(spec.SerializeAsString()),
           spec.cache_key(), plan.spec.max_attempts(), now_us, spec.train_cache_key(),
-          requires_gpu);
+          requires_gpu, blocked_deps);
       ++created.tasks;
       return r[0][0].as<int64_t>();
     };
 
-    // cache key -> producing task (0 when the cache is complete).
+    // cache key -> producing task (0 when the cache is complete), and
+    // whether that task has SUCCEEDED already.
     std::map<std::string, int64_t> producers;
+    std::set<int64_t> succeeded;
     for (const auto& extract : plan.extracts) {
       w.exec_params(
           "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us) "
@@ -360,9 +366,10 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
                  (producer_state == "PENDING" || producer_state == "LEASED" ||
                   producer_state == "SUCCEEDED")) {
         producers[extract.cache_key] = producer;
+        if (producer_state == "SUCCEEDED") succeeded.insert(producer);
         ++created.shared_features;
       } else {
-        const int64_t id = insert_task(extract.spec);
+        const int64_t id = insert_task(extract.spec, 0);
         w.exec_params(
             "UPDATE feature_caches SET producer_task = $2 WHERE cache_key = $1",
             extract.cache_key, id);
@@ -370,16 +377,18 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
       }
     }
     for (const auto& probe : plan.probes) {
-      const int64_t id = insert_task(probe.spec);
+      std::set<int64_t> deps;
       for (const std::string* key :
            {&probe.spec.train_cache_key(), &probe.spec.test_cache_key()}) {
         if (key->empty()) continue;  // fine-tuning reads images, not features
         const int64_t producer = producers.at(*key);
-        if (producer == 0) continue;
-        w.exec_params(
-            "INSERT INTO task_deps (task_id, depends_on) VALUES ($1, $2) "
-            "ON CONFLICT DO NOTHING",
-            id, producer);
+        if (producer != 0) deps.insert(producer);
+      }
+      int blocked = 0;
+      for (int64_t dep : deps) blocked += succeeded.count(dep) ? 0 : 1;
+      const int64_t id = insert_task(probe.spec, blocked);
+      for (int64_t dep : deps) {
+        w.exec_params("INSERT INTO task_deps (task_id, depends_on) VALUES ($1, $2)", id, dep);
       }
     }
     w.exec_params("UPDATE studies SET reused_features = $2 WHERE id = $1",
@@ -452,7 +461,7 @@ absl::StatusOr<v1::StudyStatus> PgStore::CancelStudy(int64_t study_id, absl::Tim
   RETURN_IF_ERROR(Transact("cancel_study", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     const auto s = w.exec_params(
-        "SELECT state FROM studies WHERE id = $1 FOR UPDATE", study_id);
+        "SELECT state FROM studies WHERE id = $1 FOR NO KEY UPDATE", study_id);
     if (s.empty()) {
       return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
     }
@@ -586,19 +595,29 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
     }
     // The device the worker registered with ("cpu", "cuda:N").
     const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
-    // SKIP LOCKED: concurrent leasers each take a different row, none waits.
-    const auto r = w.exec_params(
-        "UPDATE tasks SET state = 'LEASED', lease_token = $6, "
-        "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
-        "work_done = 0, work_total = 0 "
-        "WHERE id = (SELECT t.id FROM tasks t WHERE t.state = 'PENDING' "
-        " AND t.not_before_us <= $2 AND (NOT t.requires_gpu OR $5) AND NOT EXISTS ("
-        "  SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
-        "  WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') "
-        " ORDER BY (t.input_key = ANY($4::text[])) DESC, t.id "
-        " LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
-        "RETURNING id, lease_token, attempts, spec",
-        worker_id, Us(now), Us(deadline), preferred, has_gpu, RandomPositiveInt64());
+    // The first ready task (PENDING, no unfinished dependency, backoff over)
+    // from a partial index; SKIP LOCKED: concurrent leasers each take a
+    // different row, none waits. Probes whose features this worker holds go
+    // first. The dependency check is kept as a second guard.
+    const std::string ready = absl::StrCat(
+        "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
+        "AND t.not_before_us <= $2", has_gpu ? "" : " AND NOT t.requires_gpu",
+        " AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
+        " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED')");
+    auto lease_sql = [](const std::string& candidate) {
+      return absl::StrCat("UPDATE tasks SET state = 'LEASED', lease_token = $4, "
+                          "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
+                          "work_done = 0, work_total = 0 WHERE id = (",
+                          candidate, " ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
+                          "RETURNING id, lease_token, attempts, spec");
+    };
+    const int64_t token = RandomPositiveInt64();
+    pqxx::result r;
+    if (!preferred_keys.empty()) {
+      r = w.exec_params(lease_sql(absl::StrCat(ready, " AND t.input_key = ANY($5::text[])")),
+                        worker_id, Us(now), Us(deadline), token, preferred);
+    }
+    if (r.empty()) r = w.exec_params(lease_sql(ready), worker_id, Us(now), Us(deadline), token);
     if (r.empty()) return absl::OkStatus();
     Lease l;
     l.task_id = r[0][0].as<int64_t>();
@@ -891,6 +910,12 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
         "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
         "work_done = work_total WHERE id = $1",
         task_id, now_us);
+    // Its dependents wait for one task less (CreateStudy holds a producer
+    // FOR SHARE while it adds a dependency on it, so none is missed).
+    w.exec_params(
+        "UPDATE tasks SET blocked_deps = blocked_deps - 1 "
+        "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
+        task_id);
     w.exec_params(
         "UPDATE workers SET current_task = 0, last_seen_us = $3 "
         "WHERE id = $1 AND current_task = $2",
