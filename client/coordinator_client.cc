@@ -134,7 +134,8 @@ absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
                             status.error_code() == grpc::StatusCode::UNAVAILABLE &&
                             absl::StrContains(status.error_message(), "failed to connect");
     const bool retry = (status.error_code() == grpc::StatusCode::UNAVAILABLE && !never_sent) ||
-                       status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+                       status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                       status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
     if (!retry || attempt >= submit_attempts) return FromGrpcStatus(status);
     std::fprintf(stderr, "sslbench: submit: %s; trying again in %s under the same request id\n",
                  status.error_message().c_str(), absl::FormatDuration(backoff).c_str());

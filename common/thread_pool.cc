@@ -4,7 +4,7 @@
 
 namespace sslbench {
 
-ThreadPool::ThreadPool(int num_threads) {
+ThreadPool::ThreadPool(int num_threads, size_t max_queued) : max_queued_(max_queued) {
   threads_.reserve(num_threads);
   for (int i = 0; i < num_threads; ++i) threads_.emplace_back([this] { Run(); });
 }
@@ -20,6 +20,13 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::Schedule(std::function<void()> fn) {
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(fn));
+}
+
+bool ThreadPool::TrySchedule(std::function<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  if (max_queued_ > 0 && queue_.size() >= max_queued_) return false;
+  queue_.push_back(std::move(fn));
+  return true;
 }
 
 void ThreadPool::Run() {

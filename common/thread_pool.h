@@ -14,13 +14,18 @@ namespace sslbench {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int num_threads);
+  // `max_queued` bounds the closures waiting for a thread (0: unbounded);
+  // TrySchedule refuses past it.
+  explicit ThreadPool(int num_threads, size_t max_queued = 0);
   // Runs every queued closure, then joins the threads.
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   void Schedule(std::function<void()> fn);
+  // Schedule unless `max_queued` closures are already waiting; false then
+  // (the caller answers "overloaded" instead of queueing without bound).
+  bool TrySchedule(std::function<void()> fn);
 
  private:
   void Run();
@@ -28,6 +33,7 @@ class ThreadPool {
   absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  const size_t max_queued_;
   std::vector<std::thread> threads_;
 };
 

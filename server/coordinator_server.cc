@@ -96,7 +96,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     LogWarning("coordinator", "authentication is off: anyone who reaches this port can "
                "submit, cancel and act as a worker (--auth=required turns it on)");
   }
-  s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads);
+  s->pool_ = std::make_unique<ThreadPool>(s->options_.executor_threads,
+                                          static_cast<size_t>(s->options_.max_queued_calls));
   s->study_service_ =
       std::make_unique<StudyServiceImpl>(*s->coordinator_, *s->pool_, metrics, *s->auth_);
   s->worker_service_ =

@@ -37,6 +37,9 @@ struct CoordinatorServerOptions {
   // TLS on the gRPC port (empty cert: plaintext).
   TlsServerFiles tls;
   int executor_threads = 8;
+  // Calls waiting for an executor thread beyond this are refused with
+  // RESOURCE_EXHAUSTED (callers back off).
+  int max_queued_calls = 1000;
   int db_connections = 8;
   // "postgres" or "file:///PATH" (see BlobStore).
   std::string blob_store = "postgres";

@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA: require client certificates it signed (mutual TLS)");
 ABSL_FLAG(int, token_cache_seconds, 10, "how long a token lookup is cached (revocation delay)");
+ABSL_FLAG(int, max_queued_calls, 1000,
+          "calls waiting for an executor thread beyond this are refused (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
 ABSL_FLAG(std::string, blob_store, "postgres",
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
   options.policy.lease_duration = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   options.policy.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_ms));
   options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
+  options.max_queued_calls = absl::GetFlag(FLAGS_max_queued_calls);
   options.plan_limits.max_tasks = absl::GetFlag(FLAGS_max_tasks_per_study);
   const std::string auth = absl::GetFlag(FLAGS_auth);
   if (auth != "off" && auth != "required") {

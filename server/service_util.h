@@ -53,7 +53,7 @@ grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
                                    Response* response, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = std::chrono::steady_clock::now();
-  pool.Schedule([=, &auth, authorization = AuthorizationOf(*context)]() mutable {
+  const bool queued = pool.TrySchedule([=, &auth, authorization = AuthorizationOf(*context)]() mutable {
     grpc::Status status;
     absl::StatusOr<Caller> caller;
     if (context->IsCancelled()) {
@@ -82,6 +82,14 @@ grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
     }
     reactor->Finish(status);
   });
+  if (!queued) {
+    // Bounded: a coordinator that cannot keep up says so at once, and the
+    // caller backs off, instead of queueing calls past their deadlines.
+    if (metrics) metrics->ObserveRpc(method, "RESOURCE_EXHAUSTED", 0);
+    reactor->Finish(grpc::Status(grpc::RESOURCE_EXHAUSTED,
+                                 "the coordinator is overloaded (its call queue is full); retry "
+                                 "with backoff"));
+  }
   return reactor;
 }
 

@@ -99,7 +99,7 @@ class GrpcCoordinatorConnection final : public CoordinatorConnection {
       const absl::Status status = FromGrpcStatus(rpc(&context, &response));
       if (status.ok()) return response;
       const bool transient = absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
-                             absl::IsAborted(status);
+                             absl::IsAborted(status) || absl::IsResourceExhausted(status);
       if (!transient || clock_.Now() + backoff > give_up || (options.stop && options.stop())) {
         return status;
       }
