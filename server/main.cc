@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 #include "server/coordinator_server.h"
 
@@ -39,6 +41,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(int, token_cache_seconds, 10, "how long a token lookup is cached (revocation delay)");
 ABSL_FLAG(int, max_queued_calls, 1000,
           "calls waiting for an executor thread beyond this are refused (RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, database_wait_seconds, 600,
+          "at start, wait this long for PostgreSQL (retrying with backoff) before giving up; "
+          "0: fail at once");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
 ABSL_FLAG(std::string, blob_store, "postgres",
@@ -96,7 +101,23 @@ int main(int argc, char** argv) {
   }
   options.db_connections = absl::GetFlag(FLAGS_db_connections);
 
+  // PostgreSQL may start after the coordinator (a first deploy, a database
+  // restart): retry with backoff instead of exiting into a crash loop. Until
+  // then nothing listens, so readiness fails. SIGTERM ends the wait.
+  const absl::Time give_up = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_database_wait_seconds));
+  absl::Duration backoff = absl::Seconds(1);
   auto server = sslbench::server::CoordinatorServer::Start(options);
+  while (!server.ok() && absl::IsUnavailable(server.status()) && absl::Now() + backoff < give_up) {
+    sslbench::LogWarning("coordinator", "cannot start yet: ", server.status().message(),
+                         "; retrying in ", absl::FormatDuration(backoff));
+    const timespec wait = absl::ToTimespec(backoff);
+    if (sigtimedwait(&signals, nullptr, &wait) > 0) {
+      sslbench::LogInfo("coordinator", "stopped while waiting for the database");
+      return 1;
+    }
+    backoff = std::min(backoff * 2, absl::Seconds(30));
+    server = sslbench::server::CoordinatorServer::Start(options);
+  }
   if (!server.ok()) {
     std::fprintf(stderr, "sslbench-coordinator: %s\n",
                  server.status().ToString().c_str());

@@ -12,10 +12,15 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
 #include <string>
 
 #include "absl/time/clock.h"
 #include "client/coordinator_client.h"
+#include "common/local_postgres.h"
+#include "common/subprocess.h"
 #include "common/tls.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -97,6 +102,69 @@ TEST(LocalStackTest, RestartsAWorkerThatDiesAndNoticesADeadDatabase) {
 
   EXPECT_TRUE((*stack)->Shutdown().ok());
   stack->reset();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sslbench::client
+
+namespace sslbench::client {
+namespace {
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Polls `done` every 20 ms for up to a minute (the other process gives no
+// event to wait on but its files).
+bool Eventually(const std::function<bool()>& done) {
+  const absl::Time deadline = absl::Now() + absl::Minutes(1);
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return true;
+}
+
+// A coordinator started before its database (a first deploy) waits for it
+// with backoff instead of exiting, then serves.
+TEST(CoordinatorStartTest, WaitsForItsDatabase) {
+  char dir[] = "/tmp/sslbench-wait-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  chmod(dir, 0755);  // the server may run as another user
+  LocalPostgresOptions pg_options;
+  pg_options.dir = std::string(dir) + "/pg";
+  pg_options.durable = false;
+  auto pg = LocalPostgres::Start(pg_options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  ASSERT_TRUE((*pg)->Stop().ok());
+
+  const std::string log = std::string(dir) + "/coordinator.log";
+  const std::string port_file = std::string(dir) + "/port";
+  auto coordinator = Subprocess::Start(
+      {std::string(SSLBENCH_BIN_DIR) + "/sslbench-coordinator", "--listen=127.0.0.1:0",
+       "--metrics_listen=", "--port_file=" + port_file, "--database=" + (*pg)->ConnInfo(),
+       "--database_wait_seconds=120"},
+      log);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  ASSERT_TRUE(Eventually([&] {
+    return Slurp(log).find("cannot start yet") != std::string::npos || !(*coordinator)->Running();
+  }));
+  EXPECT_TRUE((*coordinator)->Running()) << "the coordinator gave up at once:\n" << Slurp(log);
+
+  ASSERT_TRUE((*pg)->Restart().ok());
+  ASSERT_TRUE(Eventually([&] {
+    return Slurp(port_file).find('\n') != std::string::npos || !(*coordinator)->Running();
+  })) << Slurp(log);
+  ASSERT_TRUE((*coordinator)->Running()) << Slurp(log);
+  CoordinatorClient client("127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n')),
+                           absl::Seconds(10));
+  EXPECT_TRUE(client.ListWorkers().ok());
+  EXPECT_EQ((*coordinator)->Stop(), 0);
+  pg->reset();
   std::filesystem::remove_all(dir);
 }
 
