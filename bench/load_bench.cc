@@ -39,6 +39,12 @@ ABSL_FLAG(int, seconds, 20, "measured time");
 ABSL_FLAG(int, warmup_seconds, 3, "time before measuring");
 ABSL_FLAG(int, tasks, 60000, "tasks queued before the run (in studies of ~3,000)");
 ABSL_FLAG(bool, durable, false, "PostgreSQL with fsync on (default off, as the tests run it)");
+ABSL_FLAG(int, batch, 0,
+          "0: one task per RPC (lease, heartbeat, complete); N: LeaseTasks of up to N and one "
+          "CompleteTasks for them (no heartbeat: the tasks take milliseconds)");
+ABSL_FLAG(std::string, workload, "mixed",
+          "mixed: extractions (one chunk each) and their probes; probes: only probes, on "
+          "features a first study extracted before the measurement");
 ABSL_FLAG(int, executor_threads, 8, "each coordinator's RPC executor threads");
 ABSL_FLAG(int, db_connections, 16, "each coordinator's database connections");
 
@@ -52,15 +58,17 @@ using Clock = std::chrono::steady_clock;
   std::exit(1);
 }
 
-// One study of `models` x `datasets` x kNN: 2 extractions and 1 probe per pair.
-v1::StudySpec Study(int index, int models, int datasets) {
+// One study of `models` x `datasets` x kNN: 2 extractions and 1 probe per
+// pair. Studies with the same `models_of` share their models (and so, once
+// extracted, their features).
+v1::StudySpec Study(int index, int models_of, int models, int datasets) {
   v1::StudySpec spec;
   spec.set_name(absl::StrCat("load-", index));
   for (int m = 0; m < models; ++m) {
     auto* model = spec.add_models();
     model->set_name(absl::StrCat("m", m));
     model->set_path(absl::StrCat("/models/m", m, ".pt"));
-    model->set_sha256(sslbench::Sha256Hex(absl::StrCat("study ", index, " model ", m)));
+    model->set_sha256(sslbench::Sha256Hex(absl::StrCat("study ", models_of, " model ", m)));
   }
   for (int d = 0; d < datasets; ++d) {
     auto* dataset = spec.add_datasets();
@@ -69,7 +77,7 @@ v1::StudySpec Study(int index, int models, int datasets) {
     dataset->set_digest(absl::StrCat("digest-", d));
   }
   auto* knn = spec.add_protocols();
-  knn->set_name("knn");
+  knn->set_name(absl::StrCat("knn-", index));
   knn->mutable_knn();
   return spec;
 }
@@ -128,19 +136,24 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Queue the tasks: studies of 1,000 (model, dataset) pairs, 3 tasks each.
-  const auto submit_start = Clock::now();
-  int queued = 0;
   auto studies = v1::StudyService::NewStub(channels[0]);
-  for (int i = 0; queued < absl::GetFlag(FLAGS_tasks); ++i) {
+  auto submit = [&](int index, int models_of) {
     grpc::ClientContext context;
     v1::SubmitStudyRequest request;
-    *request.mutable_spec() = Study(i, 100, 10);
+    *request.mutable_spec() = Study(index, models_of, 100, 10);
     v1::SubmitStudyResponse response;
     const grpc::Status s = studies->SubmitStudy(&context, request, &response);
     if (!s.ok()) Die("submit: " + s.error_message());
-    queued += static_cast<int>(response.tasks());
-  }
+    return static_cast<int>(response.tasks());
+  };
+  const bool probes_only = absl::GetFlag(FLAGS_workload) == "probes";
+  if (!probes_only && absl::GetFlag(FLAGS_workload) != "mixed") Die("--workload: mixed or probes");
+  // Probes only: study 0's tasks (its extractions among them) run before
+  // the measurement; the studies after it reuse its features.
+  int setup_tasks = probes_only ? submit(0, 0) : 0;
+  const auto submit_start = Clock::now();
+  int queued = 0;
+  for (int i = 1; queued < absl::GetFlag(FLAGS_tasks); ++i) queued += submit(i, probes_only ? 0 : i);
   const double submit_s = Ms(submit_start) / 1000;
 
   std::atomic<bool> measuring{false}, stop{false};
@@ -162,7 +175,80 @@ int main(int argc, char** argv) {
         }
       }
       std::vector<double> lease_ms, complete_ms;
-      while (!stop.load()) {
+      const int batch = absl::GetFlag(FLAGS_batch);
+      auto put_chunk = [&](const v1::LeaseTaskResponse& lease, v1::CompleteTaskRequest* complete) {
+        grpc::ClientContext context;
+        v1::PutFeatureChunkRequest put;
+        put.set_task_id(lease.task_id());
+        put.set_lease_token(lease.lease_token());
+        auto* chunk = put.mutable_chunk();
+        chunk->set_cache_key(lease.spec().cache_key());
+        chunk->set_num_rows(4);
+        chunk->set_dim(2);
+        chunk->set_features(std::string(4 * 2 * 4, '\0'));
+        chunk->set_labels(std::string(4 * 4, '\0'));
+        v1::PutFeatureChunkResponse response;
+        if (!stub->PutFeatureChunk(&context, put, &response).ok()) return false;
+        complete->set_feature_rows(4);
+        complete->set_feature_dim(2);
+        complete->set_feature_chunks(1);
+        return true;
+      };
+      auto add_result = [](const v1::LeaseTaskResponse& lease, v1::CompleteTaskRequest* complete) {
+        auto* result = complete->add_results();
+        result->set_model(lease.spec().model().name());
+        result->set_dataset(lease.spec().dataset().name());
+        result->set_protocol(lease.spec().protocol().name());
+        result->set_variant("cosine k=20 T=0.07");
+        result->set_top1(0.5);
+      };
+      while (batch > 0 && !stop.load()) {
+        v1::LeaseTasksRequest lease_request;
+        lease_request.set_worker_id(registered.worker_id());
+        lease_request.set_max_tasks(batch);
+        v1::LeaseTasksResponse leases;
+        auto t0 = Clock::now();
+        {
+          grpc::ClientContext context;
+          if (!stub->LeaseTasks(&context, lease_request, &leases).ok()) {
+            ++errors;
+            continue;
+          }
+        }
+        if (measuring.load()) lease_ms.push_back(Ms(t0));
+        if (leases.leases_size() == 0) {
+          ++empty_leases;
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          continue;
+        }
+        v1::CompleteTasksRequest completes;
+        for (const auto& lease : leases.leases()) {
+          v1::CompleteTaskRequest* complete = completes.add_tasks();
+          complete->set_task_id(lease.task_id());
+          complete->set_lease_token(lease.lease_token());
+          if (lease.spec().kind() == v1::TASK_KIND_EXTRACT) {
+            if (!put_chunk(lease, complete)) ++errors;
+          } else {
+            add_result(lease, complete);
+          }
+        }
+        t0 = Clock::now();
+        grpc::ClientContext context;
+        v1::CompleteTasksResponse response;
+        if (!stub->CompleteTasks(&context, completes, &response).ok()) {
+          ++errors;
+          continue;
+        }
+        int ok = 0;
+        for (const auto& outcome : response.outcomes()) {
+          if (outcome.code() == 0) ++ok; else ++errors;
+        }
+        if (measuring.load()) {
+          complete_ms.push_back(Ms(t0));
+          completions += ok;
+        }
+      }
+      while (batch == 0 && !stop.load()) {
         v1::LeaseTaskRequest lease_request;
         lease_request.set_worker_id(registered.worker_id());
         v1::LeaseTaskResponse lease;
@@ -193,31 +279,12 @@ int main(int argc, char** argv) {
         complete.set_task_id(lease.task_id());
         complete.set_lease_token(lease.lease_token());
         if (lease.spec().kind() == v1::TASK_KIND_EXTRACT) {
-          grpc::ClientContext context;
-          v1::PutFeatureChunkRequest put;
-          put.set_task_id(lease.task_id());
-          put.set_lease_token(lease.lease_token());
-          auto* chunk = put.mutable_chunk();
-          chunk->set_cache_key(lease.spec().cache_key());
-          chunk->set_num_rows(4);
-          chunk->set_dim(2);
-          chunk->set_features(std::string(4 * 2 * 4, '\0'));
-          chunk->set_labels(std::string(4 * 4, '\0'));
-          v1::PutFeatureChunkResponse response;
-          if (!stub->PutFeatureChunk(&context, put, &response).ok()) {
+          if (!put_chunk(lease, &complete)) {
             ++errors;
             continue;
           }
-          complete.set_feature_rows(4);
-          complete.set_feature_dim(2);
-          complete.set_feature_chunks(1);
         } else {
-          auto* result = complete.add_results();
-          result->set_model(lease.spec().model().name());
-          result->set_dataset(lease.spec().dataset().name());
-          result->set_protocol("knn");
-          result->set_variant("cosine k=20 T=0.07");
-          result->set_top1(0.5);
+          add_result(lease, &complete);
         }
         t0 = Clock::now();
         grpc::ClientContext context;
@@ -238,6 +305,20 @@ int main(int argc, char** argv) {
     });
   }
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_warmup_seconds)));
+  if (probes_only) {
+    // Study 0 (the extractions) must be done before measuring.
+    for (;;) {
+      grpc::ClientContext context;
+      v1::GetStudyRequest get;
+      get.set_study_id(1);
+      v1::StudyStatus status;
+      if (studies->GetStudy(&context, get, &status).ok() &&
+          status.state() != v1::STUDY_STATE_RUNNING) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
   measuring = true;
   const auto start = Clock::now();
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_seconds)));
@@ -248,12 +329,14 @@ int main(int argc, char** argv) {
   const int64_t done = completions.load();
 
   std::printf(
-      "{\"coordinators\": %d, \"workers\": %d, \"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, "
+      "{\"coordinators\": %d, \"workers\": %d, \"batch\": %d, \"workload\": \"%s\", "
+      "\"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, \"setup_tasks\": %d, "
       "\"submit_s\": %.1f, \"completions\": %lld, \"completions_per_s\": %.0f, "
       "\"lease_p50_ms\": %.2f, \"lease_p99_ms\": %.2f, \"complete_p50_ms\": %.2f, "
       "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld}\n",
-      replicas, workers, std::thread::hardware_concurrency(),
-      absl::GetFlag(FLAGS_durable) ? "true" : "false", queued, submit_s,
+      replicas, workers, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_workload).c_str(),
+      std::thread::hardware_concurrency(), absl::GetFlag(FLAGS_durable) ? "true" : "false",
+      queued, setup_tasks, submit_s,
       static_cast<long long>(done), static_cast<double>(done) / elapsed,
       Percentile(latencies.lease_ms, 0.5), Percentile(latencies.lease_ms, 0.99),
       Percentile(latencies.complete_ms, 0.5), Percentile(latencies.complete_ms, 0.99),

@@ -20,6 +20,8 @@ constexpr MethodRule kRules[] = {
     // Worker API.
     {"RegisterWorker", Role::kWorker},
     {"LeaseTask", Role::kWorker},
+    {"LeaseTasks", Role::kWorker},
+    {"CompleteTasks", Role::kWorker},
     {"Heartbeat", Role::kWorker},
     {"CompleteTask", Role::kWorker},
     {"FailTask", Role::kWorker},

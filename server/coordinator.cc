@@ -148,28 +148,60 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
   return response;
 }
 
-absl::StatusOr<v1::LeaseTaskResponse> Coordinator::LeaseTask(
-    const v1::LeaseTaskRequest& request) {
-  const absl::Time now = clock_.Now();
-  // Cache keys are 64 hex digits; anything else cannot match and is dropped.
+namespace {
+
+// Cache keys are 64 hex digits; anything else cannot match and is dropped.
+std::vector<std::string> PreferredKeys(const google::protobuf::RepeatedPtrField<std::string>& keys) {
   std::vector<std::string> preferred;
-  for (const std::string& key : request.cached_feature_keys()) {
+  for (const std::string& key : keys) {
     if (preferred.size() >= 1000) break;
     if (key.size() == 64 && key.find_first_not_of("0123456789abcdef") == std::string::npos) {
       preferred.push_back(key);
     }
   }
+  return preferred;
+}
+
+v1::LeaseTaskResponse ToResponse(Lease lease) {
+  v1::LeaseTaskResponse response;
+  response.set_task_id(lease.task_id);
+  response.set_lease_token(lease.token);
+  response.set_attempt(lease.attempt);
+  response.set_lease_deadline_unix_ms(absl::ToUnixMillis(lease.deadline));
+  *response.mutable_spec() = std::move(lease.spec);
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::LeaseTaskResponse> Coordinator::LeaseTask(
+    const v1::LeaseTaskRequest& request) {
+  const absl::Time now = clock_.Now();
   ASSIGN_OR_RETURN(std::optional<Lease> lease,
                    store_.LeaseTask(request.worker_id(), now, now + policy_.lease_duration,
-                                    preferred));
-  v1::LeaseTaskResponse response;
-  if (!lease) return response;
+                                    PreferredKeys(request.cached_feature_keys())));
+  if (!lease) return v1::LeaseTaskResponse();
   if (metrics_) metrics_->LeaseGranted();
-  response.set_task_id(lease->task_id);
-  response.set_lease_token(lease->token);
-  response.set_attempt(lease->attempt);
-  response.set_lease_deadline_unix_ms(absl::ToUnixMillis(lease->deadline));
-  *response.mutable_spec() = std::move(lease->spec);
+  return ToResponse(*std::move(lease));
+}
+
+
+absl::StatusOr<v1::LeaseTasksResponse> Coordinator::LeaseTasks(
+    const v1::LeaseTasksRequest& request) {
+  if (request.max_tasks() < 1 || request.max_tasks() > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tasks: ", request.max_tasks(), " is not in [1, 256]"));
+  }
+  const absl::Time now = clock_.Now();
+  ASSIGN_OR_RETURN(std::vector<Lease> leases,
+                   store_.LeaseTasks(request.worker_id(), now, now + policy_.lease_duration,
+                                     PreferredKeys(request.cached_feature_keys()),
+                                     request.max_tasks()));
+  v1::LeaseTasksResponse response;
+  for (Lease& lease : leases) {
+    if (metrics_) metrics_->LeaseGranted();
+    *response.add_leases() = ToResponse(std::move(lease));
+  }
   return response;
 }
 
@@ -224,6 +256,46 @@ absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& request) {
                             request.feature_chunks()};
   return store_.CompleteTask(request.task_id(), request.lease_token(), results,
                              extract, clock_.Now());
+}
+
+absl::StatusOr<v1::CompleteTasksResponse> Coordinator::CompleteTasks(
+    const v1::CompleteTasksRequest& request) {
+  if (request.tasks_size() > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tasks: ", request.tasks_size(), " completions; at most 256 per call"));
+  }
+  // Results are checked here, per task; the store checks each token.
+  std::vector<TaskCompletion> valid;
+  std::vector<absl::Status> outcomes(static_cast<size_t>(request.tasks_size()));
+  std::vector<size_t> where;
+  for (int i = 0; i < request.tasks_size(); ++i) {
+    const v1::CompleteTaskRequest& task = request.tasks(i);
+    absl::Status checked;
+    for (int k = 0; k < task.results_size() && checked.ok(); ++k) {
+      checked = CheckResult(task.results(k), k);
+    }
+    if (!checked.ok()) {
+      outcomes[static_cast<size_t>(i)] = checked;
+      continue;
+    }
+    valid.push_back(TaskCompletion{
+        task.task_id(), task.lease_token(),
+        std::vector<v1::ProbeResult>(task.results().begin(), task.results().end()),
+        ExtractCompletion{task.feature_rows(), task.feature_dim(), task.feature_chunks()}});
+    where.push_back(static_cast<size_t>(i));
+  }
+  if (!valid.empty()) {
+    ASSIGN_OR_RETURN(std::vector<absl::Status> stored, store_.CompleteTasks(valid, clock_.Now()));
+    for (size_t k = 0; k < stored.size(); ++k) outcomes[where[k]] = stored[k];
+  }
+  v1::CompleteTasksResponse response;
+  for (int i = 0; i < request.tasks_size(); ++i) {
+    auto* outcome = response.add_outcomes();
+    outcome->set_task_id(request.tasks(i).task_id());
+    outcome->set_code(static_cast<int>(outcomes[static_cast<size_t>(i)].code()));
+    outcome->set_message(std::string(outcomes[static_cast<size_t>(i)].message()));
+  }
+  return response;
 }
 
 absl::StatusOr<v1::FailTaskResponse> Coordinator::FailTask(

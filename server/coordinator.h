@@ -58,6 +58,10 @@ class Coordinator {
       const v1::RegisterWorkerRequest& request);
   absl::StatusOr<v1::LeaseTaskResponse> LeaseTask(const v1::LeaseTaskRequest& request);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  // Batches (see worker_api.proto): INVALID_ARGUMENT for max_tasks outside
+  // [1, 256] or more than 256 completions.
+  absl::StatusOr<v1::LeaseTasksResponse> LeaseTasks(const v1::LeaseTasksRequest& request);
+  absl::StatusOr<v1::CompleteTasksResponse> CompleteTasks(const v1::CompleteTasksRequest& request);
   absl::Status CompleteTask(const v1::CompleteTaskRequest& request);
   absl::StatusOr<v1::FailTaskResponse> FailTask(const v1::FailTaskRequest& request);
   absl::Status PutFeatureChunk(const v1::PutFeatureChunkRequest& request);

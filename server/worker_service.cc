@@ -18,6 +18,20 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::LeaseTask(
                   [this, request] { return coordinator_.LeaseTask(*request); });
 }
 
+grpc::ServerUnaryReactor* WorkerServiceImpl::LeaseTasks(
+    grpc::CallbackServerContext* context, const v1::LeaseTasksRequest* request,
+    v1::LeaseTasksResponse* response) {
+  return RunUnary(context, "LeaseTasks", pool_, metrics_, auth_, response,
+                  [this, request] { return coordinator_.LeaseTasks(*request); });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTasks(
+    grpc::CallbackServerContext* context, const v1::CompleteTasksRequest* request,
+    v1::CompleteTasksResponse* response) {
+  return RunUnary(context, "CompleteTasks", pool_, metrics_, auth_, response,
+                  [this, request] { return coordinator_.CompleteTasks(*request); });
+}
+
 grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(
     grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
     v1::HeartbeatResponse* response) {

@@ -19,6 +19,12 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   grpc::ServerUnaryReactor* LeaseTask(grpc::CallbackServerContext* context,
                                       const v1::LeaseTaskRequest* request,
                                       v1::LeaseTaskResponse* response) override;
+  grpc::ServerUnaryReactor* LeaseTasks(grpc::CallbackServerContext* context,
+                                       const v1::LeaseTasksRequest* request,
+                                       v1::LeaseTasksResponse* response) override;
+  grpc::ServerUnaryReactor* CompleteTasks(grpc::CallbackServerContext* context,
+                                          const v1::CompleteTasksRequest* request,
+                                          v1::CompleteTasksResponse* response) override;
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) override;

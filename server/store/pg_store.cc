@@ -579,12 +579,21 @@ absl::StatusOr<std::vector<v1::WorkerInfo>> PgStore::ListWorkers(
 absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
     int64_t worker_id, absl::Time now, absl::Time deadline,
     const std::vector<std::string>& preferred_keys) {
+  ASSIGN_OR_RETURN(std::vector<Lease> leases,
+                   LeaseTasks(worker_id, now, deadline, preferred_keys, 1));
+  if (leases.empty()) return std::nullopt;
+  return std::move(leases.front());
+}
+
+absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
+    int64_t worker_id, absl::Time now, absl::Time deadline,
+    const std::vector<std::string>& preferred_keys, int max_tasks) {
   // A text[] literal; the keys are hex digits (the coordinator checks).
   const std::string preferred = absl::StrCat("{", absl::StrJoin(preferred_keys, ","), "}");
-  std::optional<Lease> lease;
+  std::vector<Lease> leases;
   RETURN_IF_ERROR(Transact("lease_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
-    lease.reset();
+    leases.clear();
     const auto seen = w.exec_params(
         "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 "
         "RETURNING device",
@@ -595,44 +604,55 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
     }
     // The device the worker registered with ("cpu", "cuda:N").
     const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
-    // The first ready task (PENDING, no unfinished dependency, backoff over)
-    // from a partial index; SKIP LOCKED: concurrent leasers each take a
-    // different row, none waits. Probes whose features this worker holds go
-    // first. The dependency check is kept as a second guard.
+    // The first ready tasks (PENDING, no unfinished dependency, backoff
+    // over) from a partial index; SKIP LOCKED: concurrent leasers each take
+    // different rows, none waits. Probes whose features this worker holds
+    // go first. The dependency check is kept as a second guard.
     const std::string ready = absl::StrCat(
         "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
-        "AND t.not_before_us <= $2", has_gpu ? "" : " AND NOT t.requires_gpu",
+        "AND t.not_before_us <= $1", has_gpu ? "" : " AND NOT t.requires_gpu",
         " AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
-        " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED')");
-    auto lease_sql = [](const std::string& candidate) {
-      return absl::StrCat("UPDATE tasks SET state = 'LEASED', lease_token = $4, "
-                          "lease_worker = $1, lease_deadline_us = $3, attempts = attempts + 1, "
-                          "work_done = 0, work_total = 0 WHERE id = (",
-                          candidate, " ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) "
-                          "RETURNING id, lease_token, attempts, spec");
+        " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') AND t.id <> ALL($2::bigint[])");
+    std::vector<int64_t> ids;
+    auto pick = [&](const std::string& extra, const std::string* keys) {
+      const std::string sql = absl::StrCat(ready, extra, " ORDER BY t.id LIMIT $3 ",
+                                           "FOR UPDATE OF t SKIP LOCKED");
+      const std::string taken = absl::StrCat("{", absl::StrJoin(ids, ","), "}");
+      const int want = max_tasks - static_cast<int>(ids.size());
+      const pqxx::result r = keys ? w.exec_params(sql, Us(now), taken, want, *keys)
+                                  : w.exec_params(sql, Us(now), taken, want);
+      for (const auto& row : r) ids.push_back(row[0].as<int64_t>());
     };
-    const int64_t token = RandomPositiveInt64();
-    pqxx::result r;
-    if (!preferred_keys.empty()) {
-      r = w.exec_params(lease_sql(absl::StrCat(ready, " AND t.input_key = ANY($5::text[])")),
-                        worker_id, Us(now), Us(deadline), token, preferred);
+    if (!preferred_keys.empty()) pick(" AND t.input_key = ANY($4::text[])", &preferred);
+    if (static_cast<int>(ids.size()) < max_tasks) pick("", nullptr);
+    if (ids.empty()) return absl::OkStatus();
+    std::vector<int64_t> tokens;
+    for (size_t k = 0; k < ids.size(); ++k) tokens.push_back(RandomPositiveInt64());
+    const auto r = w.exec_params(
+        "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $1, "
+        "lease_deadline_us = $2, attempts = attempts + 1, work_done = 0, work_total = 0 "
+        "FROM unnest($3::bigint[], $4::bigint[]) AS v(id, token) WHERE t.id = v.id "
+        "RETURNING t.id, t.lease_token, t.attempts, t.spec",
+        worker_id, Us(deadline), absl::StrCat("{", absl::StrJoin(ids, ","), "}"),
+        absl::StrCat("{", absl::StrJoin(tokens, ","), "}"));
+    for (const auto& row : r) {
+      Lease l;
+      l.task_id = row[0].as<int64_t>();
+      l.token = row[1].as<int64_t>();
+      l.attempt = row[2].as<int32_t>();
+      l.deadline = deadline;
+      if (!l.spec.ParseFromString(FromBytes(row[3]))) {
+        return absl::DataLossError(absl::StrCat("task ", l.task_id, ": spec does not parse"));
+      }
+      leases.push_back(std::move(l));
     }
-    if (r.empty()) r = w.exec_params(lease_sql(ready), worker_id, Us(now), Us(deadline), token);
-    if (r.empty()) return absl::OkStatus();
-    Lease l;
-    l.task_id = r[0][0].as<int64_t>();
-    l.token = r[0][1].as<int64_t>();
-    l.attempt = r[0][2].as<int32_t>();
-    l.deadline = deadline;
-    if (!l.spec.ParseFromString(FromBytes(r[0][3]))) {
-      return absl::DataLossError(absl::StrCat("task ", l.task_id, ": spec does not parse"));
-    }
-    w.exec_params("UPDATE workers SET current_task = $2 WHERE id = $1",
-                  worker_id, l.task_id);
-    lease = std::move(l);
+    std::sort(leases.begin(), leases.end(),
+              [](const Lease& a, const Lease& b) { return a.task_id < b.task_id; });
+    w.exec_params("UPDATE workers SET current_task = $2 WHERE id = $1", worker_id,
+                  leases.front().task_id);
     return absl::OkStatus();
   }));
-  return lease;
+  return leases;
 }
 
 absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
@@ -787,142 +807,174 @@ absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
   });
 }
 
+namespace {
+
+// One completion inside a transaction: every check comes before the first
+// write, so a refused task writes nothing. Adds the study to refresh.
+absl::Status CompleteOne(pqxx::work& w, int64_t task_id, int64_t token,
+                         const std::vector<v1::ProbeResult>& results,
+                         const ExtractCompletion& extract, int64_t now_us,
+                         std::set<int64_t>* studies) {
+  const auto r = w.exec_params(
+      "SELECT state, lease_token, study_id, kind, cache_key, lease_worker, spec "
+      "FROM tasks WHERE id = $1 FOR UPDATE",
+      task_id);
+  if (r.empty()) {
+    return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
+  }
+  const std::string state = r[0][0].as<std::string>();
+  const int64_t current = r[0][1].as<int64_t>();
+  if (current == token && state == "SUCCEEDED") return absl::OkStatus();
+  if (current != token || state != "LEASED") {
+    return StaleToken(task_id, token, current, state);
+  }
+  const int64_t study_id = r[0][2].as<int64_t>();
+  const std::string kind = r[0][3].as<std::string>();
+  const std::string cache_key = r[0][4].as<std::string>();
+  // Results must be of this task: its model, dataset and protocol (a
+  // forged or confused worker cannot file results under other names).
+  if (kind == "EXTRACT" && !results.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", task_id, ": an extraction completes without results"));
+  }
+  if (kind != "EXTRACT") {
+    v1::TaskSpec spec;
+    if (!spec.ParseFromString(FromBytes(r[0][6]))) {
+      return absl::DataLossError(absl::StrCat("task ", task_id, ": spec does not parse"));
+    }
+    if (results.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("task ", task_id, ": a probe completes with at least one result"));
+    }
+    for (const auto& result : results) {
+      if (result.model() != spec.model().name() || result.dataset() != spec.dataset().name() ||
+          result.protocol() != spec.protocol().name()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task ", task_id, " is ", spec.protocol().name(), " of ", spec.model().name(),
+            " on ", spec.dataset().name(), "; a result for ", result.protocol(), " of ",
+            result.model(), " on ", result.dataset(), " does not belong to it"));
+      }
+    }
+  }
+  if (kind == "EXTRACT") {
+    const auto c = w.exec_params(
+        "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "
+        "COALESCE(max(dim), 0), COALESCE(max(chunk_index), -1) "
+        "FROM feature_chunks WHERE cache_key = $1",
+        cache_key);
+    const int64_t chunks = c[0][0].as<int64_t>();
+    const int64_t rows = c[0][1].as<int64_t>();
+    const int min_dim = c[0][2].as<int>();
+    const int max_dim = c[0][3].as<int>();
+    const int64_t max_index = c[0][4].as<int64_t>();
+    // Chunks must tile the rows: each starts where the previous one ended.
+    const auto gaps = w.exec_params(
+        "SELECT count(*) FROM (SELECT row_start, COALESCE(sum(num_rows) OVER ("
+        "ORDER BY chunk_index ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
+        "AS expected FROM feature_chunks WHERE cache_key = $1) x "
+        "WHERE row_start <> expected",
+        cache_key);
+    if (gaps[0][0].as<int64_t>() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task ", task_id, ": ", gaps[0][0].as<int64_t>(),
+          " feature chunks do not start where the previous chunk ends"));
+    }
+    if (chunks < extract.chunks && max_index < extract.chunks) {
+      // Chunks the worker stored are gone (a database crash lost their
+      // asynchronous commits): the extraction must run again, resuming
+      // after the chunks that survived.
+      return absl::AbortedError(absl::StrCat(
+          "task ", task_id, ": the feature cache holds ", chunks, " of the ", extract.chunks,
+          " chunks the worker stored; the extraction will run again for the rest"));
+    }
+    if (chunks != extract.chunks || rows != extract.rows ||
+        max_index != chunks - 1 || min_dim != max_dim ||
+        min_dim != extract.dim || chunks == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task ", task_id, ": the feature cache holds ", chunks,
+          " chunks with ", rows, " rows of width ", min_dim, "..", max_dim,
+          "; the worker reported ", extract.chunks, " chunks, ", extract.rows,
+          " rows of width ", extract.dim));
+    }
+    w.exec_params(
+        "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
+        "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
+        cache_key, rows, extract.dim, extract.chunks, now_us);
+  }
+  for (const auto& result : results) {
+    v1::ProbeResult stored = result;
+    stored.set_task_id(task_id);
+    stored.set_study_id(study_id);
+    if (!stored.artifact().empty()) {
+      // Heads live apart from the results, so listing results stays cheap.
+      const auto a = w.exec_params(
+          "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
+          "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+          study_id, task_id,
+          absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
+                       stored.variant(), stored.subset().empty() ? "" : "/",
+                       stored.subset()),
+          std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
+      stored.set_artifact_id(a[0][0].as<int64_t>());
+      stored.clear_artifact();
+    }
+    w.exec_params(
+        "INSERT INTO results (study_id, task_id, model, dataset, protocol, "
+        "variant, top1, top5, mean_per_class, result) VALUES "
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "ON CONFLICT (task_id, variant) DO NOTHING",
+        study_id, task_id, stored.model(), stored.dataset(), stored.protocol(),
+        stored.variant(), stored.top1(), stored.top5(), stored.mean_per_class(),
+        Bytes(stored.SerializeAsString()));
+  }
+  w.exec_params(
+      "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
+      "work_done = work_total WHERE id = $1",
+      task_id, now_us);
+  // Its dependents wait for one task less (CreateStudy holds a producer
+  // FOR SHARE while it adds a dependency on it, so none is missed).
+  w.exec_params(
+      "UPDATE tasks SET blocked_deps = blocked_deps - 1 "
+      "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
+      task_id);
+  w.exec_params(
+      "UPDATE workers SET current_task = 0, last_seen_us = $3 "
+      "WHERE id = $1 AND current_task = $2",
+      r[0][5].as<int64_t>(), task_id, now_us);
+  studies->insert(study_id);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
                                    const std::vector<v1::ProbeResult>& results,
                                    const ExtractCompletion& extract,
                                    absl::Time now) {
   const int64_t now_us = Us(now);
   return Transact("complete_task", [&](Txn& t) -> absl::Status {
-    auto& w = t.work;
-    const auto r = w.exec_params(
-        "SELECT state, lease_token, study_id, kind, cache_key, lease_worker, spec "
-        "FROM tasks WHERE id = $1 FOR UPDATE",
-        task_id);
-    if (r.empty()) {
-      return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-    }
-    const std::string state = r[0][0].as<std::string>();
-    const int64_t current = r[0][1].as<int64_t>();
-    if (current == token && state == "SUCCEEDED") return absl::OkStatus();
-    if (current != token || state != "LEASED") {
-      return StaleToken(task_id, token, current, state);
-    }
-    const int64_t study_id = r[0][2].as<int64_t>();
-    const std::string kind = r[0][3].as<std::string>();
-    const std::string cache_key = r[0][4].as<std::string>();
-    // Results must be of this task: its model, dataset and protocol (a
-    // forged or confused worker cannot file results under other names).
-    if (kind == "EXTRACT" && !results.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("task ", task_id, ": an extraction completes without results"));
-    }
-    if (kind != "EXTRACT") {
-      v1::TaskSpec spec;
-      if (!spec.ParseFromString(FromBytes(r[0][6]))) {
-        return absl::DataLossError(absl::StrCat("task ", task_id, ": spec does not parse"));
-      }
-      if (results.empty()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("task ", task_id, ": a probe completes with at least one result"));
-      }
-      for (const auto& result : results) {
-        if (result.model() != spec.model().name() || result.dataset() != spec.dataset().name() ||
-            result.protocol() != spec.protocol().name()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "task ", task_id, " is ", spec.protocol().name(), " of ", spec.model().name(),
-              " on ", spec.dataset().name(), "; a result for ", result.protocol(), " of ",
-              result.model(), " on ", result.dataset(), " does not belong to it"));
-        }
-      }
-    }
-    if (kind == "EXTRACT") {
-      const auto c = w.exec_params(
-          "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "
-          "COALESCE(max(dim), 0), COALESCE(max(chunk_index), -1) "
-          "FROM feature_chunks WHERE cache_key = $1",
-          cache_key);
-      const int64_t chunks = c[0][0].as<int64_t>();
-      const int64_t rows = c[0][1].as<int64_t>();
-      const int min_dim = c[0][2].as<int>();
-      const int max_dim = c[0][3].as<int>();
-      const int64_t max_index = c[0][4].as<int64_t>();
-      // Chunks must tile the rows: each starts where the previous one ended.
-      const auto gaps = w.exec_params(
-          "SELECT count(*) FROM (SELECT row_start, COALESCE(sum(num_rows) OVER ("
-          "ORDER BY chunk_index ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
-          "AS expected FROM feature_chunks WHERE cache_key = $1) x "
-          "WHERE row_start <> expected",
-          cache_key);
-      if (gaps[0][0].as<int64_t>() != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "task ", task_id, ": ", gaps[0][0].as<int64_t>(),
-            " feature chunks do not start where the previous chunk ends"));
-      }
-      if (chunks < extract.chunks && max_index < extract.chunks) {
-        // Chunks the worker stored are gone (a database crash lost their
-        // asynchronous commits): the extraction must run again, resuming
-        // after the chunks that survived.
-        return absl::AbortedError(absl::StrCat(
-            "task ", task_id, ": the feature cache holds ", chunks, " of the ", extract.chunks,
-            " chunks the worker stored; the extraction will run again for the rest"));
-      }
-      if (chunks != extract.chunks || rows != extract.rows ||
-          max_index != chunks - 1 || min_dim != max_dim ||
-          min_dim != extract.dim || chunks == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "task ", task_id, ": the feature cache holds ", chunks,
-            " chunks with ", rows, " rows of width ", min_dim, "..", max_dim,
-            "; the worker reported ", extract.chunks, " chunks, ", extract.rows,
-            " rows of width ", extract.dim));
-      }
-      w.exec_params(
-          "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
-          "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
-          cache_key, rows, extract.dim, extract.chunks, now_us);
-    }
-    for (const auto& result : results) {
-      v1::ProbeResult stored = result;
-      stored.set_task_id(task_id);
-      stored.set_study_id(study_id);
-      if (!stored.artifact().empty()) {
-        // Heads live apart from the results, so listing results stays cheap.
-        const auto a = w.exec_params(
-            "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            study_id, task_id,
-            absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
-                         stored.variant(), stored.subset().empty() ? "" : "/",
-                         stored.subset()),
-            std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
-        stored.set_artifact_id(a[0][0].as<int64_t>());
-        stored.clear_artifact();
-      }
-      w.exec_params(
-          "INSERT INTO results (study_id, task_id, model, dataset, protocol, "
-          "variant, top1, top5, mean_per_class, result) VALUES "
-          "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-          "ON CONFLICT (task_id, variant) DO NOTHING",
-          study_id, task_id, stored.model(), stored.dataset(), stored.protocol(),
-          stored.variant(), stored.top1(), stored.top5(), stored.mean_per_class(),
-          Bytes(stored.SerializeAsString()));
-    }
-    w.exec_params(
-        "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
-        "work_done = work_total WHERE id = $1",
-        task_id, now_us);
-    // Its dependents wait for one task less (CreateStudy holds a producer
-    // FOR SHARE while it adds a dependency on it, so none is missed).
-    w.exec_params(
-        "UPDATE tasks SET blocked_deps = blocked_deps - 1 "
-        "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
-        task_id);
-    w.exec_params(
-        "UPDATE workers SET current_task = 0, last_seen_us = $3 "
-        "WHERE id = $1 AND current_task = $2",
-        r[0][5].as<int64_t>(), task_id, now_us);
-    RefreshStudy(w, study_id, now_us);
+    std::set<int64_t> studies;
+    RETURN_IF_ERROR(CompleteOne(t.work, task_id, token, results, extract, now_us, &studies));
+    for (int64_t s : studies) RefreshStudy(t.work, s, now_us);
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<std::vector<absl::Status>> PgStore::CompleteTasks(
+    const std::vector<TaskCompletion>& tasks, absl::Time now) {
+  const int64_t now_us = Us(now);
+  std::vector<absl::Status> outcomes;
+  RETURN_IF_ERROR(Transact("complete_tasks", [&](Txn& t) -> absl::Status {
+    outcomes.clear();
+    std::set<int64_t> studies;
+    for (const TaskCompletion& c : tasks) {
+      outcomes.push_back(
+          CompleteOne(t.work, c.task_id, c.token, c.results, c.extract, now_us, &studies));
+    }
+    for (int64_t s : studies) RefreshStudy(t.work, s, now_us);
+    return absl::OkStatus();
+  }));
+  return outcomes;
 }
 
 absl::StatusOr<v1::Artifact> PgStore::GetArtifact(int64_t artifact_id) {

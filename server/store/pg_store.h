@@ -58,6 +58,12 @@ class PgStore final : public Store {
                                          absl::Time now) override;
   absl::StatusOr<std::vector<v1::WorkerInfo>> ListWorkers(
       absl::Time alive_since) override;
+  absl::StatusOr<std::vector<Lease>> LeaseTasks(int64_t worker_id, absl::Time now,
+                                                absl::Time deadline,
+                                                const std::vector<std::string>& preferred_keys,
+                                                int max_tasks) override;
+  absl::StatusOr<std::vector<absl::Status>> CompleteTasks(const std::vector<TaskCompletion>& tasks,
+                                                          absl::Time now) override;
   absl::StatusOr<std::optional<Lease>> LeaseTask(
       int64_t worker_id, absl::Time now, absl::Time deadline,
       const std::vector<std::string>& preferred_keys) override;

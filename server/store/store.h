@@ -72,6 +72,13 @@ struct ExtractCompletion {
   int32_t chunks = 0;
 };
 
+struct TaskCompletion {
+  int64_t task_id = 0;
+  int64_t token = 0;
+  std::vector<v1::ProbeResult> results;
+  ExtractCompletion extract;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -105,6 +112,11 @@ class Store {
   virtual absl::StatusOr<std::optional<Lease>> LeaseTask(
       int64_t worker_id, absl::Time now, absl::Time deadline,
       const std::vector<std::string>& preferred_keys) = 0;
+  // Up to `max_tasks` ready tasks in one transaction, each under its own
+  // fencing token (LeaseTask is LeaseTasks with 1).
+  virtual absl::StatusOr<std::vector<Lease>> LeaseTasks(
+      int64_t worker_id, absl::Time now, absl::Time deadline,
+      const std::vector<std::string>& preferred_keys, int max_tasks) = 0;
   virtual absl::StatusOr<HeartbeatOutcome> Heartbeat(
       int64_t worker_id, int64_t task_id, int64_t token, int64_t work_done,
       int64_t work_total, absl::Time now, absl::Time new_deadline) = 0;
@@ -133,6 +145,11 @@ class Store {
                                     const std::vector<v1::ProbeResult>& results,
                                     const ExtractCompletion& extract,
                                     absl::Time now) = 0;
+
+  // CompleteTask for many tasks in one transaction; one status per task, in
+  // order (a refused task writes nothing; the others are completed).
+  virtual absl::StatusOr<std::vector<absl::Status>> CompleteTasks(
+      const std::vector<TaskCompletion>& tasks, absl::Time now) = 0;
 
   virtual absl::Status PutFeatureChunk(int64_t task_id, int64_t token,
                                        const v1::FeatureChunk& chunk) = 0;

@@ -943,3 +943,86 @@ TEST_F(PgStoreTest, GpuTaskKindsGoOnlyToGpuWorkers) {
 
 }  // namespace
 }  // namespace sslbench::server
+
+namespace sslbench::server {
+namespace {
+
+// Batches: leases in one call, each under its own token; completions in one
+// call, each checked against its own token, a refused one writing nothing.
+TEST_F(PgStoreTest, BatchedLeasesAndCompletionsKeepFencingExact) {
+  const int64_t study = Submit(testing::MakeStudy(3, 1));  // 6 extractions, 3 probes
+  const int64_t worker = Register();
+  v1::LeaseTasksRequest lease;
+  lease.set_worker_id(worker);
+  lease.set_max_tasks(0);
+  EXPECT_EQ(coordinator_->LeaseTasks(lease).status().code(), absl::StatusCode::kInvalidArgument);
+  lease.set_max_tasks(4);
+  auto first = coordinator_->LeaseTasks(lease);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->leases_size(), 4);
+  lease.set_max_tasks(10);
+  auto rest = coordinator_->LeaseTasks(lease);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_EQ(rest->leases_size(), 2) << "probes wait for their extractions";
+  std::set<int64_t> ids, tokens;
+  for (const auto* batch : {&*first, &*rest}) {
+    for (const auto& l : batch->leases()) {
+      EXPECT_EQ(l.spec().kind(), v1::TASK_KIND_EXTRACT);
+      ids.insert(l.task_id());
+      tokens.insert(l.lease_token());
+    }
+  }
+  EXPECT_EQ(ids.size(), 6u);
+  EXPECT_EQ(tokens.size(), 6u);
+
+  // Complete all six, one of them with a stale token.
+  for (const auto* batch : {&*first, &*rest}) {
+    for (const auto& l : batch->leases()) {
+      v1::PutFeatureChunkRequest put;
+      put.set_task_id(l.task_id());
+      put.set_lease_token(l.lease_token());
+      put.mutable_chunk()->set_cache_key(l.spec().cache_key());
+      put.mutable_chunk()->set_num_rows(4);
+      put.mutable_chunk()->set_dim(2);
+      put.mutable_chunk()->set_features(std::string(32, '\0'));
+      put.mutable_chunk()->set_labels(std::string(16, '\0'));
+      ASSERT_TRUE(coordinator_->PutFeatureChunk(put).ok());
+    }
+  }
+  v1::CompleteTasksRequest complete;
+  for (const auto* batch : {&*first, &*rest}) {
+    for (const auto& l : batch->leases()) {
+      auto* c = complete.add_tasks();
+      c->set_task_id(l.task_id());
+      c->set_lease_token(l.lease_token());
+      c->set_feature_rows(4);
+      c->set_feature_dim(2);
+      c->set_feature_chunks(1);
+    }
+  }
+  complete.mutable_tasks(2)->set_lease_token(complete.tasks(2).lease_token() ^ 1);
+  auto outcomes = coordinator_->CompleteTasks(complete);
+  ASSERT_TRUE(outcomes.ok()) << outcomes.status();
+  ASSERT_EQ(outcomes->outcomes_size(), 6);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(outcomes->outcomes(i).task_id(), complete.tasks(i).task_id());
+    EXPECT_EQ(outcomes->outcomes(i).code(),
+              i == 2 ? static_cast<int>(absl::StatusCode::kFailedPrecondition) : 0)
+        << i << ": " << outcomes->outcomes(i).message();
+  }
+  // Two probes are ready now (their extractions done); the third waits for
+  // the extraction whose completion was refused, which is still leased.
+  lease.set_max_tasks(10);
+  auto probes = coordinator_->LeaseTasks(lease);
+  ASSERT_TRUE(probes.ok());
+  EXPECT_EQ(probes->leases_size(), 2);
+  complete.mutable_tasks(2)->set_lease_token(complete.tasks(2).lease_token() ^ 1);
+  v1::CompleteTasksRequest again;
+  *again.add_tasks() = complete.tasks(2);
+  ASSERT_EQ(coordinator_->CompleteTasks(again)->outcomes(0).code(), 0);
+  EXPECT_EQ(coordinator_->LeaseTasks(lease)->leases_size(), 1);
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
+}
+
+}  // namespace
+}  // namespace sslbench::server
