@@ -32,7 +32,7 @@ class ExtractRunner final : public TaskRunner {
   absl::StatusOr<TaskOutcome> Run(TaskContext& ctx) override {
     const v1::TaskSpec& spec = ctx.spec();
     RETURN_IF_ERROR(VerifyModel(spec.model(), options_.read, [&ctx] { return ctx.ShouldStop(); }));
-    RETURN_IF_ERROR(CheckDatasetRoot(spec.dataset(), options_.read));
+    RETURN_IF_ERROR(VerifyDataset(spec.dataset(), options_.read));
     const datasets::DatasetConfig config = ToDatasetConfig(spec.dataset());
     ASSIGN_OR_RETURN(std::unique_ptr<datasets::DatasetReader> reader,
                      datasets::OpenDatasetReader(config));

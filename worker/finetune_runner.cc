@@ -96,7 +96,7 @@ class FineTuneRunner final : public TaskRunner {
     const v1::TaskSpec& spec = ctx.spec();
     const v1::FineTuneParams& params = spec.protocol().finetune();
     RETURN_IF_ERROR(VerifyModel(spec.model(), read_, [&ctx] { return ctx.ShouldStop(); }));
-    RETURN_IF_ERROR(CheckDatasetRoot(spec.dataset(), read_));
+    RETURN_IF_ERROR(VerifyDataset(spec.dataset(), read_));
     // Images are held in memory, resized and centre-cropped to the model's
     // input once; the augmentations work from there.
     compute::ModelOptions model = ToModelOptions(spec.model());

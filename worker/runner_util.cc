@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/dataset_digest.h"
 #include "common/path_guard.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -30,9 +31,17 @@ absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy,
   return absl::OkStatus();
 }
 
-absl::Status CheckDatasetRoot(const v1::DatasetSpec& dataset, const ReadPolicy& policy) {
-  return CheckUnderRoots(dataset.root(), policy.data_roots,
-                         absl::StrCat("dataset \"", dataset.name(), "\": folder"));
+absl::Status VerifyDataset(const v1::DatasetSpec& dataset, const ReadPolicy& policy) {
+  RETURN_IF_ERROR(CheckUnderRoots(dataset.root(), policy.data_roots,
+                                  absl::StrCat("dataset \"", dataset.name(), "\": folder")));
+  ASSIGN_OR_RETURN(const std::string digest, DatasetDigest(dataset));
+  if (digest != dataset.digest()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset \"", dataset.name(), "\": the files in ", dataset.root(),
+        " changed since the study was submitted (digest ", digest.substr(0, 12), " != ",
+        dataset.digest().substr(0, 12), "); resubmit the study"));
+  }
+  return absl::OkStatus();
 }
 
 compute::ModelOptions ToModelOptions(const v1::ModelSpec& model) {

@@ -27,8 +27,11 @@ struct ReadPolicy {
 // returns CANCELLED when it says so.
 absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy = ReadPolicy(),
                          const std::function<bool()>& stop = nullptr);
-// The dataset's folder must lie under the policy's data roots.
-absl::Status CheckDatasetRoot(const v1::DatasetSpec& dataset, const ReadPolicy& policy);
+// The dataset's folder must lie under the policy's data roots
+// (PERMISSION_DENIED), and its files must still have the digest the study
+// was submitted with: FAILED_PRECONDITION when they changed since (their
+// features would be cached under a key that no longer describes them).
+absl::Status VerifyDataset(const v1::DatasetSpec& dataset, const ReadPolicy& policy);
 
 compute::ModelOptions ToModelOptions(const v1::ModelSpec& model);
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/dataset_digest.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -56,9 +57,37 @@ TEST(VerifyModelTest, RefusesDevicesPathsOutsideTheRootsAndStopsWhenAsked) {
   v1::DatasetSpec dataset;
   dataset.set_name("d");
   dataset.set_root(root + "/models");
-  const absl::Status outside = CheckDatasetRoot(dataset, policy);
+  const absl::Status outside = VerifyDataset(dataset, policy);
   EXPECT_EQ(outside.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(std::string(outside.message()), HasSubstr("dataset \"d\": folder"));
+  fs::remove_all(root);
+}
+
+// A dataset whose files changed since the study was submitted is refused
+// before its features are extracted under the old key.
+TEST(VerifyDatasetTest, ChangedFilesAreRefused) {
+  char dir[] = "/tmp/sslbench-dataset-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string root = dir;
+  for (const char* split : {"train", "val"}) {
+    for (const char* cls : {"cat", "dog"}) {
+      fs::create_directories(root + "/" + split + "/" + cls);
+      std::ofstream(root + "/" + split + "/" + cls + "/1.png") << split << cls;
+    }
+  }
+  v1::DatasetSpec dataset;
+  dataset.set_name("pets");
+  dataset.set_format("imagefolder");
+  dataset.set_root(root);
+  absl::StatusOr<std::string> digest = DatasetDigest(dataset);
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  dataset.set_digest(*digest);
+  EXPECT_TRUE(VerifyDataset(dataset, ReadPolicy()).ok());
+
+  std::ofstream(root + "/train/dog/2.png") << "a new image";
+  const absl::Status changed = VerifyDataset(dataset, ReadPolicy());
+  EXPECT_EQ(changed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(changed.message()), HasSubstr("changed since the study was submitted"));
   fs::remove_all(root);
 }
 
