@@ -1,6 +1,5 @@
 #include "client/local_stack.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/file_util.h"
 #include "common/random.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
@@ -41,22 +41,6 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ",
-                                            ec.message()));
-  }
-  return absl::OkStatus();
 }
 
 std::string DescribeExit(int code) {
@@ -200,8 +184,11 @@ absl::Status LocalStack::PrepareTokens() {
   std::string worker_token;
   {
     std::ifstream in(bootstrap);
-    std::string role, name, token;
-    while (in >> role >> name >> token) {
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream fields(line.substr(0, line.find('#')));
+      std::string role, name, token;
+      if (!(fields >> role >> name >> token)) continue;
       if (role == "admin") admin_token_ = token;
       if (role == "worker") worker_token = token;
     }
@@ -210,24 +197,14 @@ absl::Status LocalStack::PrepareTokens() {
     admin_token_ = "sbt_" + RandomHex(16);
     worker_token = "sbt_" + RandomHex(16);
   }
-  // Written with mode 600 from the start: the coordinator refuses a
-  // bootstrap file others can read.
-  auto write_private = [](const std::string& path, const std::string& text) -> absl::Status {
-    const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-    const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-    close(fd);
-    if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("cannot write ", path));
-    }
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(write_private(bootstrap, absl::StrCat("# ROLE NAME TOKEN, read by the coordinator\n",
-                                                        "admin local-admin ", admin_token_, "\n",
-                                                        "worker local-workers ", worker_token, "\n")));
-  RETURN_IF_ERROR(write_private(state_dir_ + "/token", admin_token_ + "\n"));
-  return write_private(state_dir_ + "/worker.token", worker_token + "\n");
+  // Mode 600 from the start: the coordinator refuses a bootstrap file others
+  // can read.
+  const std::string lines =
+      absl::StrCat("# ROLE NAME TOKEN, read by the coordinator\n", "admin local-admin ",
+                   admin_token_, "\n", "worker local-workers ", worker_token, "\n");
+  RETURN_IF_ERROR(WriteFileAtomically(bootstrap, lines, 0600));
+  RETURN_IF_ERROR(WriteFileAtomically(state_dir_ + "/token", admin_token_ + "\n", 0600));
+  return WriteFileAtomically(state_dir_ + "/worker.token", worker_token + "\n", 0600);
 }
 
 absl::StatusOr<LocalStack::Child> LocalStack::StartChild(

@@ -1,18 +1,16 @@
 #include "common/tls.h"
 
-#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace sslbench {
@@ -84,18 +82,6 @@ absl::StatusOr<Cert> Sign(EVP_PKEY* key, const char* cn, X509* issuer, EVP_PKEY*
   return cert;
 }
 
-absl::Status WritePrivate(const std::string& path, const std::string& text, mode_t mode) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-  const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  close(fd);
-  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot write ", path));
-  }
-  return absl::OkStatus();
-}
-
 std::string CertPem(X509* cert) {
   BIO* bio = BIO_new(BIO_s_mem());
   PEM_write_bio_X509(bio, cert);
@@ -160,9 +146,9 @@ absl::Status MakeDevCertificates(const std::string& dir) {
   ASSIGN_OR_RETURN(Key key, NewKey());
   ASSIGN_OR_RETURN(Cert cert, Sign(key.get(), "localhost", ca.get(), ca_key.get(), 2));
   // The CA's key is not kept: nothing else is ever signed with it.
-  RETURN_IF_ERROR(WritePrivate(key_path, KeyPem(key.get()), 0600));
-  RETURN_IF_ERROR(WritePrivate(cert_path, CertPem(cert.get()), 0644));
-  return WritePrivate(ca_path, CertPem(ca.get()), 0644);
+  RETURN_IF_ERROR(WriteFileAtomically(key_path, KeyPem(key.get()), 0600));
+  RETURN_IF_ERROR(WriteFileAtomically(cert_path, CertPem(cert.get()), 0644));
+  return WriteFileAtomically(ca_path, CertPem(ca.get()), 0644);
 }
 
 }  // namespace sslbench

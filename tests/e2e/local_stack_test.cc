@@ -170,3 +170,37 @@ TEST(CoordinatorStartTest, WaitsForItsDatabase) {
 
 }  // namespace
 }  // namespace sslbench::client
+
+namespace sslbench::client {
+namespace {
+
+// The stack's tokens survive a restart (shells holding the admin token go
+// on working), and their files stay private.
+TEST(LocalStackTest, TokensAreKeptBetweenRuns) {
+  char dir[] = "/tmp/sslbench-up-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  LocalStackOptions options;
+  options.state_dir = dir;
+  options.workers = 0;
+  options.bin_dir = SSLBENCH_BIN_DIR;
+  std::string first;
+  {
+    auto stack = LocalStack::Start(options);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    first = (*stack)->admin_token();
+  }
+  auto again = LocalStack::Start(options);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->admin_token(), first);
+  EXPECT_EQ(first.size(), 36u);
+  for (const char* name : {"/tokens", "/token", "/worker.token", "/tls/server.key"}) {
+    struct stat st;
+    ASSERT_EQ(stat((std::string(dir) + name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode & 077, 0u) << name;
+  }
+  again->reset();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sslbench::client

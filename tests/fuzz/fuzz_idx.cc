@@ -8,7 +8,6 @@
 #include <string>
 
 #include "tests/fuzz/fuzz_util.h"
-#include "worker/datasets/dataset_reader.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
@@ -16,13 +15,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& dir = sslbench::fuzz::Scratch();
   sslbench::fuzz::WriteFile(dir + "/train-images-idx3-ubyte", data + 1, split);
   sslbench::fuzz::WriteFile(dir + "/train-labels-idx1-ubyte", data + 1 + split, size - 1 - split);
-  sslbench::datasets::DatasetConfig config;
-  config.format = "idx";
-  config.root = dir;
-  auto reader = sslbench::datasets::OpenDatasetReader(config);
-  if (!reader.ok()) return 0;
-  auto listing = (*reader)->List("train", 0);
-  if (!listing.ok()) return 0;
-  for (const auto& record : listing->records) (void)(*reader)->ReadRecord(record);
+  sslbench::fuzz::ListAndReadAll("idx", dir);
   return 0;
 }
