@@ -57,6 +57,77 @@ v1::StudyState StudyStateFromName(const std::string& name) {
 }
 
 
+// The statements of the hot paths, prepared on every connection.
+std::string LeasePick(bool gpu, bool preferred) {
+  // The first ready tasks (PENDING, no unfinished dependency, backoff over)
+  // from a partial index; SKIP LOCKED: concurrent leasers each take
+  // different rows, none waits. The dependency check is kept as a second
+  // guard. $1 now, $2 ids taken already, $3 how many, $4 preferred keys.
+  return absl::StrCat(
+      "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
+      "AND t.not_before_us <= $1",
+      gpu ? "" : " AND NOT t.requires_gpu",
+      " AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
+      " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') AND t.id <> ALL($2::bigint[])",
+      preferred ? " AND t.input_key = ANY($4::text[])" : "",
+      " ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED");
+}
+const Statement kLeasePick[2][2] = {
+    {{"lease_pick_cpu", LeasePick(false, false)}, {"lease_pick_cpu_preferred", LeasePick(false, true)}},
+    {{"lease_pick_gpu", LeasePick(true, false)}, {"lease_pick_gpu_preferred", LeasePick(true, true)}}};
+const Statement kLeaseWorkerSeen{
+    "lease_worker_seen",
+    "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 RETURNING device"};
+const Statement kLeaseTake{
+    "lease_take",
+    "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $1, "
+    "lease_deadline_us = $2, attempts = attempts + 1, work_done = 0, work_total = 0 "
+    "FROM unnest($3::bigint[], $4::bigint[]) AS v(id, token) WHERE t.id = v.id "
+    "RETURNING t.id, t.lease_token, t.attempts, t.spec"};
+const Statement kLeaseWorkerTask{"lease_worker_task",
+                                 "UPDATE workers SET current_task = $2 WHERE id = $1"};
+const Statement kHeartbeatRead{
+    "heartbeat_read",
+    "SELECT state, lease_token, lease_worker FROM tasks WHERE id = $1 FOR UPDATE"};
+const Statement kWorkerSeen{"worker_seen", "UPDATE workers SET last_seen_us = $2 WHERE id = $1"};
+const Statement kHeartbeatExtend{
+    "heartbeat_extend",
+    "UPDATE tasks SET lease_deadline_us = $2, work_done = $3, work_total = $4 WHERE id = $1"};
+const Statement kCompleteRead{
+    "complete_read",
+    "SELECT id, state, lease_token, study_id, kind, cache_key, lease_worker, spec "
+    "FROM tasks WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"};
+const Statement kCompleteResults{
+    "complete_results",
+    "INSERT INTO results (study_id, task_id, model, dataset, protocol, variant, top1, top5, "
+    "mean_per_class, result) "
+    "SELECT s, t, m, d, p, v, a, b, c, decode(r, 'hex') FROM unnest($1::bigint[], "
+    "$2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], "
+    "$8::float8[], $9::float8[], $10::text[]) AS x(s, t, m, d, p, v, a, b, c, r) "
+    "ON CONFLICT (task_id, variant) DO NOTHING"};
+const Statement kCompleteDone{
+    "complete_done",
+    "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, work_done = work_total "
+    "WHERE id = ANY($1::bigint[])"};
+const Statement kCompleteUnblock{
+    "complete_unblock",
+    "UPDATE tasks t SET blocked_deps = t.blocked_deps - d.n FROM (SELECT task_id, "
+    "count(*) AS n FROM task_deps WHERE depends_on = ANY($1::bigint[]) GROUP BY task_id) d "
+    "WHERE t.id = d.task_id"};
+const Statement kCompleteWorkers{
+    "complete_workers",
+    "UPDATE workers w SET current_task = 0, last_seen_us = $3 FROM unnest($1::bigint[], "
+    "$2::bigint[]) AS v(worker, task) WHERE w.id = v.worker AND w.current_task = v.task"};
+// NO KEY UPDATE: serialises the study's refreshes without conflicting with
+// the KEY SHARE locks that inserting its results (a foreign key) takes; FOR
+// UPDATE deadlocked concurrent completions.
+const Statement kRefreshLock{"refresh_lock",
+                             "SELECT state FROM studies WHERE id = $1 FOR NO KEY UPDATE"};
+const Statement kRefreshOpen{
+    "refresh_open",
+    "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED'))"};
+
+
 // Fails, transitively, the pending tasks that depend on `failed_task`.
 // Returns the studies touched.
 std::set<int64_t> FailDependents(pqxx::work& w, int64_t failed_task,
@@ -83,15 +154,9 @@ std::set<int64_t> FailDependents(pqxx::work& w, int64_t failed_task,
 
 // Recomputes a running study's state from its own tasks.
 void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
-  const auto s = w.exec_params(
-      // NO KEY UPDATE: serialises the study's refreshes without conflicting
-      // with the KEY SHARE locks that inserting its results (a foreign key)
-      // takes; FOR UPDATE deadlocked concurrent completions.
-      "SELECT state FROM studies WHERE id = $1 FOR NO KEY UPDATE", study_id);
+  const auto s = Run(w, kRefreshLock, study_id);
   if (s.empty() || s[0][0].as<std::string>() != "RUNNING") return;
-  const auto open = w.exec_params(
-      "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED'))",
-      study_id);
+  const auto open = Run(w, kRefreshOpen, study_id);
   if (open[0][0].as<bool>()) return;
   const auto failed = w.exec_params(
       "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state = 'FAILED')", study_id);
@@ -114,6 +179,15 @@ void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
 }
 
 }  // namespace
+
+const std::vector<const Statement*>& PreparedStatements() {
+  static const auto* statements = new std::vector<const Statement*>{
+      &kLeasePick[0][0], &kLeasePick[0][1], &kLeasePick[1][0], &kLeasePick[1][1],
+      &kLeaseWorkerSeen, &kLeaseTake, &kLeaseWorkerTask, &kHeartbeatRead, &kWorkerSeen,
+      &kHeartbeatExtend, &kCompleteRead, &kCompleteResults, &kCompleteDone, &kCompleteUnblock,
+      &kCompleteWorkers, &kRefreshLock, &kRefreshOpen};
+  return *statements;
+}
 
 absl::StatusOr<std::unique_ptr<PgStore>> PgStore::Create(PgStoreOptions options) {
   std::unique_ptr<PgStore> store(new PgStore(std::move(options)));
@@ -319,64 +393,116 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     created.study_id = study_id;
 
     const auto& gpu_kinds = plan.spec.gpu_task_kinds();
-    auto insert_task = [&](const v1::TaskSpec& spec, int blocked_deps) -> int64_t {
-      const bool requires_gpu =
-          std::find(gpu_kinds.begin(), gpu_kinds.end(), spec.kind()) != gpu_kinds.end();
-      const auto r = w.exec_params(
-          "INSERT INTO tasks (study_id, kind, state, spec, cache_key, "
-          "max_attempts, created_us, input_key, requires_gpu, blocked_deps) "
-          "VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-          study_id, KindName(spec.kind()), Bytes(spec.SerializeAsString()),
-          spec.cache_key(), plan.spec.max_attempts(), now_us, spec.train_cache_key(),
-          requires_gpu, blocked_deps);
-      ++created.tasks;
-      return r[0][0].as<int64_t>();
+    auto requires_gpu = [&](const v1::TaskSpec& spec) {
+      return std::find(gpu_kinds.begin(), gpu_kinds.end(), spec.kind()) != gpu_kinds.end();
     };
+
+    // The feature caches the study reads: the missing ones are created, all
+    // are locked in key order (concurrent submissions sharing caches lock
+    // them in the same order), one statement each for the whole study.
+    std::vector<const PlannedExtract*> extracts;
+    for (const auto& extract : plan.extracts) extracts.push_back(&extract);
+    std::sort(extracts.begin(), extracts.end(),
+              [](const PlannedExtract* a, const PlannedExtract* b) {
+                return a->cache_key < b->cache_key;
+              });
+    std::vector<std::string> keys, models, datasets, splits;
+    for (const PlannedExtract* e : extracts) {
+      keys.push_back(e->cache_key);
+      models.push_back(e->spec.model().name());
+      datasets.push_back(e->spec.dataset().name());
+      splits.push_back(e->spec.split());
+    }
+    const std::string key_array = PgArray(keys);
+    struct Cache {
+      bool complete = false;
+      int64_t producer = 0;
+      std::string producer_state;
+    };
+    std::map<std::string, Cache> caches;
+    if (!extracts.empty()) {
+      w.exec_params(
+          "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us) "
+          "SELECT k, m, d, s, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+          "AS x(k, m, d, s) ORDER BY k ON CONFLICT (cache_key) DO NOTHING",
+          key_array, PgArray(models), PgArray(datasets), PgArray(splits), now_us);
+      std::vector<int64_t> running;
+      for (const auto& row : w.exec_params(
+               "SELECT c.cache_key, c.complete, c.producer_task, COALESCE(t.state, '') "
+               "FROM feature_caches c LEFT JOIN tasks t ON t.id = c.producer_task "
+               "WHERE c.cache_key = ANY($1::text[]) ORDER BY c.cache_key FOR UPDATE OF c",
+               key_array)) {
+        Cache& cache = caches[row[0].as<std::string>()];
+        cache.complete = row[1].as<bool>();
+        cache.producer = row[2].as<int64_t>();
+        cache.producer_state = row[3].as<std::string>();
+        if (cache.producer != 0 && !cache.complete) running.push_back(cache.producer);
+      }
+      if (!running.empty()) {
+        // Lock the producers so a concurrent CancelStudy waits for this
+        // transaction (and then sees the dependencies on them), and read
+        // their states as of that lock.
+        std::map<int64_t, std::string> states;
+        for (const auto& row : w.exec_params(
+                 "SELECT id, state FROM tasks WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE",
+                 PgArray(running))) {
+          states[row[0].as<int64_t>()] = row[1].as<std::string>();
+        }
+        for (auto& [key, cache] : caches) {
+          if (cache.producer != 0 && !cache.complete) cache.producer_state = states[cache.producer];
+        }
+      }
+    }
 
     // cache key -> producing task (0 when the cache is complete), and
     // whether that task has SUCCEEDED already.
     std::map<std::string, int64_t> producers;
     std::set<int64_t> succeeded;
+    std::vector<const PlannedExtract*> to_extract;  // in the plan's order
     for (const auto& extract : plan.extracts) {
-      w.exec_params(
-          "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us) "
-          "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cache_key) DO NOTHING",
-          extract.cache_key, extract.spec.model().name(),
-          extract.spec.dataset().name(), extract.spec.split(), now_us);
-      const auto cache = w.exec_params(
-          "SELECT c.complete, c.producer_task, COALESCE(t.state, '') "
-          "FROM feature_caches c LEFT JOIN tasks t ON t.id = c.producer_task "
-          "WHERE c.cache_key = $1 FOR UPDATE OF c",
-          extract.cache_key);
-      const bool complete = cache[0][0].as<bool>();
-      const int64_t producer = cache[0][1].as<int64_t>();
-      std::string producer_state = cache[0][2].as<std::string>();
-      if (producer != 0 && !complete) {
-        // Lock the producer so a concurrent CancelStudy waits for this
-        // transaction (and then sees the dependency on it), and read its
-        // state as of that lock.
-        const auto locked = w.exec_params(
-            "SELECT state FROM tasks WHERE id = $1 FOR SHARE", producer);
-        producer_state = locked.empty() ? std::string() : locked[0][0].as<std::string>();
-      }
-      if (complete) {
+      const Cache& cache = caches.at(extract.cache_key);
+      if (cache.complete) {
         producers[extract.cache_key] = 0;
         ++created.reused_features;
-      } else if (producer != 0 &&
-                 (producer_state == "PENDING" || producer_state == "LEASED" ||
-                  producer_state == "SUCCEEDED")) {
-        producers[extract.cache_key] = producer;
-        if (producer_state == "SUCCEEDED") succeeded.insert(producer);
+      } else if (cache.producer != 0 &&
+                 (cache.producer_state == "PENDING" || cache.producer_state == "LEASED" ||
+                  cache.producer_state == "SUCCEEDED")) {
+        producers[extract.cache_key] = cache.producer;
+        if (cache.producer_state == "SUCCEEDED") succeeded.insert(cache.producer);
         ++created.shared_features;
       } else {
-        const int64_t id = insert_task(extract.spec, 0);
-        w.exec_params(
-            "UPDATE feature_caches SET producer_task = $2 WHERE cache_key = $1",
-            extract.cache_key, id);
-        producers[extract.cache_key] = id;
+        to_extract.push_back(&extract);
       }
     }
+    // Task ids up front, so that tasks and their dependencies go in as a few
+    // multi-row statements rather than one statement per row.
+    const int64_t count = static_cast<int64_t>(to_extract.size() + plan.probes.size());
+    std::vector<int64_t> ids;
+    if (count > 0) {
+      for (const auto& row : w.exec_params(
+               "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) "
+               "FROM generate_series(1, $1)",
+               count)) {
+        ids.push_back(row[0].as<int64_t>());
+      }
+      std::sort(ids.begin(), ids.end());
+    }
+    struct NewTask {
+      const v1::TaskSpec* spec;
+      int blocked_deps;
+    };
+    std::vector<NewTask> rows;
+    std::vector<std::string> produced_keys;
+    std::vector<int64_t> producer_ids, dep_task, dep_on;
+    for (const PlannedExtract* extract : to_extract) {
+      const int64_t id = ids[rows.size()];
+      rows.push_back(NewTask{&extract->spec, 0});
+      producers[extract->cache_key] = id;
+      produced_keys.push_back(extract->cache_key);
+      producer_ids.push_back(id);
+    }
     for (const auto& probe : plan.probes) {
+      const int64_t id = ids[rows.size()];
       std::set<int64_t> deps;
       for (const std::string* key :
            {&probe.spec.train_cache_key(), &probe.spec.test_cache_key()}) {
@@ -385,11 +511,52 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
         if (producer != 0) deps.insert(producer);
       }
       int blocked = 0;
-      for (int64_t dep : deps) blocked += succeeded.count(dep) ? 0 : 1;
-      const int64_t id = insert_task(probe.spec, blocked);
       for (int64_t dep : deps) {
-        w.exec_params("INSERT INTO task_deps (task_id, depends_on) VALUES ($1, $2)", id, dep);
+        blocked += succeeded.count(dep) ? 0 : 1;
+        dep_task.push_back(id);
+        dep_on.push_back(dep);
       }
+      rows.push_back(NewTask{&probe.spec, blocked});
+    }
+    constexpr size_t kRowsPerStatement = 1000;
+    for (size_t begin = 0; begin < rows.size(); begin += kRowsPerStatement) {
+      const size_t end = std::min(rows.size(), begin + kRowsPerStatement);
+      std::vector<int64_t> task_ids, blocked;
+      std::vector<std::string> kinds, specs, cache_keys, input_keys, gpu;
+      for (size_t k = begin; k < end; ++k) {
+        const v1::TaskSpec& spec = *rows[k].spec;
+        task_ids.push_back(ids[k]);
+        kinds.push_back(KindName(spec.kind()));
+        specs.push_back(Hex(spec.SerializeAsString()));
+        cache_keys.push_back(spec.cache_key());
+        input_keys.push_back(spec.train_cache_key());
+        gpu.push_back(requires_gpu(spec) ? "t" : "f");
+        blocked.push_back(rows[k].blocked_deps);
+      }
+      w.exec_params(
+          "INSERT INTO tasks (id, study_id, kind, state, spec, cache_key, max_attempts, "
+          "created_us, input_key, requires_gpu, blocked_deps) "
+          "SELECT i, $1, k, 'PENDING', decode(s, 'hex'), c, $2, $3, n, g, b FROM "
+          "unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], "
+          "$9::boolean[], $10::int[]) AS x(i, k, s, c, n, g, b)",
+          study_id, plan.spec.max_attempts(), now_us, PgArray(task_ids), PgArray(kinds),
+          PgArray(specs), PgArray(cache_keys), PgArray(input_keys), PgArray(gpu),
+          PgArray(blocked));
+    }
+    created.tasks = static_cast<int64_t>(rows.size());
+    if (!produced_keys.empty()) {
+      w.exec_params(
+          "UPDATE feature_caches c SET producer_task = v.id FROM unnest($1::text[], "
+          "$2::bigint[]) AS v(k, id) WHERE c.cache_key = v.k",
+          PgArray(produced_keys), PgArray(producer_ids));
+    }
+    for (size_t begin = 0; begin < dep_task.size(); begin += 10 * kRowsPerStatement) {
+      const size_t end = std::min(dep_task.size(), begin + 10 * kRowsPerStatement);
+      w.exec_params(
+          "INSERT INTO task_deps (task_id, depends_on) "
+          "SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+          PgArray(std::vector<int64_t>(dep_task.begin() + begin, dep_task.begin() + end)),
+          PgArray(std::vector<int64_t>(dep_on.begin() + begin, dep_on.begin() + end)));
     }
     w.exec_params("UPDATE studies SET reused_features = $2 WHERE id = $1",
                   study_id, created.reused_features);
@@ -588,53 +755,36 @@ absl::StatusOr<std::optional<Lease>> PgStore::LeaseTask(
 absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
     int64_t worker_id, absl::Time now, absl::Time deadline,
     const std::vector<std::string>& preferred_keys, int max_tasks) {
-  // A text[] literal; the keys are hex digits (the coordinator checks).
-  const std::string preferred = absl::StrCat("{", absl::StrJoin(preferred_keys, ","), "}");
+  // The keys are hex digits (the coordinator checks).
+  const std::string preferred = PgArray(preferred_keys);
   std::vector<Lease> leases;
   RETURN_IF_ERROR(Transact("lease_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     leases.clear();
-    const auto seen = w.exec_params(
-        "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 "
-        "RETURNING device",
-        worker_id, Us(now));
+    const auto seen = Run(w, kLeaseWorkerSeen, worker_id, Us(now));
     if (seen.empty()) {
       return absl::NotFoundError(absl::StrCat(
           "worker ", worker_id, " is not registered; register again"));
     }
     // The device the worker registered with ("cpu", "cuda:N").
     const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
-    // The first ready tasks (PENDING, no unfinished dependency, backoff
-    // over) from a partial index; SKIP LOCKED: concurrent leasers each take
-    // different rows, none waits. Probes whose features this worker holds
-    // go first. The dependency check is kept as a second guard.
-    const std::string ready = absl::StrCat(
-        "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
-        "AND t.not_before_us <= $1", has_gpu ? "" : " AND NOT t.requires_gpu",
-        " AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
-        " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') AND t.id <> ALL($2::bigint[])");
+    // Probes whose features this worker holds go first.
     std::vector<int64_t> ids;
-    auto pick = [&](const std::string& extra, const std::string* keys) {
-      const std::string sql = absl::StrCat(ready, extra, " ORDER BY t.id LIMIT $3 ",
-                                           "FOR UPDATE OF t SKIP LOCKED");
-      const std::string taken = absl::StrCat("{", absl::StrJoin(ids, ","), "}");
+    auto pick = [&](bool by_preference) {
+      const std::string taken = PgArray(ids);
       const int want = max_tasks - static_cast<int>(ids.size());
-      const pqxx::result r = keys ? w.exec_params(sql, Us(now), taken, want, *keys)
-                                  : w.exec_params(sql, Us(now), taken, want);
+      const Statement& statement = kLeasePick[has_gpu][by_preference];
+      const pqxx::result r = by_preference
+                                 ? Run(w, statement, Us(now), taken, want, preferred)
+                                 : Run(w, statement, Us(now), taken, want);
       for (const auto& row : r) ids.push_back(row[0].as<int64_t>());
     };
-    if (!preferred_keys.empty()) pick(" AND t.input_key = ANY($4::text[])", &preferred);
-    if (static_cast<int>(ids.size()) < max_tasks) pick("", nullptr);
+    if (!preferred_keys.empty()) pick(true);
+    if (static_cast<int>(ids.size()) < max_tasks) pick(false);
     if (ids.empty()) return absl::OkStatus();
     std::vector<int64_t> tokens;
     for (size_t k = 0; k < ids.size(); ++k) tokens.push_back(RandomPositiveInt64());
-    const auto r = w.exec_params(
-        "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $1, "
-        "lease_deadline_us = $2, attempts = attempts + 1, work_done = 0, work_total = 0 "
-        "FROM unnest($3::bigint[], $4::bigint[]) AS v(id, token) WHERE t.id = v.id "
-        "RETURNING t.id, t.lease_token, t.attempts, t.spec",
-        worker_id, Us(deadline), absl::StrCat("{", absl::StrJoin(ids, ","), "}"),
-        absl::StrCat("{", absl::StrJoin(tokens, ","), "}"));
+    const auto r = Run(w, kLeaseTake, worker_id, Us(deadline), PgArray(ids), PgArray(tokens));
     for (const auto& row : r) {
       Lease l;
       l.task_id = row[0].as<int64_t>();
@@ -648,8 +798,7 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
     }
     std::sort(leases.begin(), leases.end(),
               [](const Lease& a, const Lease& b) { return a.task_id < b.task_id; });
-    w.exec_params("UPDATE workers SET current_task = $2 WHERE id = $1", worker_id,
-                  leases.front().task_id);
+    Run(w, kLeaseWorkerTask, worker_id, leases.front().task_id);
     return absl::OkStatus();
   }));
   return leases;
@@ -662,8 +811,7 @@ absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
   RETURN_IF_ERROR(Transact("heartbeat", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     outcome = HeartbeatOutcome{};
-    const auto r = w.exec_params(
-        "SELECT state, lease_token, lease_worker FROM tasks WHERE id = $1 FOR UPDATE", task_id);
+    const auto r = Run(w, kHeartbeatRead, task_id);
     if (r.empty()) {
       return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
     }
@@ -674,8 +822,7 @@ absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
       return absl::FailedPreconditionError(absl::StrCat(
           "lease lost: task ", task_id, " is not leased to worker ", worker_id));
     }
-    w.exec_params("UPDATE workers SET last_seen_us = $2 WHERE id = $1",
-                  worker_id, Us(now));
+    Run(w, kWorkerSeen, worker_id, Us(now));
     if (current == token && state == "CANCELLED") {
       outcome.cancelled = true;
       return absl::OkStatus();
@@ -683,10 +830,7 @@ absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
     if (current != token || state != "LEASED") {
       return StaleToken(task_id, token, current, state);
     }
-    w.exec_params(
-        "UPDATE tasks SET lease_deadline_us = $2, work_done = $3, work_total = $4 "
-        "WHERE id = $1",
-        task_id, Us(new_deadline), work_done, work_total);
+    Run(w, kHeartbeatExtend, task_id, Us(new_deadline), work_done, work_total);
     return absl::OkStatus();
   }));
   return outcome;
@@ -809,140 +953,194 @@ absl::Status PgStore::ReleaseTask(int64_t task_id, int64_t token,
 
 namespace {
 
-// One completion inside a transaction: every check comes before the first
-// write, so a refused task writes nothing. Adds the study to refresh.
-absl::Status CompleteOne(pqxx::work& w, int64_t task_id, int64_t token,
-                         const std::vector<v1::ProbeResult>& results,
-                         const ExtractCompletion& extract, int64_t now_us,
-                         std::set<int64_t>* studies) {
-  const auto r = w.exec_params(
-      "SELECT state, lease_token, study_id, kind, cache_key, lease_worker, spec "
-      "FROM tasks WHERE id = $1 FOR UPDATE",
-      task_id);
-  if (r.empty()) {
-    return absl::NotFoundError(absl::StrCat("task ", task_id, " not found"));
-  }
-  const std::string state = r[0][0].as<std::string>();
-  const int64_t current = r[0][1].as<int64_t>();
-  if (current == token && state == "SUCCEEDED") return absl::OkStatus();
-  if (current != token || state != "LEASED") {
-    return StaleToken(task_id, token, current, state);
-  }
-  const int64_t study_id = r[0][2].as<int64_t>();
-  const std::string kind = r[0][3].as<std::string>();
-  const std::string cache_key = r[0][4].as<std::string>();
-  // Results must be of this task: its model, dataset and protocol (a
-  // forged or confused worker cannot file results under other names).
-  if (kind == "EXTRACT" && !results.empty()) {
+// A task as a completion reads it, locked.
+struct CompletingTask {
+  std::string state;
+  int64_t token = 0;
+  int64_t study_id = 0;
+  std::string kind;
+  std::string cache_key;
+  int64_t lease_worker = 0;
+  std::string spec;
+};
+
+// Results must be of this task: its model, dataset and protocol (a forged
+// or confused worker cannot file results under other names). A probe
+// completes with at least one result, an extraction with none.
+absl::Status CheckResultsBelong(int64_t task_id, const CompletingTask& task,
+                                const std::vector<v1::ProbeResult>& results) {
+  if (task.kind == "EXTRACT") {
+    if (results.empty()) return absl::OkStatus();
     return absl::InvalidArgumentError(
         absl::StrCat("task ", task_id, ": an extraction completes without results"));
   }
-  if (kind != "EXTRACT") {
-    v1::TaskSpec spec;
-    if (!spec.ParseFromString(FromBytes(r[0][6]))) {
-      return absl::DataLossError(absl::StrCat("task ", task_id, ": spec does not parse"));
-    }
-    if (results.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("task ", task_id, ": a probe completes with at least one result"));
-    }
-    for (const auto& result : results) {
-      if (result.model() != spec.model().name() || result.dataset() != spec.dataset().name() ||
-          result.protocol() != spec.protocol().name()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "task ", task_id, " is ", spec.protocol().name(), " of ", spec.model().name(),
-            " on ", spec.dataset().name(), "; a result for ", result.protocol(), " of ",
-            result.model(), " on ", result.dataset(), " does not belong to it"));
-      }
-    }
+  v1::TaskSpec spec;
+  if (!spec.ParseFromString(task.spec)) {
+    return absl::DataLossError(absl::StrCat("task ", task_id, ": spec does not parse"));
   }
-  if (kind == "EXTRACT") {
-    const auto c = w.exec_params(
-        "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "
-        "COALESCE(max(dim), 0), COALESCE(max(chunk_index), -1) "
-        "FROM feature_chunks WHERE cache_key = $1",
-        cache_key);
-    const int64_t chunks = c[0][0].as<int64_t>();
-    const int64_t rows = c[0][1].as<int64_t>();
-    const int min_dim = c[0][2].as<int>();
-    const int max_dim = c[0][3].as<int>();
-    const int64_t max_index = c[0][4].as<int64_t>();
-    // Chunks must tile the rows: each starts where the previous one ended.
-    const auto gaps = w.exec_params(
-        "SELECT count(*) FROM (SELECT row_start, COALESCE(sum(num_rows) OVER ("
-        "ORDER BY chunk_index ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
-        "AS expected FROM feature_chunks WHERE cache_key = $1) x "
-        "WHERE row_start <> expected",
-        cache_key);
-    if (gaps[0][0].as<int64_t>() != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "task ", task_id, ": ", gaps[0][0].as<int64_t>(),
-          " feature chunks do not start where the previous chunk ends"));
-    }
-    if (chunks < extract.chunks && max_index < extract.chunks) {
-      // Chunks the worker stored are gone (a database crash lost their
-      // asynchronous commits): the extraction must run again, resuming
-      // after the chunks that survived.
-      return absl::AbortedError(absl::StrCat(
-          "task ", task_id, ": the feature cache holds ", chunks, " of the ", extract.chunks,
-          " chunks the worker stored; the extraction will run again for the rest"));
-    }
-    if (chunks != extract.chunks || rows != extract.rows ||
-        max_index != chunks - 1 || min_dim != max_dim ||
-        min_dim != extract.dim || chunks == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "task ", task_id, ": the feature cache holds ", chunks,
-          " chunks with ", rows, " rows of width ", min_dim, "..", max_dim,
-          "; the worker reported ", extract.chunks, " chunks, ", extract.rows,
-          " rows of width ", extract.dim));
-    }
-    w.exec_params(
-        "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
-        "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
-        cache_key, rows, extract.dim, extract.chunks, now_us);
+  if (results.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", task_id, ": a probe completes with at least one result"));
   }
   for (const auto& result : results) {
-    v1::ProbeResult stored = result;
-    stored.set_task_id(task_id);
-    stored.set_study_id(study_id);
-    if (!stored.artifact().empty()) {
-      // Heads live apart from the results, so listing results stays cheap.
-      const auto a = w.exec_params(
-          "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
-          "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-          study_id, task_id,
-          absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
-                       stored.variant(), stored.subset().empty() ? "" : "/",
-                       stored.subset()),
-          std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
-      stored.set_artifact_id(a[0][0].as<int64_t>());
-      stored.clear_artifact();
+    if (result.model() != spec.model().name() || result.dataset() != spec.dataset().name() ||
+        result.protocol() != spec.protocol().name()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task ", task_id, " is ", spec.protocol().name(), " of ", spec.model().name(), " on ",
+          spec.dataset().name(), "; a result for ", result.protocol(), " of ", result.model(),
+          " on ", result.dataset(), " does not belong to it"));
     }
-    w.exec_params(
-        "INSERT INTO results (study_id, task_id, model, dataset, protocol, "
-        "variant, top1, top5, mean_per_class, result) VALUES "
-        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-        "ON CONFLICT (task_id, variant) DO NOTHING",
-        study_id, task_id, stored.model(), stored.dataset(), stored.protocol(),
-        stored.variant(), stored.top1(), stored.top5(), stored.mean_per_class(),
-        Bytes(stored.SerializeAsString()));
   }
-  w.exec_params(
-      "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
-      "work_done = work_total WHERE id = $1",
-      task_id, now_us);
-  // Its dependents wait for one task less (CreateStudy holds a producer
-  // FOR SHARE while it adds a dependency on it, so none is missed).
-  w.exec_params(
-      "UPDATE tasks SET blocked_deps = blocked_deps - 1 "
-      "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
-      task_id);
-  w.exec_params(
-      "UPDATE workers SET current_task = 0, last_seen_us = $3 "
-      "WHERE id = $1 AND current_task = $2",
-      r[0][5].as<int64_t>(), task_id, now_us);
-  studies->insert(study_id);
   return absl::OkStatus();
+}
+
+// An extraction's chunks must be the ones the worker reports storing, and
+// must tile the rows: each starts where the previous one ended.
+absl::Status CheckChunks(pqxx::work& w, int64_t task_id, const std::string& cache_key,
+                         const ExtractCompletion& extract) {
+  const auto c = w.exec_params(
+      "SELECT count(*), COALESCE(sum(num_rows), 0), COALESCE(min(dim), 0), "
+      "COALESCE(max(dim), 0), COALESCE(max(chunk_index), -1), "
+      "(SELECT count(*) FROM (SELECT row_start, COALESCE(sum(num_rows) OVER ("
+      "ORDER BY chunk_index ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) "
+      "AS expected FROM feature_chunks WHERE cache_key = $1) x WHERE row_start <> expected) "
+      "FROM feature_chunks WHERE cache_key = $1",
+      cache_key);
+  const int64_t chunks = c[0][0].as<int64_t>();
+  const int64_t rows = c[0][1].as<int64_t>();
+  const int min_dim = c[0][2].as<int>();
+  const int max_dim = c[0][3].as<int>();
+  const int64_t max_index = c[0][4].as<int64_t>();
+  const int64_t gaps = c[0][5].as<int64_t>();
+  if (gaps != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", task_id, ": ", gaps, " feature chunks do not start where the previous chunk ends"));
+  }
+  if (chunks < extract.chunks && max_index < extract.chunks) {
+    // Chunks the worker stored are gone (a database crash lost their
+    // asynchronous commits): the extraction must run again, resuming after
+    // the chunks that survived.
+    return absl::AbortedError(absl::StrCat(
+        "task ", task_id, ": the feature cache holds ", chunks, " of the ", extract.chunks,
+        " chunks the worker stored; the extraction will run again for the rest"));
+  }
+  if (chunks != extract.chunks || rows != extract.rows || max_index != chunks - 1 ||
+      min_dim != max_dim || min_dim != extract.dim || chunks == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", task_id, ": the feature cache holds ", chunks, " chunks with ", rows,
+        " rows of width ", min_dim, "..", max_dim, "; the worker reported ", extract.chunks,
+        " chunks, ", extract.rows, " rows of width ", extract.dim));
+  }
+  return absl::OkStatus();
+}
+
+// Completes a batch inside one transaction, with a fixed number of
+// statements for the probes however many there are: the tasks are locked
+// and read with one statement (in id order, as leases lock them), every
+// check comes before the first write so that a refused task writes
+// nothing, and the accepted ones are written together. Extractions add two
+// statements each (their chunks are checked one cache at a time).
+std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCompletion>& tasks,
+                                        int64_t now_us, std::set<int64_t>* studies) {
+  std::vector<absl::Status> outcomes(tasks.size());
+  std::vector<int64_t> ids;
+  for (const TaskCompletion& c : tasks) ids.push_back(c.task_id);
+  std::map<int64_t, CompletingTask> rows;
+  for (const auto& row : Run(w, kCompleteRead, PgArray(ids))) {
+    CompletingTask& t = rows[row[0].as<int64_t>()];
+    t.state = row[1].as<std::string>();
+    t.token = row[2].as<int64_t>();
+    t.study_id = row[3].as<int64_t>();
+    t.kind = row[4].as<std::string>();
+    t.cache_key = row[5].as<std::string>();
+    t.lease_worker = row[6].as<int64_t>();
+    t.spec = FromBytes(row[7]);
+  }
+  std::vector<size_t> accepted;
+  std::set<int64_t> seen;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const TaskCompletion& c = tasks[i];
+    const auto it = rows.find(c.task_id);
+    if (it == rows.end()) {
+      outcomes[i] = absl::NotFoundError(absl::StrCat("task ", c.task_id, " not found"));
+      continue;
+    }
+    if (!seen.insert(c.task_id).second) {
+      outcomes[i] = absl::InvalidArgumentError(
+          absl::StrCat("task ", c.task_id, " is completed twice in one call"));
+      continue;
+    }
+    const CompletingTask& t = it->second;
+    if (t.token == c.token && t.state == "SUCCEEDED") continue;  // a retried completion
+    if (t.token != c.token || t.state != "LEASED") {
+      outcomes[i] = StaleToken(c.task_id, c.token, t.token, t.state);
+      continue;
+    }
+    outcomes[i] = CheckResultsBelong(c.task_id, t, c.results);
+    if (outcomes[i].ok() && t.kind == "EXTRACT") {
+      outcomes[i] = CheckChunks(w, c.task_id, t.cache_key, c.extract);
+    }
+    if (outcomes[i].ok()) accepted.push_back(i);
+  }
+  if (accepted.empty()) return outcomes;
+
+  std::vector<int64_t> done, workers, r_study, r_task;
+  std::vector<std::string> r_model, r_dataset, r_protocol, r_variant, r_bytes;
+  std::vector<double> r_top1, r_top5, r_mpc;
+  for (size_t i : accepted) {
+    const TaskCompletion& c = tasks[i];
+    const CompletingTask& t = rows.at(c.task_id);
+    done.push_back(c.task_id);
+    workers.push_back(t.lease_worker);
+    studies->insert(t.study_id);
+    if (t.kind == "EXTRACT") {
+      w.exec_params(
+          "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
+          "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
+          t.cache_key, c.extract.rows, c.extract.dim, c.extract.chunks, now_us);
+    }
+    for (const auto& result : c.results) {
+      v1::ProbeResult stored = result;
+      stored.set_task_id(c.task_id);
+      stored.set_study_id(t.study_id);
+      if (!stored.artifact().empty()) {
+        // Heads live apart from the results, so listing results stays cheap.
+        const auto a = w.exec_params(
+            "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            t.study_id, c.task_id,
+            absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
+                         stored.variant(), stored.subset().empty() ? "" : "/",
+                         stored.subset()),
+            std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
+        stored.set_artifact_id(a[0][0].as<int64_t>());
+        stored.clear_artifact();
+      }
+      r_study.push_back(t.study_id);
+      r_task.push_back(c.task_id);
+      r_model.push_back(stored.model());
+      r_dataset.push_back(stored.dataset());
+      r_protocol.push_back(stored.protocol());
+      r_variant.push_back(stored.variant());
+      r_top1.push_back(stored.top1());
+      r_top5.push_back(stored.top5());
+      r_mpc.push_back(stored.mean_per_class());
+      r_bytes.push_back(Hex(stored.SerializeAsString()));
+    }
+  }
+  if (!r_task.empty()) {
+    Run(w, kCompleteResults,
+        PgArray(r_study), PgArray(r_task), PgArray(r_model), PgArray(r_dataset),
+        PgArray(r_protocol), PgArray(r_variant), PgArray(r_top1), PgArray(r_top5),
+        PgArray(r_mpc), PgArray(r_bytes));
+  }
+  const std::string done_ids = PgArray(done);
+  Run(w, kCompleteDone, done_ids, now_us);
+  // Their dependents wait for fewer tasks (CreateStudy holds a producer FOR
+  // SHARE while it adds a dependency on it, so none is missed).
+  Run(w, kCompleteUnblock, done_ids);
+  Run(w, kCompleteWorkers, PgArray(workers), done_ids, now_us);
+  return outcomes;
 }
 
 }  // namespace
@@ -951,13 +1149,9 @@ absl::Status PgStore::CompleteTask(int64_t task_id, int64_t token,
                                    const std::vector<v1::ProbeResult>& results,
                                    const ExtractCompletion& extract,
                                    absl::Time now) {
-  const int64_t now_us = Us(now);
-  return Transact("complete_task", [&](Txn& t) -> absl::Status {
-    std::set<int64_t> studies;
-    RETURN_IF_ERROR(CompleteOne(t.work, task_id, token, results, extract, now_us, &studies));
-    for (int64_t s : studies) RefreshStudy(t.work, s, now_us);
-    return absl::OkStatus();
-  });
+  ASSIGN_OR_RETURN(std::vector<absl::Status> outcomes,
+                   CompleteTasks({TaskCompletion{task_id, token, results, extract}}, now));
+  return outcomes.front();
 }
 
 absl::StatusOr<std::vector<absl::Status>> PgStore::CompleteTasks(
@@ -965,12 +1159,8 @@ absl::StatusOr<std::vector<absl::Status>> PgStore::CompleteTasks(
   const int64_t now_us = Us(now);
   std::vector<absl::Status> outcomes;
   RETURN_IF_ERROR(Transact("complete_tasks", [&](Txn& t) -> absl::Status {
-    outcomes.clear();
     std::set<int64_t> studies;
-    for (const TaskCompletion& c : tasks) {
-      outcomes.push_back(
-          CompleteOne(t.work, c.task_id, c.token, c.results, c.extract, now_us, &studies));
-    }
+    outcomes = CompleteBatch(t.work, tasks, now_us, &studies);
     for (int64_t s : studies) RefreshStudy(t.work, s, now_us);
     return absl::OkStatus();
   }));
