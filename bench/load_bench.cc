@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +46,11 @@ ABSL_FLAG(int, batch, 0,
 ABSL_FLAG(std::string, workload, "mixed",
           "mixed: extractions (one chunk each) and their probes; probes: only probes, on "
           "features a first study extracted before the measurement");
+ABSL_FLAG(int, work_ms, 0,
+          "mean time each worker spends on what it leased before completing it (a batch with "
+          "--batch), asleep, drawn uniformly from 0.5x to 1.5x: a real worker computes between "
+          "its calls, and not in lockstep with the others. 0: a closed loop that calls again at "
+          "once, which measures capacity rather than latency");
 ABSL_FLAG(int, executor_threads, 8, "each coordinator's RPC executor threads");
 ABSL_FLAG(int, db_connections, 16, "each coordinator's database connections");
 
@@ -176,6 +182,15 @@ int main(int argc, char** argv) {
       }
       std::vector<double> lease_ms, complete_ms;
       const int batch = absl::GetFlag(FLAGS_batch);
+      const int work_ms = absl::GetFlag(FLAGS_work_ms);
+      std::minstd_rand rng(static_cast<uint32_t>(w + 1));
+      std::uniform_real_distribution<double> spread(0.5, 1.5);
+      auto work = [&] {
+        if (work_ms > 0) {
+          std::this_thread::sleep_for(
+              std::chrono::duration<double, std::milli>(work_ms * spread(rng)));
+        }
+      };
       auto put_chunk = [&](const v1::LeaseTaskResponse& lease, v1::CompleteTaskRequest* complete) {
         grpc::ClientContext context;
         v1::PutFeatureChunkRequest put;
@@ -221,6 +236,7 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
           continue;
         }
+        work();
         v1::CompleteTasksRequest completes;
         for (const auto& lease : leases.leases()) {
           v1::CompleteTaskRequest* complete = completes.add_tasks();
@@ -275,6 +291,7 @@ int main(int argc, char** argv) {
           v1::HeartbeatResponse response;
           if (!stub->Heartbeat(&context, hb, &response).ok()) ++errors;
         }
+        work();
         v1::CompleteTaskRequest complete;
         complete.set_task_id(lease.task_id());
         complete.set_lease_token(lease.lease_token());
@@ -330,12 +347,12 @@ int main(int argc, char** argv) {
 
   std::printf(
       "{\"coordinators\": %d, \"workers\": %d, \"batch\": %d, \"workload\": \"%s\", "
-      "\"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, \"setup_tasks\": %d, "
+      "\"work_ms\": %d, \"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, \"setup_tasks\": %d, "
       "\"submit_s\": %.1f, \"completions\": %lld, \"completions_per_s\": %.0f, "
       "\"lease_p50_ms\": %.2f, \"lease_p99_ms\": %.2f, \"complete_p50_ms\": %.2f, "
       "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld}\n",
       replicas, workers, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_workload).c_str(),
-      std::thread::hardware_concurrency(), absl::GetFlag(FLAGS_durable) ? "true" : "false",
+      absl::GetFlag(FLAGS_work_ms), std::thread::hardware_concurrency(), absl::GetFlag(FLAGS_durable) ? "true" : "false",
       queued, setup_tasks, submit_s,
       static_cast<long long>(done), static_cast<double>(done) / elapsed,
       Percentile(latencies.lease_ms, 0.5), Percentile(latencies.lease_ms, 0.99),

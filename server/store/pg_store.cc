@@ -57,35 +57,49 @@ v1::StudyState StudyStateFromName(const std::string& name) {
 }
 
 
-// The statements of the hot paths, prepared on every connection.
-std::string LeasePick(bool gpu, bool preferred) {
-  // The first ready tasks (PENDING, no unfinished dependency, backoff over)
-  // from a partial index; SKIP LOCKED: concurrent leasers each take
-  // different rows, none waits. The dependency check is kept as a second
-  // guard. $1 now, $2 ids taken already, $3 how many, $4 preferred keys.
+// The statements of the hot paths, prepared on every connection. A lease is
+// two statements and a completion batch three, however many tasks they
+// carry: round trips, not rows, are what a busy coordinator pays for.
+
+// The first ready tasks (PENDING, no unfinished dependency, backoff over)
+// from a partial index; SKIP LOCKED: concurrent leasers each take different
+// rows, none waits. The dependency check is kept as a second guard.
+std::string ReadyTasks(bool gpu) {
   return absl::StrCat(
       "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
       "AND t.not_before_us <= $1",
       gpu ? "" : " AND NOT t.requires_gpu",
       " AND NOT EXISTS (SELECT 1 FROM task_deps d JOIN tasks p ON p.id = d.depends_on "
-      " WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') AND t.id <> ALL($2::bigint[])",
-      preferred ? " AND t.input_key = ANY($4::text[])" : "",
-      " ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED");
+      "WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED')");
 }
-const Statement kLeasePick[2][2] = {
-    {{"lease_pick_cpu", LeasePick(false, false)}, {"lease_pick_cpu_preferred", LeasePick(false, true)}},
-    {{"lease_pick_gpu", LeasePick(true, false)}, {"lease_pick_gpu_preferred", LeasePick(true, true)}}};
-const Statement kLeaseWorkerSeen{
-    "lease_worker_seen",
-    "UPDATE workers SET last_seen_us = $2, current_task = 0 WHERE id = $1 RETURNING device"};
-const Statement kLeaseTake{
-    "lease_take",
-    "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $1, "
-    "lease_deadline_us = $2, attempts = attempts + 1, work_done = 0, work_total = 0 "
-    "FROM unnest($3::bigint[], $4::bigint[]) AS v(id, token) WHERE t.id = v.id "
-    "RETURNING t.id, t.lease_token, t.attempts, t.spec"};
-const Statement kLeaseWorkerTask{"lease_worker_task",
-                                 "UPDATE workers SET current_task = $2 WHERE id = $1"};
+// Probes whose features the worker holds: $1 now, $2 how many, $3 the keys.
+std::string LeasePreferred(bool gpu) {
+  return absl::StrCat(ReadyTasks(gpu),
+                      " AND t.input_key = ANY($3::text[]) ORDER BY t.id LIMIT $2 "
+                      "FOR UPDATE OF t SKIP LOCKED");
+}
+// Leases the tasks in $2 (locked already) and up to $3 more, in id order,
+// each with its own fencing token from $6: $1 now, $4 the worker, $5 the
+// lease deadline.
+std::string LeaseTake(bool gpu) {
+  return absl::StrCat(
+      "WITH fresh AS (", ReadyTasks(gpu),
+      " AND t.id <> ALL($2::bigint[]) ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED), "
+      "picked AS (SELECT unnest($2::bigint[]) AS id UNION ALL SELECT id FROM fresh), "
+      "numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM picked) "
+      "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $4, "
+      "lease_deadline_us = $5, attempts = attempts + 1, work_done = 0, work_total = 0 "
+      "FROM numbered p JOIN unnest($6::bigint[]) WITH ORDINALITY AS v(token, n) USING (n) "
+      "WHERE t.id = p.id RETURNING t.id, t.lease_token, t.attempts, t.spec");
+}
+const Statement kLeasePreferred[2] = {{"lease_preferred_cpu", LeasePreferred(false)},
+                                      {"lease_preferred_gpu", LeasePreferred(true)}};
+const Statement kLeaseTake[2] = {{"lease_take_cpu", LeaseTake(false)},
+                                 {"lease_take_gpu", LeaseTake(true)}};
+const Statement kWorkerDevice{"worker_device", "SELECT device FROM workers WHERE id = $1"};
+const Statement kLeaseWorker{
+    "lease_worker",
+    "UPDATE workers SET last_seen_us = $2, current_task = $3 WHERE id = $1 RETURNING id"};
 const Statement kHeartbeatRead{
     "heartbeat_read",
     "SELECT state, lease_token, lease_worker FROM tasks WHERE id = $1 FOR UPDATE"};
@@ -97,36 +111,37 @@ const Statement kCompleteRead{
     "complete_read",
     "SELECT id, state, lease_token, study_id, kind, cache_key, lease_worker, spec "
     "FROM tasks WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"};
-const Statement kCompleteResults{
-    "complete_results",
-    "INSERT INTO results (study_id, task_id, model, dataset, protocol, variant, top1, top5, "
-    "mean_per_class, result) "
-    "SELECT s, t, m, d, p, v, a, b, c, decode(r, 'hex') FROM unnest($1::bigint[], "
-    "$2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], "
-    "$8::float8[], $9::float8[], $10::text[]) AS x(s, t, m, d, p, v, a, b, c, r) "
+// Writes a checked batch: $1 the tasks, $2 now, $3 the worker of each task,
+// $4..$13 the results' columns. Their dependents wait for fewer tasks
+// (CreateStudy holds a producer FOR SHARE while it adds a dependency on it,
+// so none is missed).
+const Statement kCompleteWrite{
+    "complete_write",
+    "WITH done AS (UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, "
+    "work_done = work_total WHERE id = ANY($1::bigint[]) RETURNING id), "
+    "unblocked AS (UPDATE tasks t SET blocked_deps = t.blocked_deps - d.n FROM (SELECT "
+    "task_id, count(*) AS n FROM task_deps WHERE depends_on = ANY($1::bigint[]) "
+    "GROUP BY task_id) d WHERE t.id = d.task_id RETURNING t.id), "
+    "freed AS (UPDATE workers w SET current_task = 0, last_seen_us = $2 FROM "
+    "unnest($3::bigint[], $1::bigint[]) AS v(worker, task) WHERE w.id = v.worker AND "
+    "w.current_task = v.task RETURNING w.id) "
+    "INSERT INTO results (study_id, task_id, model, dataset, protocol, variant, "
+    "top1, top5, mean_per_class, result) "
+    "SELECT s, t, m, d, p, v, a, b, c, decode(r, 'hex') FROM unnest($4::bigint[], "
+    "$5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::float8[], "
+    "$11::float8[], $12::float8[], $13::text[]) AS x(s, t, m, d, p, v, a, b, c, r) "
     "ON CONFLICT (task_id, variant) DO NOTHING"};
-const Statement kCompleteDone{
-    "complete_done",
-    "UPDATE tasks SET state = 'SUCCEEDED', finished_us = $2, work_done = work_total "
-    "WHERE id = ANY($1::bigint[])"};
-const Statement kCompleteUnblock{
-    "complete_unblock",
-    "UPDATE tasks t SET blocked_deps = t.blocked_deps - d.n FROM (SELECT task_id, "
-    "count(*) AS n FROM task_deps WHERE depends_on = ANY($1::bigint[]) GROUP BY task_id) d "
-    "WHERE t.id = d.task_id"};
-const Statement kCompleteWorkers{
-    "complete_workers",
-    "UPDATE workers w SET current_task = 0, last_seen_us = $3 FROM unnest($1::bigint[], "
-    "$2::bigint[]) AS v(worker, task) WHERE w.id = v.worker AND w.current_task = v.task"};
-// NO KEY UPDATE: serialises the study's refreshes without conflicting with
-// the KEY SHARE locks that inserting its results (a foreign key) takes; FOR
-// UPDATE deadlocked concurrent completions.
+// The studies' rows are locked after the writes, just before the open
+// check, so that completions of one study wait for each other as briefly as
+// possible; NO KEY UPDATE: serialises the refreshes without conflicting with
+// the KEY SHARE locks that inserting results (a foreign key) takes, where
+// FOR UPDATE deadlocked concurrent completions.
 const Statement kRefreshLock{"refresh_lock",
                              "SELECT state FROM studies WHERE id = $1 FOR NO KEY UPDATE"};
 const Statement kRefreshOpen{
     "refresh_open",
-    "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED'))"};
-
+    "SELECT id FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED') "
+    "ORDER BY id DESC LIMIT 1"};
 
 // Fails, transitively, the pending tasks that depend on `failed_task`.
 // Returns the studies touched.
@@ -152,12 +167,12 @@ std::set<int64_t> FailDependents(pqxx::work& w, int64_t failed_task,
   return studies;
 }
 
-// Recomputes a running study's state from its own tasks.
-void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
-  const auto s = Run(w, kRefreshLock, study_id);
-  if (s.empty() || s[0][0].as<std::string>() != "RUNNING") return;
-  const auto open = Run(w, kRefreshOpen, study_id);
-  if (open[0][0].as<bool>()) return;
+// Recomputes a running study's state from its own tasks; the caller holds
+// the study's row lock (kRefreshLock) and read its state.
+void RefreshLockedStudy(pqxx::work& w, int64_t study_id, const std::string& state,
+                        int64_t now_us) {
+  if (state != "RUNNING") return;
+  if (!Run(w, kRefreshOpen, study_id).empty()) return;
   const auto failed = w.exec_params(
       "SELECT EXISTS (SELECT 1 FROM tasks WHERE study_id = $1 AND state = 'FAILED')", study_id);
   if (failed[0][0].as<bool>()) {
@@ -178,14 +193,18 @@ void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
   }
 }
 
+void RefreshStudy(pqxx::work& w, int64_t study_id, int64_t now_us) {
+  const auto s = Run(w, kRefreshLock, study_id);
+  if (!s.empty()) RefreshLockedStudy(w, study_id, s[0][0].as<std::string>(), now_us);
+}
+
 }  // namespace
 
 const std::vector<const Statement*>& PreparedStatements() {
   static const auto* statements = new std::vector<const Statement*>{
-      &kLeasePick[0][0], &kLeasePick[0][1], &kLeasePick[1][0], &kLeasePick[1][1],
-      &kLeaseWorkerSeen, &kLeaseTake, &kLeaseWorkerTask, &kHeartbeatRead, &kWorkerSeen,
-      &kHeartbeatExtend, &kCompleteRead, &kCompleteResults, &kCompleteDone, &kCompleteUnblock,
-      &kCompleteWorkers, &kRefreshLock, &kRefreshOpen};
+      &kLeasePreferred[0], &kLeasePreferred[1], &kLeaseTake[0], &kLeaseTake[1],
+      &kWorkerDevice, &kLeaseWorker, &kHeartbeatRead, &kWorkerSeen, &kHeartbeatExtend,
+      &kCompleteRead, &kCompleteWrite, &kRefreshLock, &kRefreshOpen};
   return *statements;
 }
 
@@ -761,30 +780,31 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
   RETURN_IF_ERROR(Transact("lease_task", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
     leases.clear();
-    const auto seen = Run(w, kLeaseWorkerSeen, worker_id, Us(now));
-    if (seen.empty()) {
-      return absl::NotFoundError(absl::StrCat(
-          "worker ", worker_id, " is not registered; register again"));
+    // The device the worker registered with ("cpu", "cuda:N"); a worker id
+    // never changes device, so it is read once per coordinator.
+    std::optional<bool> has_gpu = WorkerHasGpu(worker_id);
+    if (!has_gpu) {
+      const auto r = Run(w, kWorkerDevice, worker_id);
+      if (r.empty()) {
+        return absl::NotFoundError(
+            absl::StrCat("worker ", worker_id, " is not registered; register again"));
+      }
+      has_gpu = r[0][0].as<std::string>().rfind("cuda", 0) == 0;
+      RememberWorkerDevice(worker_id, *has_gpu);
     }
-    // The device the worker registered with ("cpu", "cuda:N").
-    const bool has_gpu = seen[0][0].as<std::string>().rfind("cuda", 0) == 0;
     // Probes whose features this worker holds go first.
-    std::vector<int64_t> ids;
-    auto pick = [&](bool by_preference) {
-      const std::string taken = PgArray(ids);
-      const int want = max_tasks - static_cast<int>(ids.size());
-      const Statement& statement = kLeasePick[has_gpu][by_preference];
-      const pqxx::result r = by_preference
-                                 ? Run(w, statement, Us(now), taken, want, preferred)
-                                 : Run(w, statement, Us(now), taken, want);
-      for (const auto& row : r) ids.push_back(row[0].as<int64_t>());
-    };
-    if (!preferred_keys.empty()) pick(true);
-    if (static_cast<int>(ids.size()) < max_tasks) pick(false);
-    if (ids.empty()) return absl::OkStatus();
+    std::vector<int64_t> preferred_ids;
+    if (!preferred_keys.empty()) {
+      for (const auto& row :
+           Run(w, kLeasePreferred[*has_gpu], Us(now), max_tasks, preferred)) {
+        preferred_ids.push_back(row[0].as<int64_t>());
+      }
+    }
     std::vector<int64_t> tokens;
-    for (size_t k = 0; k < ids.size(); ++k) tokens.push_back(RandomPositiveInt64());
-    const auto r = Run(w, kLeaseTake, worker_id, Us(deadline), PgArray(ids), PgArray(tokens));
+    for (int k = 0; k < max_tasks; ++k) tokens.push_back(RandomPositiveInt64());
+    const auto r = Run(w, kLeaseTake[*has_gpu], Us(now), PgArray(preferred_ids),
+                       max_tasks - static_cast<int>(preferred_ids.size()), worker_id,
+                       Us(deadline), PgArray(tokens));
     for (const auto& row : r) {
       Lease l;
       l.task_id = row[0].as<int64_t>();
@@ -798,10 +818,37 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
     }
     std::sort(leases.begin(), leases.end(),
               [](const Lease& a, const Lease& b) { return a.task_id < b.task_id; });
-    Run(w, kLeaseWorkerTask, worker_id, leases.front().task_id);
+    // Seen now, working on its first task; a worker whose row is gone
+    // leases nothing.
+    if (Run(w, kLeaseWorker, worker_id, Us(now), leases.empty() ? 0 : leases.front().task_id)
+            .empty()) {
+      ForgetWorkerDevice(worker_id);
+      leases.clear();
+      return absl::NotFoundError(
+          absl::StrCat("worker ", worker_id, " is not registered; register again"));
+    }
     return absl::OkStatus();
   }));
   return leases;
+}
+
+std::optional<bool> PgStore::WorkerHasGpu(int64_t worker_id) {
+  absl::MutexLock lock(&devices_mu_);
+  const auto it = worker_gpu_.find(worker_id);
+  if (it == worker_gpu_.end()) return std::nullopt;
+  return it->second;
+}
+
+void PgStore::RememberWorkerDevice(int64_t worker_id, bool has_gpu) {
+  absl::MutexLock lock(&devices_mu_);
+  // Bounded: workers register anew on every start.
+  if (worker_gpu_.size() >= 100000) worker_gpu_.clear();
+  worker_gpu_[worker_id] = has_gpu;
+}
+
+void PgStore::ForgetWorkerDevice(int64_t worker_id) {
+  absl::MutexLock lock(&devices_mu_);
+  worker_gpu_.erase(worker_id);
 }
 
 absl::StatusOr<HeartbeatOutcome> PgStore::Heartbeat(
@@ -1041,7 +1088,7 @@ absl::Status CheckChunks(pqxx::work& w, int64_t task_id, const std::string& cach
 // nothing, and the accepted ones are written together. Extractions add two
 // statements each (their chunks are checked one cache at a time).
 std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCompletion>& tasks,
-                                        int64_t now_us, std::set<int64_t>* studies) {
+                                        int64_t now_us) {
   std::vector<absl::Status> outcomes(tasks.size());
   std::vector<int64_t> ids;
   for (const TaskCompletion& c : tasks) ids.push_back(c.task_id);
@@ -1084,6 +1131,7 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
   }
   if (accepted.empty()) return outcomes;
 
+  std::set<int64_t> studies;
   std::vector<int64_t> done, workers, r_study, r_task;
   std::vector<std::string> r_model, r_dataset, r_protocol, r_variant, r_bytes;
   std::vector<double> r_top1, r_top5, r_mpc;
@@ -1092,7 +1140,7 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
     const CompletingTask& t = rows.at(c.task_id);
     done.push_back(c.task_id);
     workers.push_back(t.lease_worker);
-    studies->insert(t.study_id);
+    studies.insert(t.study_id);
     if (t.kind == "EXTRACT") {
       w.exec_params(
           "UPDATE feature_caches SET complete = true, num_rows = $2, dim = $3, "
@@ -1128,18 +1176,10 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
       r_bytes.push_back(Hex(stored.SerializeAsString()));
     }
   }
-  if (!r_task.empty()) {
-    Run(w, kCompleteResults,
-        PgArray(r_study), PgArray(r_task), PgArray(r_model), PgArray(r_dataset),
-        PgArray(r_protocol), PgArray(r_variant), PgArray(r_top1), PgArray(r_top5),
-        PgArray(r_mpc), PgArray(r_bytes));
-  }
-  const std::string done_ids = PgArray(done);
-  Run(w, kCompleteDone, done_ids, now_us);
-  // Their dependents wait for fewer tasks (CreateStudy holds a producer FOR
-  // SHARE while it adds a dependency on it, so none is missed).
-  Run(w, kCompleteUnblock, done_ids);
-  Run(w, kCompleteWorkers, PgArray(workers), done_ids, now_us);
+  Run(w, kCompleteWrite, PgArray(done), now_us, PgArray(workers), PgArray(r_study),
+      PgArray(r_task), PgArray(r_model), PgArray(r_dataset), PgArray(r_protocol),
+      PgArray(r_variant), PgArray(r_top1), PgArray(r_top5), PgArray(r_mpc), PgArray(r_bytes));
+  for (int64_t study : studies) RefreshStudy(w, study, now_us);  // in id order
   return outcomes;
 }
 
@@ -1159,9 +1199,7 @@ absl::StatusOr<std::vector<absl::Status>> PgStore::CompleteTasks(
   const int64_t now_us = Us(now);
   std::vector<absl::Status> outcomes;
   RETURN_IF_ERROR(Transact("complete_tasks", [&](Txn& t) -> absl::Status {
-    std::set<int64_t> studies;
-    outcomes = CompleteBatch(t.work, tasks, now_us, &studies);
-    for (int64_t s : studies) RefreshStudy(t.work, s, now_us);
+    outcomes = CompleteBatch(t.work, tasks, now_us);
     return absl::OkStatus();
   }));
   return outcomes;

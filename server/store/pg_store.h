@@ -4,11 +4,13 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
@@ -119,6 +121,14 @@ class PgStore final : public Store {
 
   const PgStoreOptions options_;
   std::shared_ptr<BlobStore> blobs_;
+  // Whether each worker leasing here registered a GPU (a worker id keeps its
+  // device for life).
+  std::optional<bool> WorkerHasGpu(int64_t worker_id);
+  void RememberWorkerDevice(int64_t worker_id, bool has_gpu);
+  void ForgetWorkerDevice(int64_t worker_id);
+  absl::Mutex devices_mu_;
+  absl::flat_hash_map<int64_t, bool> worker_gpu_ ABSL_GUARDED_BY(devices_mu_);
+
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;
