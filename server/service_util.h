@@ -13,6 +13,7 @@
 #include "grpcpp/grpcpp.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "server/store/call_deadline.h"
 
 namespace sslbench::server {
 
@@ -56,6 +57,11 @@ grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
   const bool queued = pool.TrySchedule([=, &auth, authorization = AuthorizationOf(*context)]() mutable {
     grpc::Status status;
     absl::StatusOr<Caller> caller;
+    // What is left of the caller's deadline bounds the database work too.
+    const auto deadline = context->deadline();
+    CallDeadline scope(deadline == std::chrono::system_clock::time_point::max()
+                           ? absl::InfiniteFuture()
+                           : absl::FromChrono(deadline));
     if (context->IsCancelled()) {
       status = grpc::Status(grpc::CANCELLED, "cancelled before it ran");
     } else if (caller = auth.Authorize(authorization, method); !caller.ok()) {

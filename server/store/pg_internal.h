@@ -38,6 +38,9 @@ struct PgStore::Conn {
     for (const Statement* s : PreparedStatements()) c.prepare(s->name, s->sql);
   }
   pqxx::connection c;
+  // The statement_timeout this session has (set from call deadlines), in
+  // milliseconds; 0 when it has the server's default.
+  int64_t timeout_ms = 0;
 };
 
 // A transaction as handed to the bodies of PgStore's methods.

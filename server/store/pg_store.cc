@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/random.h"
 #include "common/status_macros.h"
+#include "server/store/call_deadline.h"
 #include "server/store/migrations.h"
 #include "server/store/pg_internal.h"
 
@@ -274,10 +275,34 @@ absl::Status PgStore::Transact(absl::string_view op,
     bool back_off = false;
     try {
       if (!conn) conn = std::make_unique<Conn>(options_.conninfo);
+      // The call's deadline as statement_timeout, rounded down to a power of
+      // two milliseconds (so consecutive calls seldom need a SET; the limit
+      // is at least half of what is left), or the server's default.
+      int64_t timeout_ms = 0;
+      const absl::Time deadline = CallDeadline::Current();
+      if (deadline != absl::InfiniteFuture()) {
+        const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+        if (left_ms < 1) {
+          result = absl::DeadlineExceededError(
+              absl::StrCat(op, ": the call's deadline passed before the database was asked"));
+          Return(std::move(conn));
+          break;
+        }
+        timeout_ms = int64_t{1} << (63 - __builtin_clzll(static_cast<uint64_t>(left_ms)));
+      }
+      const int64_t session_timeout = conn->timeout_ms;
+      conn->timeout_ms = -1;  // unknown until the transaction commits
       Txn txn(conn->c);
+      if (timeout_ms != session_timeout) {
+        // Session-wide, so it outlives this transaction (and is undone if
+        // the transaction aborts: hence unknown until commit).
+        txn.work.exec0(timeout_ms == 0 ? std::string("RESET statement_timeout")
+                                       : absl::StrCat("SET statement_timeout = ", timeout_ms));
+      }
       result = fn(txn);
       if (result.ok()) {
         txn.work.commit();
+        conn->timeout_ms = timeout_ms;
       } else {
         txn.work.abort();
       }
@@ -309,9 +334,13 @@ absl::Status PgStore::Transact(absl::string_view op,
       result = absl::AlreadyExistsError(absl::StrCat(op, ": ", e.what()));
     } catch (const pqxx::sql_error& e) {
       // Class 57 (operator intervention, e.g. admin_shutdown) and 08
-      // (connection exception): the server went away mid-session.
+      // (connection exception): the server went away mid-session; 57014 is
+      // statement_timeout, set from the call's deadline.
       const std::string& state = e.sqlstate();
-      if (state.rfind("57", 0) == 0 || state.rfind("08", 0) == 0) {
+      if (state == "57014") {
+        result = absl::DeadlineExceededError(absl::StrCat(
+            op, ": the call's deadline passed while the database was working on it"));
+      } else if (state.rfind("57", 0) == 0 || state.rfind("08", 0) == 0) {
         conn.reset();
         DropIdleConnections();
         retry = !reconnected;

@@ -5,7 +5,10 @@
 
 #include <stdlib.h>
 
+#include <pqxx/pqxx>
+
 #include <filesystem>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -16,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/coordinator.h"
+#include "server/store/call_deadline.h"
 #include "server/store/migrations.h"
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/study_fixtures.h"
@@ -853,6 +857,41 @@ TEST_F(PgStoreTest, FencingTokensAreUnguessableAndNeverEchoed) {
 }
 
 // A heartbeat must come from the worker that holds the lease, token or not.
+// A call's deadline bounds its database work: a lease stuck behind a lock
+// ends when the caller's deadline passes (statement_timeout), not when the
+// lock is released, and the connection serves the next call normally.
+TEST_F(PgStoreTest, CallDeadlineBoundsTheDatabaseWork) {
+  const int64_t worker = Register();
+  pqxx::connection holder(conninfo_);
+  pqxx::work lock(holder);
+  lock.exec0("LOCK TABLE workers IN ACCESS EXCLUSIVE MODE");
+  auto lease = [&] {
+    return store_->LeaseTasks(worker, clock_.Now(), clock_.Now() + absl::Seconds(30), {}, 4);
+  };
+  auto leased = std::async(std::launch::async, [&] {
+    CallDeadline scope(absl::Now() + absl::Milliseconds(300));
+    return lease();
+  });
+  // Without the deadline in SQL, the lease waits as long as the lock is held.
+  const bool ended = leased.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  lock.abort();
+  ASSERT_TRUE(ended) << "the lease outlived its deadline by 30 s";
+  const auto stuck = leased.get();
+  EXPECT_EQ(stuck.status().code(), absl::StatusCode::kDeadlineExceeded) << stuck.status();
+  EXPECT_THAT(std::string(stuck.status().message()), HasSubstr("deadline"));
+  // A deadline already past never reaches the database.
+  {
+    CallDeadline scope(absl::Now() - absl::Milliseconds(1));
+    EXPECT_EQ(lease().status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  // Calls with and without a deadline go on working.
+  {
+    CallDeadline scope(absl::Now() + absl::Seconds(10));
+    EXPECT_TRUE(lease().ok());
+  }
+  EXPECT_TRUE(lease().ok());
+}
+
 TEST_F(PgStoreTest, HeartbeatFromAnotherWorkerIsRefused) {
   Submit(testing::MakeStudy(1, 1));
   const int64_t holder = Register("holder");
