@@ -21,7 +21,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "common/log.h"
+#include "common/random.h"
 #include "common/status_macros.h"
 #include "common/subprocess.h"
 
@@ -238,18 +240,34 @@ absl::StatusOr<std::unique_ptr<LocalPostgres>> LocalPostgres::Start(
   }
   if (!pg->run_as_.empty()) RETURN_IF_ERROR(ChownTree(dir, uid, gid));
 
+  const std::string passfile = (dir / "passfile").string();
   if (!initialised) {
+    // The superuser has a random password (scram-sha-256), never on a
+    // command line: initdb reads it from a file removed at once, clients
+    // from a libpq password file only this user can read.
     LogInfo("postgres", "initialising a PostgreSQL cluster in ", pg->data_dir_);
-    ASSIGN_OR_RETURN(
-        CommandResult init,
-        RunCommand(AsUser(pg->run_as_, {pg->bin_dir_ + "/initdb", "-D", pg->data_dir_, "-A",
-                                "trust", "-U", kSuperuser, "-E", "UTF8",
-                                "--locale=C", "--no-sync"})));
-    if (init.exit_code != 0) {
-      return absl::InternalError(absl::StrCat("initdb failed (exit ", init.exit_code,
-                                              "):\n", Tail(init.output, 20)));
+    const std::string password = RandomHex(16);
+    const std::string pwfile = (dir / "initdb.pw").string();
+    RETURN_IF_ERROR(WriteFileAtomically(pwfile, password + "\n", 0600));
+    if (!pg->run_as_.empty() && chown(pwfile.c_str(), uid, gid) != 0) {
+      std::remove(pwfile.c_str());
+      return absl::InternalError(absl::StrCat("cannot chown ", pwfile, ": ", std::strerror(errno)));
     }
+    auto init = RunCommand(AsUser(pg->run_as_, {pg->bin_dir_ + "/initdb", "-D", pg->data_dir_,
+                                                "-A", "scram-sha-256", "--pwfile", pwfile, "-U",
+                                                kSuperuser, "-E", "UTF8", "--locale=C",
+                                                "--no-sync"}));
+    std::remove(pwfile.c_str());
+    if (!init.ok()) return init.status();
+    if (init->exit_code != 0) {
+      return absl::InternalError(absl::StrCat("initdb failed (exit ", init->exit_code,
+                                              "):\n", Tail(init->output, 20)));
+    }
+    RETURN_IF_ERROR(WriteFileAtomically(
+        passfile, absl::StrCat("*:*:*:", kSuperuser, ":", password, "\n"), 0600));
   }
+  // A cluster made before passwords (trust) has none and needs none.
+  if (fs::exists(passfile, ec)) pg->passfile_ = passfile;
   RETURN_IF_ERROR(pg->StartServer());
   return pg;
 }
@@ -322,8 +340,14 @@ LocalPostgres::~LocalPostgres() {
 }
 
 std::string LocalPostgres::ConnInfo(const std::string& dbname) const {
-  return absl::StrCat("host=127.0.0.1 port=", port_, " user=", kSuperuser,
-                      " dbname=", dbname);
+  std::string conninfo = absl::StrCat("host=127.0.0.1 port=", port_, " user=", kSuperuser,
+                                      " dbname=", dbname);
+  if (!passfile_.empty()) {
+    // Quoted: the folder may hold spaces or quotes.
+    absl::StrAppend(&conninfo, " passfile='",
+                    absl::StrReplaceAll(passfile_, {{"\\", "\\\\"}, {"'", "\\'"}}), "'");
+  }
+  return conninfo;
 }
 
 absl::Status LocalPostgres::CreateDatabase(const std::string& name) {
@@ -336,9 +360,8 @@ absl::Status LocalPostgres::CreateDatabase(const std::string& name) {
   if (!fs::exists(psql, ec)) psql = "/usr/bin/psql";
   auto run_sql = [&](const std::string& sql) -> absl::StatusOr<std::string> {
     ASSIGN_OR_RETURN(CommandResult r,
-                     RunCommand({psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
-                                 "127.0.0.1", "-p", absl::StrCat(port_), "-U",
-                                 kSuperuser, "-d", "postgres", "-tAc", sql}));
+                     RunCommand({psql, "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-d",
+                                 ConnInfo("postgres"), "-tAc", sql}));
     if (r.exit_code != 0) {
       return absl::InternalError(absl::StrCat("psql failed on \"", sql, "\": ",
                                               Tail(r.output, 10)));

@@ -36,8 +36,12 @@ class LocalPostgres {
   ~LocalPostgres();
 
   // libpq connection string for database `dbname` as the cluster's superuser.
+  // It names the password file (mode 600), never the password.
   std::string ConnInfo(const std::string& dbname = "postgres") const;
   int port() const { return port_; }
+  // The libpq password file of the superuser ("" for a cluster made before
+  // passwords, which trusts local connections).
+  const std::string& PassFile() const { return passfile_; }
   // Creates database `name` if absent.
   absl::Status CreateDatabase(const std::string& name);
   // Stops / starts the server on the same port (tests of database restarts).
@@ -57,6 +61,7 @@ class LocalPostgres {
   std::string bin_dir_;
   std::string data_dir_;
   std::string run_as_;  // "" or "postgres"
+  std::string passfile_;  // the superuser's password, for libpq; "" with trust
   int port_ = 0;
   bool running_ = false;
 };

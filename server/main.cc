@@ -2,17 +2,24 @@
 // workers and keeps every state in PostgreSQL.
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "server/coordinator_server.h"
@@ -20,6 +27,10 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "gRPC address; port 0 picks a free port");
 ABSL_FLAG(std::string, database, "",
           "libpq connection string (default: $SSLBENCH_DATABASE_URL)");
+ABSL_FLAG(std::string, database_password_file, "",
+          "file holding the database password (not readable by others; default: "
+          "$SSLBENCH_DATABASE_PASSWORD_FILE); libpq's PGPASSFILE and ~/.pgpass work too. A "
+          "password inside --database is refused: every local user can read command lines");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
           "Prometheus /metrics address; empty disables it");
 ABSL_FLAG(std::string, port_file, "",
@@ -50,6 +61,53 @@ ABSL_FLAG(std::string, blob_store, "postgres",
           "where feature chunk bytes go: postgres (a table of --database) or "
           "file:///PATH (a folder every coordinator replica mounts)");
 
+namespace {
+
+// Whether a libpq connection string (key=value or URI) carries a password.
+bool HasPassword(const std::string& conninfo) {
+  if (absl::StartsWith(conninfo, "postgres://") || absl::StartsWith(conninfo, "postgresql://")) {
+    const absl::string_view rest = absl::string_view(conninfo).substr(conninfo.find("//") + 2);
+    const absl::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+    const size_t at = authority.rfind('@');
+    return (at != absl::string_view::npos &&
+            authority.substr(0, at).find(':') != absl::string_view::npos) ||
+           conninfo.find("password=") != std::string::npos;
+  }
+  for (absl::string_view word : absl::StrSplit(conninfo, absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
+    if (absl::StartsWith(absl::StripLeadingAsciiWhitespace(word), "password")) return true;
+  }
+  return false;
+}
+
+// The password in `path`, for libpq (through PGPASSWORD, which only this
+// process and root can read), or why not.
+absl::Status UsePasswordFile(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::NotFoundError(absl::StrCat("database password file ", path, " not found"));
+  }
+  if ((st.st_mode & 007) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database password file ", path, " is readable by others; chmod o-rwx it"));
+  }
+  if (st.st_size > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("database password file ", path, " holds ", st.st_size, " bytes, not a password"));
+  }
+  std::ifstream in(path);
+  std::string password((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) {
+    password.pop_back();
+  }
+  if (password.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("database password file ", path, " is empty"));
+  }
+  setenv("PGPASSWORD", password.c_str(), 1);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "sslbench-coordinator --database=CONNINFO [--listen=HOST:PORT]");
@@ -67,6 +125,24 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.database = absl::GetFlag(FLAGS_database);
   options.blob_store = absl::GetFlag(FLAGS_blob_store);
+  if (HasPassword(options.database)) {
+    std::fprintf(stderr,
+                 "sslbench-coordinator: --database carries a password, which every local user "
+                 "can read on the command line; put it in --database_password_file, PGPASSFILE "
+                 "or $SSLBENCH_DATABASE_URL instead\n");
+    return 64;
+  }
+  std::string password_file = absl::GetFlag(FLAGS_database_password_file);
+  if (password_file.empty()) {
+    const char* env = std::getenv("SSLBENCH_DATABASE_PASSWORD_FILE");
+    if (env) password_file = env;
+  }
+  if (!password_file.empty()) {
+    if (absl::Status s = UsePasswordFile(password_file); !s.ok()) {
+      std::fprintf(stderr, "sslbench-coordinator: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
   if (options.database.empty()) {
     const char* env = std::getenv("SSLBENCH_DATABASE_URL");
     if (env) options.database = env;

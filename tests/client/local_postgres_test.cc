@@ -26,12 +26,14 @@ std::string Psql() {
              : "/usr/bin/psql";
 }
 
-// Runs one statement through psql over TCP; returns its trimmed output.
+// Runs one statement through psql over TCP, with the cluster's password
+// file unless `password` is false; returns its trimmed output.
 absl::StatusOr<std::string> Query(const LocalPostgres& pg, const std::string& db,
-                                  const std::string& sql) {
-  absl::StatusOr<CommandResult> r =
-      RunCommand({Psql(), "-X", "-h", "127.0.0.1", "-p", absl::StrCat(pg.port()), "-U",
-                  "sslbench", "-d", db, "-tAc", sql});
+                                  const std::string& sql, bool password = true) {
+  absl::StatusOr<CommandResult> r = RunCommand(
+      {"/usr/bin/env", password ? "PGPASSFILE=" + pg.PassFile() : "PGPASSFILE=/nonexistent",
+       "PGPASSWORD=", Psql(), "-X", "-w", "-h", "127.0.0.1", "-p", absl::StrCat(pg.port()),
+       "-U", "sslbench", "-d", db, "-tAc", sql});
   if (!r.ok()) return r.status();
   if (r->exit_code != 0) return absl::UnavailableError(r->output);
   return std::string(absl::StripAsciiWhitespace(r->output));
@@ -59,9 +61,20 @@ TEST_F(LocalPostgresTest, StartCreateConnectRestartStop) {
   ASSERT_TRUE(pg.ok()) << pg.status();
   const int port = (*pg)->port();
   EXPECT_GT(port, 0);
-  EXPECT_EQ((*pg)->ConnInfo("x"),
-            absl::StrCat("host=127.0.0.1 port=", port, " user=sslbench dbname=x"));
+  // A password, from a file only this user reads, never in the string.
+  const std::string passfile = options.dir + "/passfile";
+  EXPECT_EQ((*pg)->PassFile(), passfile);
+  EXPECT_EQ((*pg)->ConnInfo("x"), absl::StrCat("host=127.0.0.1 port=", port,
+                                               " user=sslbench dbname=x passfile='", passfile,
+                                               "'"));
+  struct stat st;
+  ASSERT_EQ(stat(passfile.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_THAT(ReadFile(passfile), ::testing::MatchesRegex("\\*:\\*:\\*:sslbench:[0-9a-f]{32}\n"));
+  EXPECT_FALSE(std::filesystem::exists(options.dir + "/initdb.pw"));
   EXPECT_EQ(ReadFile(options.dir + "/port"), absl::StrCat(port, "\n"));
+  EXPECT_THAT(Query(**pg, "postgres", "SELECT 1", /*password=*/false).status(),
+              StatusIs(absl::StatusCode::kUnavailable, "password"));
 
   ASSERT_TRUE((*pg)->CreateDatabase("sslbench").ok());
   ASSERT_TRUE((*pg)->CreateDatabase("sslbench").ok());  // idempotent

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/coordinator_client.h"
 #include "common/local_postgres.h"
@@ -164,6 +165,78 @@ TEST(CoordinatorStartTest, WaitsForItsDatabase) {
                            absl::Seconds(10));
   EXPECT_TRUE(client.ListWorkers().ok());
   EXPECT_EQ((*coordinator)->Stop(), 0);
+  pg->reset();
+  std::filesystem::remove_all(dir);
+}
+
+// The database password comes from a private file, never from the command
+// line (where every local user can read it); the local PostgreSQL refuses
+// connections without it.
+TEST(CoordinatorStartTest, DatabasePasswordFromAFileNeverTheCommandLine) {
+  char dir[] = "/tmp/sslbench-password-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  chmod(dir, 0755);  // the server may run as another user
+  LocalPostgresOptions pg_options;
+  pg_options.dir = std::string(dir) + "/pg";
+  pg_options.durable = false;
+  auto pg = LocalPostgres::Start(pg_options);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  const std::string line = Slurp((*pg)->PassFile());
+  const std::string password =
+      line.substr(line.rfind(':') + 1, line.find('\n') - line.rfind(':') - 1);
+  ASSERT_EQ(password.size(), 32u) << line;
+  const std::string bare = absl::StrCat("host=127.0.0.1 port=", (*pg)->port(),
+                                        " user=sslbench dbname=postgres");
+  const std::string bin = std::string(SSLBENCH_BIN_DIR) + "/sslbench-coordinator";
+  std::string log;  // each run its own
+  int runs = 0;
+  const std::string port_file = std::string(dir) + "/port";
+  auto run = [&](std::vector<std::string> extra) {
+    log = absl::StrCat(dir, "/coordinator-", runs++, ".log");
+    std::vector<std::string> argv = {bin, "--listen=127.0.0.1:0", "--metrics_listen=",
+                                     "--port_file=" + port_file, "--database_wait_seconds=0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return Subprocess::Start(argv, log);
+  };
+  auto exit_code = [&](std::vector<std::string> extra) {
+    auto p = run(std::move(extra));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return -1;
+    EXPECT_TRUE((*p)->Wait(absl::Seconds(60))) << Slurp(log);
+    return (*p)->Stop();
+  };
+  // A password on the command line is refused before anything connects.
+  EXPECT_EQ(exit_code({"--database=" + bare + " password=" + password}), 64);
+  EXPECT_THAT(Slurp(log), ::testing::HasSubstr("command line"));
+  EXPECT_EQ(exit_code({"--database=postgresql://sslbench:" + password + "@127.0.0.1/postgres"}),
+            64);
+  // No password: the database says no.
+  EXPECT_EQ(exit_code({"--database=" + bare}), 1);
+  EXPECT_THAT(Slurp(log), ::testing::HasSubstr("password"));
+  // A password file others can read is refused.
+  const std::string file = std::string(dir) + "/db-password";
+  {
+    std::ofstream(file) << password << "\n";
+  }
+  chmod(file.c_str(), 0644);
+  EXPECT_EQ(exit_code({"--database=" + bare, "--database_password_file=" + file}), 2);
+  EXPECT_THAT(Slurp(log), ::testing::HasSubstr("readable by others"));
+  // A private one works.
+  chmod(file.c_str(), 0600);
+  auto coordinator = run({"--database=" + bare, "--database_password_file=" + file});
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  ASSERT_TRUE(Eventually([&] {
+    return Slurp(port_file).find('\n') != std::string::npos || !(*coordinator)->Running();
+  })) << Slurp(log);
+  ASSERT_TRUE((*coordinator)->Running()) << Slurp(log);
+  CoordinatorClient client("127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n')),
+                           absl::Seconds(10));
+  EXPECT_TRUE(client.ListWorkers().ok());
+  EXPECT_EQ((*coordinator)->Stop(), 0);
+  for (int r = 0; r < runs; ++r) {
+    EXPECT_THAT(Slurp(absl::StrCat(dir, "/coordinator-", r, ".log")),
+                ::testing::Not(::testing::HasSubstr(password)));
+  }
   pg->reset();
   std::filesystem::remove_all(dir);
 }

@@ -7,6 +7,7 @@
 
 #include <pqxx/pqxx>
 
+#include <condition_variable>
 #include <filesystem>
 #include <future>
 #include <map>
@@ -200,18 +201,30 @@ TEST_F(PgStoreTest, ConcurrentLeasingNeverHandsOneTaskToTwoWorkers) {
   // 4 models x 5 datasets = 40 extraction tasks runnable at once.
   Submit(testing::MakeStudy(4, 5));
   constexpr int kThreads = 8;
+  std::vector<int64_t> workers;
+  for (int t = 0; t < kThreads; ++t) workers.push_back(Register(absl::StrCat("w", t)));
   std::mutex mu;
+  std::condition_variable all_leased_once;
+  int first_leases = 0;
   std::map<int64_t, int> leased_by;  // task -> worker
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      const int64_t worker = Register(absl::StrCat("w", t));
-      for (;;) {
-        auto lease = Lease(worker);
+      for (bool first = true;; first = false) {
+        auto lease = Lease(workers[t]);
+        std::unique_lock<std::mutex> lock(mu);
+        if (lease.task_id() != 0) {
+          EXPECT_EQ(leased_by.count(lease.task_id()), 0u) << "task leased twice";
+          leased_by[lease.task_id()] = t;
+        }
+        if (first) {
+          // Every worker leases once before any leases again: the leases
+          // race, and each worker holds one of the 40 tasks.
+          ++first_leases;
+          all_leased_once.notify_all();
+          all_leased_once.wait(lock, [&] { return first_leases == kThreads; });
+        }
         if (lease.task_id() == 0) return;
-        std::lock_guard<std::mutex> lock(mu);
-        EXPECT_EQ(leased_by.count(lease.task_id()), 0u) << "task leased twice";
-        leased_by[lease.task_id()] = t;
       }
     });
   }
@@ -219,7 +232,7 @@ TEST_F(PgStoreTest, ConcurrentLeasingNeverHandsOneTaskToTwoWorkers) {
   EXPECT_EQ(leased_by.size(), 40u);
   std::set<int> workers_used;
   for (const auto& [task, worker] : leased_by) workers_used.insert(worker);
-  EXPECT_GT(workers_used.size(), 1u);
+  EXPECT_EQ(workers_used.size(), static_cast<size_t>(kThreads));
 }
 
 TEST_F(PgStoreTest, ExpiredLeaseIsRequeuedThenFailsAfterMaxAttempts) {
