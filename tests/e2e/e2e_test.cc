@@ -17,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -113,16 +114,19 @@ class EndToEndTest : public ::testing::Test {
     if (!dir_.empty() && !HasFailure()) fs::remove_all(dir_);
   }
 
-  void StartCoordinator(std::vector<std::string> extra = {}) {
+  // `name` names its log (NAME.log) and port file: replicas each their own.
+  void StartCoordinator(std::vector<std::string> extra = {},
+                        const std::string& name = "coordinator") {
+    const std::string port_file = absl::StrCat(dir_, "/", name, ".port");
+    const std::string log = absl::StrCat(dir_, "/", name, ".log");
     std::vector<std::string> argv = {Bin("sslbench-coordinator"), "--listen=127.0.0.1:0",
-                                     "--metrics_listen=127.0.0.1:0",
-                                     "--port_file=" + dir_ + "/coordinator.port",
+                                     "--metrics_listen=127.0.0.1:0", "--port_file=" + port_file,
                                      "--database=" + database_};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    auto started = Subprocess::Start(argv, dir_ + "/coordinator.log");
+    auto started = Subprocess::Start(argv, log);
     ASSERT_TRUE(started.ok()) << started.status();
     coordinator_ = *std::move(started);
-    auto port = WaitForPortFile(dir_ + "/coordinator.port", *coordinator_, dir_ + "/coordinator.log");
+    auto port = WaitForPortFile(port_file, *coordinator_, log);
     ASSERT_TRUE(port.ok()) << port.status();
     address_ = absl::StrCat("127.0.0.1:", *port);
     grpc::ChannelArguments args;
@@ -426,6 +430,41 @@ TEST_F(EndToEndTest, CoordinatorRestartMidStudyLosesNothing) {
   ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/worker-1.log");
   EXPECT_EQ(Results(study).results_size(), 3);
   EXPECT_THAT(ReadFile(dir_ + "/worker-1.log"), HasSubstr("retrying"));
+}
+
+// Two coordinator replicas on one database, one SIGKILLed mid-study while
+// its worker extracts: the other replica reaps the lease that died with it,
+// its own worker finishes, and every result is stored once.
+TEST_F(EndToEndTest, TwoReplicasOneKilledMidStudyLoseNothing) {
+  StartCoordinator({"--lease_seconds=3", "--heartbeat_ms=500"}, "replica-a");
+  std::unique_ptr<Subprocess> replica_a = std::move(coordinator_);
+  StartWorker("worker-a", {"--chunk_kib=64", "--threads=1"});
+  const int64_t study = Submit(WriteStudy("replicas", TwoModels(), 20000, 2000));
+  ASSERT_TRUE(WaitForExtractedRows(study, 2000)) << ReadFile(dir_ + "/worker-a.log");
+  StartCoordinator({"--lease_seconds=3", "--heartbeat_ms=500"}, "replica-b");
+  StartWorker("worker-b", {"--chunk_kib=64", "--threads=1"});
+  replica_a->Kill();
+
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/replica-b.log");
+  const v1::ListResultsResponse results = Results(study);
+  std::set<std::string> distinct;
+  for (const auto& r : results.results()) {
+    distinct.insert(absl::StrCat(r.model(), "/", r.protocol(), "/", r.variant()));
+    EXPECT_GT(r.top1(), 0.3) << r.model() << " " << r.variant();  // chance is 0.1
+  }
+  EXPECT_EQ(results.results_size(), 6);  // 2 models x kNN x 3 variants
+  EXPECT_EQ(distinct.size(), 6u);
+  EXPECT_THAT(ReadFile(dir_ + "/replica-b.log"), HasSubstr("lease expired"));
+  // The same study again, undisturbed, on the features the first one stored:
+  // the same figures.
+  const int64_t again = Submit(WriteStudy("replicas-again", TwoModels(), 20000, 2000));
+  ASSERT_EQ(Cli({"watch", absl::StrCat(again)}).exit_code, 0);
+  std::map<std::string, double> first, second;
+  for (const auto& r : results.results()) first[r.model() + "/" + r.variant()] = r.top1();
+  const v1::ListResultsResponse undisturbed = Results(again);
+  for (const auto& r : undisturbed.results()) second[r.model() + "/" + r.variant()] = r.top1();
+  EXPECT_EQ(first, second);
 }
 
 // A worker killed mid-extraction: its lease expires, another worker resumes
