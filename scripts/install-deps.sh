@@ -19,6 +19,8 @@ PACKAGES=(
   python3-torchvision python3-pil python3-skimage
   # Opens the study report in the end-to-end test (headless).
   chromium
+  # `ip netns`: the end-to-end test that cuts a worker off the network.
+  iproute2
 )
 
 missing=()

@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -91,6 +92,27 @@ absl::StatusOr<int> WaitForPortFile(const std::string& path, Subprocess& child,
   return result;
 }
 
+// Waits until the file at `path` contains `text` (woken by inotify when its
+// folder changes, at least every second), up to `timeout`.
+bool WaitForFileToContain(const std::string& path, const std::string& text,
+                          absl::Duration timeout) {
+  const int watch = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (watch < 0) return false;
+  inotify_add_watch(watch, fs::path(path).parent_path().c_str(),
+                    IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY);
+  const absl::Time deadline = absl::Now() + timeout;
+  bool found = false;
+  while (!(found = ReadFile(path).find(text) != std::string::npos) && absl::Now() < deadline) {
+    pollfd p{watch, POLLIN, 0};
+    poll(&p, 1, 1000);
+    char events[4096];
+    while (read(watch, events, sizeof(events)) > 0) {
+    }
+  }
+  close(watch);
+  return found;
+}
+
 class EndToEndTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -119,7 +141,8 @@ class EndToEndTest : public ::testing::Test {
                         const std::string& name = "coordinator") {
     const std::string port_file = absl::StrCat(dir_, "/", name, ".port");
     const std::string log = absl::StrCat(dir_, "/", name, ".log");
-    std::vector<std::string> argv = {Bin("sslbench-coordinator"), "--listen=127.0.0.1:0",
+    std::vector<std::string> argv = {Bin("sslbench-coordinator"),
+                                     "--listen=" + listen_host_ + ":0",
                                      "--metrics_listen=127.0.0.1:0", "--port_file=" + port_file,
                                      "--database=" + database_};
     argv.insert(argv.end(), extra.begin(), extra.end());
@@ -128,7 +151,7 @@ class EndToEndTest : public ::testing::Test {
     coordinator_ = *std::move(started);
     auto port = WaitForPortFile(port_file, *coordinator_, log);
     ASSERT_TRUE(port.ok()) << port.status();
-    address_ = absl::StrCat("127.0.0.1:", *port);
+    address_ = absl::StrCat(listen_host_, ":", *port);
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
     auto channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
@@ -279,6 +302,7 @@ class EndToEndTest : public ::testing::Test {
 
   std::string dir_;
   std::string database_;
+  std::string listen_host_ = "127.0.0.1";  // the coordinators' address
   std::string address_;
   std::unique_ptr<Subprocess> coordinator_;
   std::vector<std::unique_ptr<Subprocess>> workers_;
@@ -465,6 +489,86 @@ TEST_F(EndToEndTest, TwoReplicasOneKilledMidStudyLoseNothing) {
   const v1::ListResultsResponse undisturbed = Results(again);
   for (const auto& r : undisturbed.results()) second[r.model() + "/" + r.variant()] = r.top1();
   EXPECT_EQ(first, second);
+}
+
+// Runs `argv`; a failed command fails the test with its output.
+void Must(const std::vector<std::string>& argv) {
+  auto r = RunCommand(argv);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->exit_code, 0) << absl::StrJoin(argv, " ") << ":\n" << r->output;
+}
+
+// A network namespace joined to this one by a veth pair, with a /30 of its
+// own: nothing in it reaches anything but the test's two addresses (and its
+// own loopback). Removed, with the pair, on destruction.
+class Partition {
+ public:
+  Partition() {
+    const int n = static_cast<int>(getpid() % 250) + 1;
+    name_ = absl::StrCat("sbpart", getpid());
+    host_if_ = absl::StrCat("sbh", getpid() % 1000000);
+    host_ip_ = absl::StrCat("10.213.", n, ".1");
+    inner_ip_ = absl::StrCat("10.213.", n, ".2");
+    inner_if_ = absl::StrCat("sbn", getpid() % 1000000);
+    const std::string& inner_if = inner_if_;
+    Must({"ip", "netns", "add", name_});
+    Must({"ip", "link", "add", host_if_, "type", "veth", "peer", "name", inner_if});
+    Must({"ip", "link", "set", inner_if, "netns", name_});
+    Must({"ip", "addr", "add", host_ip_ + "/30", "dev", host_if_});
+    Must({"ip", "link", "set", host_if_, "up"});
+    Must({"ip", "netns", "exec", name_, "ip", "addr", "add", inner_ip_ + "/30", "dev", inner_if});
+    Must({"ip", "netns", "exec", name_, "ip", "link", "set", inner_if, "up"});
+    Must({"ip", "netns", "exec", name_, "ip", "link", "set", "lo", "up"});
+  }
+  ~Partition() {
+    RunCommand({"ip", "netns", "del", name_}).IgnoreError();  // takes the pair with it
+    RunCommand({"ip", "link", "del", host_if_}).IgnoreError();
+  }
+  // The link down on the namespace's side (packets dropped, no reset: a
+  // cable pulled; this side keeps its address) or up again.
+  void Cut() { Must(Inside({"ip", "link", "set", inner_if_, "down"})); }
+  void Heal() { Must(Inside({"ip", "link", "set", inner_if_, "up"})); }
+  // `argv` run inside the namespace.
+  std::vector<std::string> Inside(std::vector<std::string> argv) const {
+    argv.insert(argv.begin(), {"ip", "netns", "exec", name_});
+    return argv;
+  }
+  const std::string& host_ip() const { return host_ip_; }
+
+ private:
+  std::string name_, host_if_, inner_if_, host_ip_, inner_ip_;
+};
+
+// A worker in its own network namespace is cut off mid-extraction: its lease
+// expires, a worker on the other side finishes the study, and when the link
+// comes back the cut-off worker's late calls are refused by the fence.
+TEST_F(EndToEndTest, WorkerCutOffByAPartitionIsFencedOut) {
+  Partition partition;
+  listen_host_ = partition.host_ip();  // reachable from both sides
+  StartCoordinator({"--lease_seconds=3", "--heartbeat_ms=500"});
+  const std::string victim_log = dir_ + "/cut-off.log";
+  auto victim = Subprocess::Start(
+      partition.Inside({Bin("sslbench-worker"), "--coordinator=" + address_, "--name=cut-off",
+                        "--threads=1", "--metrics_listen=", "--chunk_kib=64"}),
+      victim_log);
+  ASSERT_TRUE(victim.ok()) << victim.status();
+  const int64_t study = Submit(WriteStudy(
+      "partition", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n", 60000, 2000));
+  ASSERT_TRUE(WaitForExtractedRows(study, 2000)) << ReadFile(victim_log);
+  partition.Cut();
+  StartWorker("rescuer", {"--chunk_kib=64"});
+  // The coordinator gives the cut-off worker's task to another worker...
+  ASSERT_TRUE(WaitForFileToContain(dir_ + "/coordinator.log", "lease expired", absl::Minutes(2)))
+      << ReadFile(dir_ + "/coordinator.log");
+  // ... and when the link returns, the cut-off worker learns it lost it.
+  partition.Heal();
+  const CommandResult watched = Cli({"watch", absl::StrCat(study)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output << ReadFile(dir_ + "/coordinator.log");
+  EXPECT_EQ(Results(study).results_size(), 3);
+  EXPECT_TRUE(WaitForFileToContain(victim_log, "lease lost", absl::Minutes(1)))
+      << ReadFile(victim_log);
+  EXPECT_THAT(ReadFile(dir_ + "/rescuer.log"), HasSubstr("resumed"));
+  (*victim)->Stop();
 }
 
 // A worker killed mid-extraction: its lease expires, another worker resumes
