@@ -23,6 +23,18 @@
 namespace sslbench::image {
 namespace {
 
+// Pillow's limit: it refuses images of more than twice its
+// MAX_IMAGE_PIXELS (89,478,485) as decompression bombs. A few hundred bytes
+// of JPEG or PNG can claim 65,500 x 65,500 pixels (12.9 GB of RGB).
+constexpr uint64_t kMaxImagePixels = 178956970;
+
+absl::Status CheckPixels(const std::string& name, uint64_t width, uint64_t height) {
+  if (width * height <= kMaxImagePixels) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      name, ": ", width, " x ", height, " pixels is more than the ", kMaxImagePixels,
+      " an image may have (a decompression bomb, or not a photograph)"));
+}
+
 // ---- JPEG ------------------------------------------------------------------
 
 struct JpegError {
@@ -87,6 +99,10 @@ absl::Status DecodeJpeg(std::string_view bytes, const std::string& name, Image* 
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
                static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
+  if (absl::Status size = CheckPixels(name, cinfo.image_width, cinfo.image_height); !size.ok()) {
+    jpeg_destroy_decompress(&cinfo);
+    return size;
+  }
   bool cmyk = false;
   switch (cinfo.jpeg_color_space) {
     case JCS_GRAYSCALE:
@@ -195,6 +211,12 @@ absl::Status DecodePng(std::string_view bytes, const std::string& name, Image* o
   }
   png_set_read_fn(png, &src, &PngRead);
   png_read_info(png, info);
+  if (absl::Status size =
+          CheckPixels(name, png_get_image_width(png, info), png_get_image_height(png, info));
+      !size.ok()) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return size;
+  }
   const int color = png_get_color_type(png, info);
   const int depth = png_get_bit_depth(png, info);
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);

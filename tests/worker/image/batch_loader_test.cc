@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <jpeglib.h>
+#include <zlib.h>
 
 #include <string>
 #include <vector>
@@ -175,6 +176,47 @@ TEST(DecodeImageTest, RejectsWhatIsNotAnImage) {
             absl::StatusCode::kDataLoss);
   EXPECT_EQ(DecodeImage("\x89PNG\r\n\x1a\n\0\0", "z.png").status().code(),
             absl::StatusCode::kDataLoss);
+}
+
+// A few hundred bytes claiming billions of pixels are refused from the
+// header, before any pixel memory is asked for (Pillow's limit).
+TEST(DecodeImageTest, RefusesDecompressionBombsFromTheHeader) {
+  // JPEG: a real 8x8 file whose frame header claims 65,000 x 65,000.
+  std::string jpeg = Jpeg(8, 8, 10, 20, 30);
+  const size_t sof = jpeg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  for (size_t at : {sof + 5, sof + 7}) {  // height, then width, big-endian
+    jpeg[at] = static_cast<char>(65000 >> 8);
+    jpeg[at + 1] = static_cast<char>(65000 & 255);
+  }
+  const auto big_jpeg = DecodeImage(jpeg, "bomb.jpg");
+  EXPECT_EQ(big_jpeg.status().code(), absl::StatusCode::kInvalidArgument) << big_jpeg.status();
+  EXPECT_THAT(std::string(big_jpeg.status().message()),
+              ::testing::HasSubstr("bomb.jpg: 65000 x 65000 pixels"));
+  // PNG: the signature, an IHDR of 100,000 x 100,000 and an empty IDAT.
+  auto chunk = [](const std::string& type, const std::string& data) {
+    std::string out;
+    for (int shift : {24, 16, 8, 0}) out += static_cast<char>((data.size() >> shift) & 255);
+    const std::string body = type + data;
+    out += body;
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size())));
+    for (int shift : {24, 16, 8, 0}) out += static_cast<char>((crc >> shift) & 255);
+    return out;
+  };
+  std::string ihdr;
+  for (uint32_t v : {100000u, 100000u}) {
+    for (int shift : {24, 16, 8, 0}) ihdr += static_cast<char>((v >> shift) & 255);
+  }
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8-bit RGB, no interlace
+  const std::string png = std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) +
+                          chunk("IDAT", "");
+  const auto big_png = DecodeImage(png, "bomb.png");
+  EXPECT_EQ(big_png.status().code(), absl::StatusCode::kInvalidArgument) << big_png.status();
+  EXPECT_THAT(std::string(big_png.status().message()),
+              ::testing::HasSubstr("bomb.png: 100000 x 100000 pixels"));
+  // At the limit's scale, ordinary photographs pass.
+  EXPECT_TRUE(DecodeImage(Jpeg(640, 480, 1, 2, 3), "fine.jpg").ok());
 }
 
 }  // namespace
