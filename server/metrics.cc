@@ -60,6 +60,11 @@ CoordinatorMetrics::CoordinatorMetrics(std::shared_ptr<prometheus::Registry> reg
   for (const char* code : {"UNAUTHENTICATED", "PERMISSION_DENIED"}) {
     auth_refused_->Add({{"code", code}});
   }
+  for (const char* op : {"create_study", "lease_task", "heartbeat", "put_feature_chunk",
+                         "complete_tasks", "release_task", "find_expired_leases",
+                         "get_feature_chunk", "get_study", "list_results"}) {
+    db_errors_->Add({{"op", op}});
+  }
 }
 
 void CoordinatorMetrics::AuthRefused(absl::string_view code) {

@@ -109,6 +109,18 @@ class AuthTest : public ::testing::Test {
   std::unique_ptr<v1::WorkerService::Stub> workers_;
 };
 
+// The series alerts read exist before the first event: a rate over no
+// series is no alert at all.
+TEST_F(AuthTest, ErrorCountersAreExportedFromTheStart) {
+  const absl::StatusOr<std::string> got = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (const char* op : {"create_study", "lease_task", "heartbeat", "complete_tasks"}) {
+    EXPECT_THAT(*got, ::testing::HasSubstr(absl::StrCat("sslbench_db_errors_total{op=\"", op,
+                                                        "\"} 0")));
+  }
+  EXPECT_THAT(*got, ::testing::HasSubstr("sslbench_auth_refused_total{code=\"UNAUTHENTICATED\"} 0"));
+}
+
 TEST_F(AuthTest, EveryCallNeedsAKnownTokenWhoseRoleAllowsIt) {
   EXPECT_EQ(Refused("UNAUTHENTICATED"), 0);
   EXPECT_EQ(Refused("PERMISSION_DENIED"), 0);
