@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -51,6 +52,9 @@ ABSL_FLAG(int, work_ms, 0,
           "--batch), asleep, drawn uniformly from 0.5x to 1.5x: a real worker computes between "
           "its calls, and not in lockstep with the others. 0: a closed loop that calls again at "
           "once, which measures capacity rather than latency");
+ABSL_FLAG(int, idle_seconds, 0,
+          "after the run, wait this long with the coordinators idle and report the process's "
+          "resident memory again (rss_idle_mb): whether freed memory goes back to the system");
 ABSL_FLAG(int, executor_threads, 8, "each coordinator's RPC executor threads");
 ABSL_FLAG(int, db_connections, 16, "each coordinator's database connections");
 
@@ -101,6 +105,16 @@ double Percentile(std::vector<double> v, double p) {
 
 double Ms(Clock::time_point since) {
   return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
+}
+
+// This process's resident memory (VmRSS), in MiB.
+double RssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -162,6 +176,7 @@ int main(int argc, char** argv) {
   for (int i = 1; queued < absl::GetFlag(FLAGS_tasks); ++i) queued += submit(i, probes_only ? 0 : i);
   const double submit_s = Ms(submit_start) / 1000;
 
+  const double rss_start_mb = RssMb();
   std::atomic<bool> measuring{false}, stop{false};
   std::atomic<int64_t> completions{0}, empty_leases{0}, errors{0};
   Latencies latencies;
@@ -344,20 +359,25 @@ int main(int argc, char** argv) {
   stop = true;
   for (auto& t : threads) t.join();
   const int64_t done = completions.load();
+  const double rss_end_mb = RssMb();
+  std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_idle_seconds)));
+  const double rss_idle_mb = RssMb();
 
   std::printf(
       "{\"coordinators\": %d, \"workers\": %d, \"batch\": %d, \"workload\": \"%s\", "
       "\"work_ms\": %d, \"cores\": %u, \"durable\": %s, \"queued_tasks\": %d, \"setup_tasks\": %d, "
       "\"submit_s\": %.1f, \"completions\": %lld, \"completions_per_s\": %.0f, "
       "\"lease_p50_ms\": %.2f, \"lease_p99_ms\": %.2f, \"complete_p50_ms\": %.2f, "
-      "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld}\n",
+      "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld, "
+      "\"rss_start_mb\": %.0f, \"rss_end_mb\": %.0f, \"rss_idle_mb\": %.0f}\n",
       replicas, workers, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_workload).c_str(),
       absl::GetFlag(FLAGS_work_ms), std::thread::hardware_concurrency(), absl::GetFlag(FLAGS_durable) ? "true" : "false",
       queued, setup_tasks, submit_s,
       static_cast<long long>(done), static_cast<double>(done) / elapsed,
       Percentile(latencies.lease_ms, 0.5), Percentile(latencies.lease_ms, 0.99),
       Percentile(latencies.complete_ms, 0.5), Percentile(latencies.complete_ms, 0.99),
-      static_cast<long long>(empty_leases.load()), static_cast<long long>(errors.load()));
+      static_cast<long long>(empty_leases.load()), static_cast<long long>(errors.load()),
+      rss_start_mb, rss_end_mb, rss_idle_mb);
   servers.clear();
   pg->reset();
   std::filesystem::remove_all(dir);
