@@ -130,16 +130,24 @@ bool Eventually(const std::function<bool()>& done) {
   return true;
 }
 
+// A folder made from `pattern` (mkdtemp) that the database server, which
+// may run as another user, can enter, and a cluster started in DIR/pg.
+absl::StatusOr<std::unique_ptr<LocalPostgres>> StartClusterIn(std::string pattern,
+                                                              std::string* dir) {
+  if (mkdtemp(pattern.data()) == nullptr) return absl::InternalError("mkdtemp failed");
+  chmod(pattern.c_str(), 0755);
+  *dir = pattern;
+  LocalPostgresOptions options;
+  options.dir = pattern + "/pg";
+  options.durable = false;
+  return LocalPostgres::Start(options);
+}
+
 // A coordinator started before its database (a first deploy) waits for it
 // with backoff instead of exiting, then serves.
 TEST(CoordinatorStartTest, WaitsForItsDatabase) {
-  char dir[] = "/tmp/sslbench-wait-XXXXXX";
-  ASSERT_NE(mkdtemp(dir), nullptr);
-  chmod(dir, 0755);  // the server may run as another user
-  LocalPostgresOptions pg_options;
-  pg_options.dir = std::string(dir) + "/pg";
-  pg_options.durable = false;
-  auto pg = LocalPostgres::Start(pg_options);
+  std::string dir;
+  auto pg = StartClusterIn("/tmp/sslbench-wait-XXXXXX", &dir);
   ASSERT_TRUE(pg.ok()) << pg.status();
   ASSERT_TRUE((*pg)->Stop().ok());
 
@@ -173,13 +181,8 @@ TEST(CoordinatorStartTest, WaitsForItsDatabase) {
 // line (where every local user can read it); the local PostgreSQL refuses
 // connections without it.
 TEST(CoordinatorStartTest, DatabasePasswordFromAFileNeverTheCommandLine) {
-  char dir[] = "/tmp/sslbench-password-XXXXXX";
-  ASSERT_NE(mkdtemp(dir), nullptr);
-  chmod(dir, 0755);  // the server may run as another user
-  LocalPostgresOptions pg_options;
-  pg_options.dir = std::string(dir) + "/pg";
-  pg_options.durable = false;
-  auto pg = LocalPostgres::Start(pg_options);
+  std::string dir;
+  auto pg = StartClusterIn("/tmp/sslbench-password-XXXXXX", &dir);
   ASSERT_TRUE(pg.ok()) << pg.status();
   const std::string line = Slurp((*pg)->PassFile());
   const std::string password =

@@ -29,6 +29,7 @@
 #include "common/local_postgres.h"
 #include "server/coordinator.h"
 #include "server/store/pg_store.h"
+#include "tests/testing/study_fixtures.h"
 
 namespace {
 
@@ -72,27 +73,13 @@ World* world = nullptr;
 // A study of 2 models x 2 datasets x kNN: 8 extractions, 4 probes.
 void QueueStudy() {
   v1::SubmitStudyRequest request;
-  v1::StudySpec& spec = *request.mutable_spec();
-  spec.set_name(absl::StrCat("fuzz-", world->studies++));
-  for (int m = 0; m < 2; ++m) {
-    auto* model = spec.add_models();
-    model->set_name(absl::StrCat("model", m));
-    model->set_path(absl::StrCat("/models/model", m, ".pt"));
-    model->set_channels(1);
-    model->add_mean(0.0f);
-    model->add_std(1.0f);
-    // A new model hash per study: nothing is served from the cache.
-    model->set_sha256(absl::StrCat(std::string(56, 'a'), absl::Hex(world->studies, absl::kZeroPad8)));
+  *request.mutable_spec() =
+      sslbench::testing::MakeStudy(2, 2, absl::StrCat("fuzz-", world->studies++));
+  // A new model hash per study: nothing is served from the cache.
+  for (auto& model : *request.mutable_spec()->mutable_models()) {
+    model.set_sha256(absl::StrCat(model.sha256().substr(0, 56),
+                                  absl::Hex(world->studies, absl::kZeroPad8)));
   }
-  for (int d = 0; d < 2; ++d) {
-    auto* dataset = spec.add_datasets();
-    dataset->set_name(absl::StrCat("dataset", d));
-    dataset->set_format("idx");
-    dataset->set_root(absl::StrCat("/data/dataset", d));
-    dataset->set_digest(absl::StrCat("digest", d));
-  }
-  spec.add_protocols()->set_name("knn");
-  spec.mutable_protocols(0)->mutable_knn();
   const auto submitted = world->coordinator->SubmitStudy(request);
   if (!submitted.ok()) Die(absl::StrCat("submit: ", submitted.status().ToString()));
 }
