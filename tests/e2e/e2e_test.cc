@@ -557,9 +557,12 @@ TEST_F(EndToEndTest, WorkerCutOffByAPartitionIsFencedOut) {
   ASSERT_TRUE(WaitForExtractedRows(study, 2000)) << ReadFile(victim_log);
   partition.Cut();
   StartWorker("rescuer", {"--chunk_kib=64"});
-  // The coordinator gives the cut-off worker's task to another worker...
-  ASSERT_TRUE(WaitForFileToContain(dir_ + "/coordinator.log", "lease expired", absl::Minutes(2)))
-      << ReadFile(dir_ + "/coordinator.log");
+  // The coordinator gives the cut-off worker's task to the other worker,
+  // which resumes it from the chunks already stored (the link stays cut
+  // until then, so the cut-off worker cannot take its task back)...
+  ASSERT_TRUE(WaitForFileToContain(dir_ + "/rescuer.log", "resumed", absl::Minutes(2)))
+      << ReadFile(dir_ + "/coordinator.log") << ReadFile(dir_ + "/rescuer.log");
+  EXPECT_THAT(ReadFile(dir_ + "/coordinator.log"), HasSubstr("lease expired"));
   // ... and when the link returns, the cut-off worker learns it lost it.
   partition.Heal();
   const CommandResult watched = Cli({"watch", absl::StrCat(study)});
@@ -567,7 +570,6 @@ TEST_F(EndToEndTest, WorkerCutOffByAPartitionIsFencedOut) {
   EXPECT_EQ(Results(study).results_size(), 3);
   EXPECT_TRUE(WaitForFileToContain(victim_log, "lease lost", absl::Minutes(1)))
       << ReadFile(victim_log);
-  EXPECT_THAT(ReadFile(dir_ + "/rescuer.log"), HasSubstr("resumed"));
   (*victim)->Stop();
 }
 
