@@ -41,13 +41,81 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
         "train_per_domain", "test_per_domain", "steps"}},
       {"data", {"out_dir", "train_per_domain", "test_per_domain"}},
       {"zoo", {"out_dir", "steps", "only", "worker_threads"}},
+      {"spec", {}},
+      {"completion", {}},
       {"help", {}},
       {"version", {}},
   };
   return *table;
 }
 
+// The words a command takes after its name, for completion: "" completes
+// file names, "-" nothing.
+const std::map<std::string, std::string>& CommandWords() {
+  static const auto* table = new std::map<std::string, std::string>{
+      {"submit", ""},          {"spec", ""},
+      {"tokens", "create list revoke"}, {"zoo", "build"},
+      {"data", "build"},       {"completion", "bash zsh"},
+  };
+  return *table;
+}
+
 }  // namespace
+
+std::string CompletionScript(const std::string& shell) {
+  std::string commands;
+  std::string cases;
+  for (const auto& [command, flags] : CommandFlags()) {
+    if (command == "version") continue;
+    absl::StrAppend(&commands, commands.empty() ? "" : " ", command);
+    std::string words = "--coordinator= --token_file= --tls_ca= --help";
+    for (const std::string& f : flags) {
+      // Boolean flags take no value.
+      absl::StrAppend(&words, " --", f, f == "dry_run" ? "" : "=");
+    }
+    auto positional = CommandWords().find(command);
+    std::string more = command == "help" ? "$commands" : "";
+    bool files = false;
+    if (positional != CommandWords().end()) {
+      if (positional->second.empty()) {
+        files = true;
+      } else {
+        more = positional->second;
+      }
+    }
+    absl::StrAppend(&cases, "    ", command, ") flags=\"", words, "\"; words=\"", more,
+                    "\"; files=", files ? 1 : 0, " ;;\n");
+  }
+  std::string script = absl::StrCat(
+      "# sslbench completion for ", shell, ": source <(sslbench completion ", shell, ")\n",
+      shell == "zsh" ? "autoload -U +X bashcompinit && bashcompinit\n" : "",
+      "_sslbench() {\n"
+      "  local cur=${COMP_WORDS[COMP_CWORD]} cmd= i flags= words= files=0\n"
+      "  local commands=\"", commands, "\"\n"
+      "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
+      "    case ${COMP_WORDS[i]} in -*) ;; *) cmd=${COMP_WORDS[i]}; break ;; esac\n"
+      "  done\n"
+      "  if [[ -z $cmd ]]; then\n"
+      "    COMPREPLY=($(compgen -W \"$commands --version --help\" -- \"$cur\"))\n"
+      "    return\n"
+      "  fi\n"
+      "  case $cmd in\n",
+      cases,
+      "    *) return ;;\n"
+      "  esac\n"
+      "  if [[ $cur == -* ]]; then\n"
+      "    COMPREPLY=($(compgen -W \"$flags\" -- \"$cur\"))\n"
+      "    [[ ${COMPREPLY[0]} == *= ]] && compopt -o nospace 2>/dev/null\n"
+      "  elif [[ $files == 1 ]]; then\n"
+      "    COMPREPLY=($(compgen -f -- \"$cur\"))\n"
+      "  else\n"
+      "    COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n"
+      "  fi\n"
+      "  return 0\n"
+      "}\n"
+      "complete -F _sslbench sslbench\n");
+  return script;
+}
 
 std::vector<std::string> GivenFlagNames(const std::vector<std::string>& argv,
                                         const std::function<bool(const std::string&)>& known) {

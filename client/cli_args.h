@@ -26,4 +26,10 @@ std::string CheckCommandFlags(const std::string& command, const std::vector<std:
 // ones under it); "" when `usage` has none.
 std::string CommandUsage(const std::string& usage, const std::string& command);
 
+// A completion script for `shell` ("bash" or "zsh", which runs the bash one
+// through bashcompinit): commands, each command's own flags (and the common
+// ones), the words some commands take (tokens create|list|revoke, ...) and
+// file names for study files.
+std::string CompletionScript(const std::string& shell);
+
 }  // namespace sslbench::client

@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,6 +44,7 @@
 #include "common/tls.h"
 #include "worker/datasets/files.h"
 #include "common/subprocess.h"
+#include "google/protobuf/util/json_util.h"
 
 ABSL_FLAG(std::string, coordinator, "",
           "coordinator address HOST:PORT (default: $SSLBENCH_COORDINATOR, else "
@@ -115,6 +118,13 @@ usage: sslbench COMMAND [ARGS] [--flags]
   submit STUDY.yaml --dry_run [--images_per_second=7000]
                                         validate it and print its tasks and
                                         estimated GPU time and storage instead
+  spec STUDY.yaml|-                     the study as submit would send it: paths
+                                        made absolute, model hashes and dataset
+                                        digests filled in, defaults applied,
+                                        validated; printed as JSON (the Python
+                                        client submits through it; - reads the
+                                        study from standard input, paths
+                                        relative to this folder)
   watch ID                              progress bars until the study ends
                                         (exit 0 succeeded, 1 failed, 2 cancelled,
                                         3 could not follow it)
@@ -166,6 +176,9 @@ usage: sslbench COMMAND [ARGS] [--flags]
      [--blob_store=postgres|file:///PATH]
                                         run a local stack (PostgreSQL, coordinator,
                                         workers) until Ctrl-C
+  completion bash|zsh                   a shell completion script for the
+                                        commands and their flags, e.g.
+                                        source <(sslbench completion bash)
   demo [--state_dir=DIR] [--workers=2] [--cache_dir=DIR]
        [--train_per_domain=6000] [--test_per_domain=1000] [--steps=300]
                                         the study in small, end to end: the model
@@ -294,6 +307,38 @@ int CmdSubmit(const std::vector<std::string>& args) {
                static_cast<long long>(response->tasks()),
                static_cast<long long>(response->reused_features()),
                static_cast<long long>(response->study_id()));
+  return kExitOk;
+}
+
+int CmdSpec(const std::vector<std::string>& args) {
+  if (args.size() != 1) return Usage("spec takes one study file (or - for standard input)");
+  absl::StatusOr<v1::StudySpec> spec;
+  if (args[0] == "-") {
+    std::ostringstream text;
+    text << std::cin.rdbuf();
+    std::error_code ec;
+    spec = ParseStudyYaml(text.str(), std::filesystem::current_path(ec).string());
+    if (!spec.ok()) spec = absl::Status(spec.status().code(), absl::StrCat("<stdin>: ", spec.status().message()));
+  } else {
+    spec = LoadStudyFile(args[0]);
+  }
+  if (!spec.ok()) return Fail(spec.status(), "");
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.add_whitespace = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(*spec, &out, options).ok()) {
+    return Fail(absl::InternalError("cannot print the study as JSON"), "");
+  }
+  std::fputs(out.c_str(), stdout);
+  return kExitOk;
+}
+
+int CmdCompletion(const std::vector<std::string>& args) {
+  if (args.size() != 1 || (args[0] != "bash" && args[0] != "zsh")) {
+    return Usage("completion takes one shell: bash or zsh");
+  }
+  std::fputs(CompletionScript(args[0]).c_str(), stdout);
   return kExitOk;
 }
 
@@ -1044,6 +1089,8 @@ int Main(int argc, char** argv) {
     return kExitOk;
   }
   if (command == "submit") return CmdSubmit(args);
+  if (command == "spec") return CmdSpec(args);
+  if (command == "completion") return CmdCompletion(args);
   if (command == "watch") return CmdWatch(args);
   if (command == "status") return CmdStatus(args);
   if (command == "results") return CmdResults(args);

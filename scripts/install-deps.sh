@@ -21,6 +21,10 @@ PACKAGES=(
   chromium
   # `ip netns`: the end-to-end test that cuts a worker off the network.
   iproute2
+  # The Python client (python/) and its test; pandas for DataFrames.
+  python3-grpcio python3-protobuf python3-pandas
+  # Offline checks of deploy/: YAML, and promtool for the alert rule tests.
+  python3-yaml prometheus
 )
 
 missing=()
@@ -42,3 +46,8 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Installing the server package may start Debian's own cluster; sslbench uses
 # private clusters on free ports and does not need it.
+# Only promtool is used from the prometheus package; where systemd started
+# its server, stop it.
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "common/subprocess.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -81,6 +83,31 @@ TEST(CliArgsTest, TheBinaryAnswersVersionHelpAndBadFlags) {
   EXPECT_EQ(misplaced.exit_code, 64);
   EXPECT_THAT(misplaced.output, HasSubstr("--metric does not apply to results"));
   EXPECT_EQ(Sslbench({"help", "frobnicate"}).exit_code, 64);
+}
+
+// What bash offers after sourcing `sslbench completion bash` for the words
+// typed so far (the last one being completed).
+std::string Complete(const std::string& shell, const std::string& words) {
+  const std::string script = absl::StrCat(
+      "source <(\"$0\" completion ", shell, ") && COMP_WORDS=(", words,
+      ") && COMP_CWORD=$((${#COMP_WORDS[@]} - 1)) && _sslbench && echo \"${COMPREPLY[*]}\"");
+  absl::StatusOr<CommandResult> r = RunCommand({"/bin/bash", "-c", script, SSLBENCH_CLI});
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 0) << r->output;
+  return std::string(absl::StripTrailingAsciiWhitespace(r.ok() ? r->output : ""));
+}
+
+TEST(CliArgsTest, BashCompletionOffersCommandsTheirFlagsAndWords) {
+  EXPECT_EQ(Complete("bash", "sslbench co"), "completion correlate");
+  EXPECT_EQ(Complete("bash", "sslbench results 1 --f"), "--format=");
+  EXPECT_EQ(Complete("bash", "sslbench correlate 1 --m"), "--metric=");
+  // Another command's flag is not offered.
+  EXPECT_EQ(Complete("bash", "sslbench results 1 --m"), "");
+  EXPECT_EQ(Complete("bash", "sslbench --coordinator=x:1 tokens ''"), "create list revoke");
+  EXPECT_EQ(Complete("bash", "sslbench submit --dry"), "--dry_run");
+  EXPECT_EQ(Complete("bash", "sslbench help wat"), "watch");
+  EXPECT_THAT(Sslbench({"completion", "zsh"}).output, HasSubstr("bashcompinit"));
+  EXPECT_EQ(Sslbench({"completion", "fish"}).exit_code, 64);
 }
 
 }  // namespace
