@@ -87,11 +87,30 @@ constexpr auto kConnectionTimeout = std::chrono::seconds(2);
 
 }  // namespace
 
+void MetricsServer::SetCheck(const std::string& path, Check check) {
+  absl::MutexLock lock(&checks_mu_);
+  checks_[path] = std::move(check);
+}
+
 std::string MetricsServer::Respond(const std::string& request) {
   std::string status = "200 OK";
   std::string body;
   const std::string type = "text/plain; version=0.0.4; charset=utf-8";
-  if (request.rfind("GET /metrics", 0) == 0) {
+  // "GET /path?query HTTP/1.1": the path alone.
+  std::string path;
+  if (request.rfind("GET ", 0) == 0) {
+    path = request.substr(4, request.find_first_of(" ?\r\n", 4) - 4);
+  }
+  Check check;
+  {
+    absl::MutexLock lock(&checks_mu_);
+    if (auto it = checks_.find(path); it != checks_.end()) check = it->second;
+  }
+  if (check) {
+    auto [ok, text] = check();
+    if (!ok) status = "503 Service Unavailable";
+    body = text + "\n";
+  } else if (request.rfind("GET /metrics", 0) == 0) {
     std::ostringstream out;
     prometheus::TextSerializer().Serialize(out, registry_->Collect());
     body = out.str();

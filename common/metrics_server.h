@@ -9,11 +9,14 @@
 // health check or a scrape.
 
 #include <atomic>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "prometheus/registry.h"
 
 namespace sslbench {
@@ -29,6 +32,13 @@ class MetricsServer {
 
   int port() const { return port_; }
 
+  // Answers GET `path` with 200 and the check's text when it passes, 503
+  // Service Unavailable when it does not (health probes: /readyz, /livez).
+  // Replaces an earlier check of the same path; /healthz answers 200 "ok"
+  // unless a check replaces it. Safe while serving.
+  using Check = std::function<std::pair<bool, std::string>()>;
+  void SetCheck(const std::string& path, Check check);
+
  private:
   MetricsServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry);
   void Serve();
@@ -38,6 +48,8 @@ class MetricsServer {
   int port_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::atomic<bool> stopping_{false};
+  absl::Mutex checks_mu_;
+  std::map<std::string, Check> checks_ ABSL_GUARDED_BY(checks_mu_);
   std::thread thread_;
 };
 

@@ -17,6 +17,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "common/path_guard.h"
@@ -56,6 +58,14 @@ ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA to trust: talk to the coordinator over TLS (default: $SSLBENCH_TLS_CA)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(int, drain_seconds, 30,
+          "on SIGTERM, hand back the running task within this time, then exit even if it "
+          "has not reached a checkpoint (its lease expires and another worker resumes it); "
+          "keep it below the pod's terminationGracePeriodSeconds");
+ABSL_FLAG(int, ready_window_seconds, 60,
+          "/readyz fails when the coordinator has not answered a lease or heartbeat for this long");
+ABSL_FLAG(int, live_window_seconds, 300,
+          "/livez fails when the lease loop has not gone round for this long");
 ABSL_FLAG(double, feature_cache_gib, 20, "size limit of the feature cache, least recently used go first");
 
 int main(int argc, char** argv) {
@@ -175,23 +185,57 @@ int main(int argc, char** argv) {
   const sslbench::RealClock clock;
   std::unique_ptr<sslbench::worker::CoordinatorConnection> connection =
       sslbench::worker::NewGrpcCoordinatorConnection(channel, clock, token);
+  const absl::Duration drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
+  options.drain_timeout = drain;
+  options.ready_window = absl::Seconds(absl::GetFlag(FLAGS_ready_window_seconds));
+  options.live_window = absl::Seconds(absl::GetFlag(FLAGS_live_window_seconds));
   sslbench::worker::WorkerMetrics worker_metrics(*registry);
   sslbench::worker::WorkerDaemon daemon(
       *connection, sslbench::worker::DefaultTaskRunners(runner_options, &worker_metrics),
       options, clock, &worker_metrics);
 
+  if (metrics != nullptr) {
+    // Readiness: registered and leasing; liveness: the lease loop goes round.
+    auto ready = [&daemon] {
+      const sslbench::worker::WorkerHealth h = daemon.Health();
+      return std::make_pair(h.ready, h.detail);
+    };
+    metrics->SetCheck("/readyz", ready);
+    metrics->SetCheck("/healthz", ready);
+    metrics->SetCheck("/livez", [&daemon] {
+      const sslbench::worker::WorkerHealth h = daemon.Health();
+      return std::make_pair(h.live, h.detail);
+    });
+  }
+
+  absl::Notification run_finished;
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    sslbench::LogInfo("worker", "signal ", sig, ": stopping");
+    if (run_finished.HasBeenNotified()) return;
+    sslbench::LogInfo("worker", "signal ", sig, ": stopping (handing back within ",
+                      absl::FormatDuration(drain), ")");
     daemon.Stop();
+    if (!run_finished.WaitForNotificationWithTimeout(drain)) {
+      sslbench::LogWarning("worker", "the running task did not stop within ",
+                           absl::FormatDuration(drain),
+                           "; exiting: its lease expires and another worker resumes it");
+      std::_Exit(1);
+    }
   });
-  const absl::Status status = daemon.Run();
+  absl::Status status = daemon.Run();
+  run_finished.Notify();
+  // Stopped before it registered: a clean stop all the same.
+  if (absl::IsCancelled(status)) {
+    sslbench::LogInfo("worker", "stopped before registering");
+    status = absl::OkStatus();
+  }
   if (!status.ok()) {
     std::fprintf(stderr, "sslbench-worker: %s\n", status.ToString().c_str());
   }
   // Wake the signal thread if Run() ended on its own.
   pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();
+  metrics.reset();  // its checks read the daemon
   return status.ok() ? 0 : 1;
 }

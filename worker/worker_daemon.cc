@@ -68,7 +68,48 @@ WorkerDaemon::WorkerDaemon(CoordinatorConnection& connection, TaskRunners runner
       runners_(std::move(runners)),
       options_(std::move(options)),
       clock_(clock),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      started_ns_(absl::ToUnixNanos(clock.Now())),
+      last_tick_ns_(absl::ToUnixNanos(clock.Now())) {}
+
+void WorkerDaemon::Tick() { last_tick_ns_ = absl::ToUnixNanos(clock_.Now()); }
+
+void WorkerDaemon::Answered() {
+  const int64_t now = absl::ToUnixNanos(clock_.Now());
+  last_answer_ns_ = now;
+  last_tick_ns_ = now;
+}
+
+WorkerHealth WorkerDaemon::Health() const {
+  const absl::Time now = clock_.Now();
+  WorkerHealth health;
+  const absl::Duration since_tick = now - absl::FromUnixNanos(last_tick_ns_.load());
+  health.live = since_tick <= options_.live_window;
+  const int64_t answered = last_answer_ns_.load();
+  const absl::Duration since_answer = now - absl::FromUnixNanos(answered);
+  if (stop_.HasBeenNotified()) {
+    health.detail = "stopping: handing back its task";
+  } else if (worker_id_.load() == 0) {
+    health.detail = absl::StrCat("not registered yet (trying for ",
+                                 absl::FormatDuration(absl::Trunc(
+                                     now - absl::FromUnixNanos(started_ns_.load()),
+                                     absl::Seconds(1))),
+                                 ")");
+  } else if (answered == 0 || since_answer > options_.ready_window) {
+    health.detail = absl::StrCat("worker ", worker_id_.load(),
+                                 ": the coordinator has not answered for ",
+                                 absl::FormatDuration(absl::Trunc(since_answer, absl::Seconds(1))));
+  } else {
+    health.ready = true;
+    health.detail = absl::StrCat("worker ", worker_id_.load(), " leasing");
+  }
+  if (!health.live) {
+    health.detail = absl::StrCat("the lease loop has not gone round for ",
+                                 absl::FormatDuration(absl::Trunc(since_tick, absl::Seconds(1))),
+                                 "; ", health.detail);
+  }
+  return health;
+}
 
 CallOptions WorkerDaemon::Once() const {
   CallOptions options;
@@ -77,7 +118,9 @@ CallOptions WorkerDaemon::Once() const {
 }
 
 void WorkerDaemon::Stop() {
-  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (stop_.HasBeenNotified()) return;
+  stop_ns_ = absl::ToUnixNanos(clock_.Now());
+  stop_.Notify();
 }
 
 absl::Status WorkerDaemon::Register() {
@@ -90,12 +133,13 @@ absl::Status WorkerDaemon::Register() {
   while (!stop_.HasBeenNotified()) {
     const absl::StatusOr<v1::RegisterWorkerResponse> response =
         connection_.RegisterWorker(request, Once());
+    Tick();
     if (response.ok()) {
       worker_id_ = response->worker_id();
       if (response->heartbeat_interval_ms() > 0) {
         heartbeat_interval_ = absl::Milliseconds(response->heartbeat_interval_ms());
       }
-      LogInfo("worker", "registered as worker ", worker_id_, " (", options_.name, ")");
+      LogInfo("worker", "registered as worker ", worker_id_.load(), " (", options_.name, ")");
       return absl::OkStatus();
     }
     const absl::Status& status = response.status();
@@ -119,6 +163,8 @@ absl::Status WorkerDaemon::Run() {
       }
     }
     const absl::StatusOr<v1::LeaseTaskResponse> lease = connection_.LeaseTask(request, Once());
+    Tick();
+    if (lease.ok()) Answered();
     if (absl::IsNotFound(lease.status())) {
       // The coordinator's database forgot us (e.g. it was reset): register again.
       RETURN_IF_ERROR(Register());
@@ -154,6 +200,8 @@ void WorkerDaemon::HeartbeatLoop(TaskContext& ctx, absl::Notification& finished)
     CallOptions once;
     once.timeout = heartbeat_interval_;
     const absl::StatusOr<v1::HeartbeatResponse> response = connection_.Heartbeat(request, once);
+    Tick();
+    if (response.ok()) Answered();
     if (absl::IsFailedPrecondition(response.status()) || absl::IsNotFound(response.status())) {
       LogWarning("worker", "task ", ctx.task_id(), ": ", response.status().message(),
                  "; abandoning it");
@@ -182,8 +230,14 @@ void WorkerDaemon::ReportFailure(TaskContext& ctx, const absl::Status& failure, 
   request.set_error(failure.ToString());
   request.set_retryable(retryable);
   request.set_preempted(preempted);
-  // A hand-back at shutdown must not wait on retries the stop would cut.
-  const CallOptions options = preempted ? Once() : ctx.rpc();
+  // A hand-back at shutdown must not wait on retries the stop would cut,
+  // nor outlast the drain time.
+  CallOptions options = preempted ? Once() : ctx.rpc();
+  if (preempted) {
+    const absl::Duration left =
+        options_.drain_timeout - (clock_.Now() - absl::FromUnixNanos(stop_ns_.load()));
+    options.timeout = std::min(std::max(left, absl::Seconds(1)), options_.rpc_timeout);
+  }
   const absl::Status sent = connection_.FailTask(request, options).status();
   if (!sent.ok()) {
     LogWarning("worker", "task ", ctx.task_id(), ": failure not recorded: ", sent.ToString());

@@ -4,6 +4,7 @@
 // CoordinatorConnection and time through a Clock, both injected, so the loop
 // is unit-tested against fakes (tests/worker/worker_daemon_test.cc).
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -30,6 +31,22 @@ struct WorkerOptions {
   // The feature caches this worker holds on disk, sent with each lease
   // request so that probes reading them come here; may be empty.
   std::function<std::vector<std::string>()> cached_feature_keys;
+  // Readiness: registered, not stopping, and the coordinator answered a
+  // lease or heartbeat within this window.
+  absl::Duration ready_window = absl::Seconds(60);
+  // Liveness: the lease loop (or, during a task, the heartbeat loop) went
+  // round within this window. A loop stuck longer is a wedged worker.
+  absl::Duration live_window = absl::Seconds(300);
+  // After Stop(), the hand-back of a running task gets what is left of this
+  // (at least a second): a stopped worker is gone within its grace period.
+  absl::Duration drain_timeout = absl::Seconds(30);
+};
+
+// What the worker's /readyz and /livez answer.
+struct WorkerHealth {
+  bool ready = false;
+  bool live = false;
+  std::string detail;  // why not, or what it is doing
 };
 
 class WorkerDaemon {
@@ -45,7 +62,11 @@ class WorkerDaemon {
   // handed back to the coordinator at once (not counted as an attempt).
   void Stop();
 
-  int64_t worker_id() const { return worker_id_; }
+  int64_t worker_id() const { return worker_id_.load(); }
+
+  // Readiness means "registered and leasing", liveness "the lease loop is
+  // alive" (see WorkerOptions). Safe to call from any thread.
+  WorkerHealth Health() const;
 
  private:
   absl::Status Register();
@@ -60,8 +81,15 @@ class WorkerDaemon {
   const WorkerOptions options_;
   const Clock& clock_;
   WorkerMetrics* const metrics_;
+  void Tick();        // a loop went round
+  void Answered();    // the coordinator answered a lease or heartbeat
+
   absl::Notification stop_;
-  int64_t worker_id_ = 0;
+  std::atomic<int64_t> worker_id_{0};
+  std::atomic<int64_t> started_ns_;
+  std::atomic<int64_t> last_tick_ns_;
+  std::atomic<int64_t> last_answer_ns_{0};
+  std::atomic<int64_t> stop_ns_{0};
   absl::Duration heartbeat_interval_ = absl::Seconds(5);
 };
 

@@ -1,5 +1,7 @@
 #include "common/metrics_server.h"
 
+#include <atomic>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -53,6 +55,29 @@ TEST(MetricsServerTest, ServesMetricsHealthAndNotFound) {
   absl::StatusOr<std::string> other = HttpGet(port, "/other");
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_THAT(*other, StartsWith("HTTP/1.1 404 Not Found"));
+}
+
+// Health probes answer what their check says: 200 with its text, or 503.
+TEST(MetricsServerTest, ChecksAnswerTheirProbes) {
+  auto server = MetricsServer::Start("127.0.0.1:0", RegistryWithCounter());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::atomic<bool> ready{false};
+  (*server)->SetCheck("/readyz", [&] {
+    return std::make_pair(ready.load(), std::string(ready ? "leasing" : "not registered yet"));
+  });
+  absl::StatusOr<std::string> refused = HttpGet((*server)->port(), "/readyz");
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_THAT(*refused, StartsWith("HTTP/1.1 503 Service Unavailable"));
+  EXPECT_THAT(*refused, HasSubstr("\r\n\r\nnot registered yet\n"));
+  ready = true;
+  absl::StatusOr<std::string> answered = HttpGet((*server)->port(), "/readyz?verbose=1");
+  ASSERT_TRUE(answered.ok()) << answered.status();
+  EXPECT_THAT(*answered, StartsWith("HTTP/1.1 200 OK"));
+  EXPECT_THAT(*answered, HasSubstr("leasing"));
+  // A prefix of a checked path is not that path.
+  absl::StatusOr<std::string> prefix = HttpGet((*server)->port(), "/ready");
+  ASSERT_TRUE(prefix.ok()) << prefix.status();
+  EXPECT_THAT(*prefix, StartsWith("HTTP/1.1 404"));
 }
 
 TEST(MetricsServerTest, AStalledClientDoesNotHoldUpOthers) {

@@ -25,6 +25,7 @@
 #include "common/tls.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/http_get.h"
 
 namespace sslbench::client {
 namespace {
@@ -172,6 +173,64 @@ TEST(CoordinatorStartTest, WaitsForItsDatabase) {
   CoordinatorClient client("127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n')),
                            absl::Seconds(10));
   EXPECT_TRUE(client.ListWorkers().ok());
+  EXPECT_EQ((*coordinator)->Stop(), 0);
+  pg->reset();
+  std::filesystem::remove_all(dir);
+}
+
+// The worker's probes: /readyz and /healthz fail until it has registered and
+// the coordinator answers its leases; /livez holds while the lease loop goes
+// round; SIGTERM ends an idle worker at once with exit code 0.
+TEST(WorkerProbesTest, ReadyOnlyOnceRegisteredAndLeasing) {
+  std::string dir;
+  auto pg = StartClusterIn("/tmp/sslbench-probes-XXXXXX", &dir);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  auto start_worker = [&](const std::string& coordinator, const std::string& name) {
+    return Subprocess::Start(
+        {std::string(SSLBENCH_BIN_DIR) + "/sslbench-worker", "--coordinator=" + coordinator,
+         "--name=" + name, "--metrics_listen=127.0.0.1:0",
+         "--metrics_port_file=" + dir + "/" + name + ".port", "--drain_seconds=5"},
+        dir + "/" + name + ".log");
+  };
+  auto get = [&](const std::string& name, const std::string& path) -> std::string {
+    const std::string port = Slurp(dir + "/" + name + ".port");
+    if (port.find('\n') == std::string::npos) return "";
+    absl::StatusOr<std::string> r = testing::HttpGet(std::stoi(port), path);
+    return r.ok() ? *r : "";
+  };
+
+  // No coordinator: live, never ready.
+  auto lonely = start_worker("127.0.0.1:1", "lonely");
+  ASSERT_TRUE(lonely.ok()) << lonely.status();
+  ASSERT_TRUE(Eventually([&] { return !get("lonely", "/readyz").empty(); }))
+      << Slurp(dir + "/lonely.log");
+  EXPECT_THAT(get("lonely", "/readyz"), HasSubstr("503 Service Unavailable"));
+  EXPECT_THAT(get("lonely", "/readyz"), HasSubstr("not registered yet"));
+  EXPECT_THAT(get("lonely", "/healthz"), HasSubstr("503 Service Unavailable"));
+  EXPECT_THAT(get("lonely", "/livez"), HasSubstr("200 OK"));
+  EXPECT_EQ((*lonely)->Stop(), 0) << Slurp(dir + "/lonely.log");
+
+  // With a coordinator: ready once it leases.
+  const std::string port_file = dir + "/coordinator.port";
+  auto coordinator = Subprocess::Start(
+      {std::string(SSLBENCH_BIN_DIR) + "/sslbench-coordinator", "--listen=127.0.0.1:0",
+       "--metrics_listen=", "--port_file=" + port_file, "--database=" + (*pg)->ConnInfo()},
+      dir + "/coordinator.log");
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  ASSERT_TRUE(Eventually([&] { return Slurp(port_file).find('\n') != std::string::npos; }))
+      << Slurp(dir + "/coordinator.log");
+  const std::string address =
+      "127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n'));
+  auto worker = start_worker(address, "leasing");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(Eventually([&] {
+    return get("leasing", "/readyz").find("200 OK") != std::string::npos;
+  })) << get("leasing", "/readyz") << Slurp(dir + "/leasing.log");
+  EXPECT_THAT(get("leasing", "/readyz"), HasSubstr("leasing"));
+  EXPECT_THAT(get("leasing", "/livez"), HasSubstr("200 OK"));
+  const absl::Time stop = absl::Now();
+  EXPECT_EQ((*worker)->Stop(), 0) << Slurp(dir + "/leasing.log");
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(5));
   EXPECT_EQ((*coordinator)->Stop(), 0);
   pg->reset();
   std::filesystem::remove_all(dir);

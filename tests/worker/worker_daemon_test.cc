@@ -58,9 +58,10 @@ class FakeConnection final : public CoordinatorConnection {
     return absl::OkStatus();
   }
   absl::StatusOr<v1::FailTaskResponse> FailTask(const v1::FailTaskRequest& request,
-                                                const CallOptions&) override {
+                                                const CallOptions& options) override {
     absl::MutexLock lock(&mu_);
     failed_.push_back(request);
+    fail_timeouts_.push_back(options.timeout);
     return v1::FailTaskResponse();
   }
   absl::Status PutFeatureChunk(const v1::PutFeatureChunkRequest&, const CallOptions&) override {
@@ -116,6 +117,7 @@ class FakeConnection final : public CoordinatorConnection {
   std::vector<v1::HeartbeatRequest> heartbeats_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::CompleteTaskRequest> completed_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::FailTaskRequest> failed_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Duration> fail_timeouts_ ABSL_GUARDED_BY(mu_);
 };
 
 // Reports progress 3 of 10, then waits until released (returning `result`)
@@ -292,6 +294,77 @@ TEST_F(WorkerDaemonTest, StopMidTaskHandsTheTaskBackPreempted) {
   ASSERT_EQ(failed.size(), 1u);
   EXPECT_TRUE(failed[0].preempted());
   EXPECT_TRUE(failed[0].retryable());
+}
+
+// Readiness is "registered and the coordinator answers", liveness "the loop
+// goes round": a worker cut off from its coordinator stays live but is not
+// ready; a loop that stops going round is not live.
+TEST_F(WorkerDaemonTest, ReadyOnlyWhileRegisteredAndAnswered) {
+  connection_.FailRegistrations({absl::UnavailableError("starting")});
+  TaskRunners runners;
+  runners.Register(v1::TASK_KIND_KNN, runner_);
+  WorkerOptions options;
+  options.ready_window = absl::Seconds(60);
+  options.live_window = absl::Seconds(300);
+  daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), options, clock_,
+                                           nullptr);
+  WorkerHealth before = daemon_->Health();
+  EXPECT_FALSE(before.ready);
+  EXPECT_TRUE(before.live);
+  EXPECT_THAT(before.detail, HasSubstr("not registered yet"));
+
+  thread_ = std::thread([this] { result_ = daemon_->Run(); });
+  clock_.AwaitWaiters(1);  // backing off after the refused registration
+  EXPECT_FALSE(daemon_->Health().ready);
+  clock_.Advance(absl::Seconds(1));
+  connection_.AwaitCalls([](const auto& c) { return c.leases_asked_ >= 1; });
+  clock_.AwaitWaiters(1);  // idle between lease polls
+  const WorkerHealth leasing = daemon_->Health();
+  EXPECT_TRUE(leasing.ready) << leasing.detail;
+  EXPECT_TRUE(leasing.live);
+
+  // The coordinator stops answering: live (the loop backs off and retries),
+  // not ready once the window has passed.
+  for (int i = 0; i < 100; ++i) connection_.AddLease(absl::UnavailableError("down"));
+  for (int i = 0; i < 8; ++i) {
+    clock_.AwaitWaiters(1);
+    clock_.Advance(absl::Seconds(10));
+  }
+  clock_.AwaitWaiters(1);
+  const WorkerHealth cut_off = daemon_->Health();
+  EXPECT_FALSE(cut_off.ready);
+  EXPECT_TRUE(cut_off.live) << cut_off.detail;
+  EXPECT_THAT(cut_off.detail, HasSubstr("has not answered"));
+  daemon_->Stop();
+  thread_.join();
+  EXPECT_FALSE(daemon_->Health().ready);
+
+  // Nothing goes round for longer than the live window: not live.
+  clock_.Advance(absl::Seconds(301));
+  const WorkerHealth wedged = daemon_->Health();
+  EXPECT_FALSE(wedged.live);
+  EXPECT_THAT(wedged.detail, HasSubstr("has not gone round"));
+}
+
+// The hand-back at a stop gets no longer than what is left of the drain time.
+TEST_F(WorkerDaemonTest, HandBackAtStopIsBoundedByTheDrainTime) {
+  TaskRunners runners;
+  runners.Register(v1::TASK_KIND_KNN, runner_);
+  WorkerOptions options;
+  options.drain_timeout = absl::Seconds(20);
+  options.rpc_timeout = absl::Seconds(60);
+  daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), options, clock_,
+                                           nullptr);
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN));
+  thread_ = std::thread([this] { result_ = daemon_->Run(); });
+  runner_->started_.WaitForNotification();
+  daemon_->Stop();
+  thread_.join();
+  const auto timeouts = connection_.Read<std::vector<absl::Duration>>(
+      [](const auto& c) { return c.fail_timeouts_; });
+  ASSERT_EQ(timeouts.size(), 1u);
+  EXPECT_LE(timeouts[0], absl::Seconds(20));
+  EXPECT_GE(timeouts[0], absl::Seconds(1));
 }
 
 TEST_F(WorkerDaemonTest, ForgottenWorkerRegistersAgain) {
