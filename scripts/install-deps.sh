@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Installs what sslbench needs to build, test and run on Debian 12 (as root,
 # or through sudo). Idempotent: returns at once when everything is present.
+#   scripts/install-deps.sh           everything (build, tests, benchmarks)
+#   scripts/install-deps.sh --build   only what building the binaries needs
+#                                     (the container images' build stage)
 set -euo pipefail
 
-PACKAGES=(
+BUILD_PACKAGES=(
   build-essential cmake pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   libabsl-dev libtorch-dev libopenblas0-openmp
   libpqxx-dev libssl-dev zlib1g-dev libyaml-cpp-dev libjpeg62-turbo-dev libpng-dev
   prometheus-cpp-dev
+)
+TEST_PACKAGES=(
   libgtest-dev libgmock-dev
   # libFuzzer targets (tests/fuzz) build with clang.
   clang
@@ -26,6 +31,12 @@ PACKAGES=(
   # Offline checks of deploy/: YAML, and promtool for the alert rule tests.
   python3-yaml prometheus
 )
+
+case "${1:-}" in
+  "") PACKAGES=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  --build) PACKAGES=("${BUILD_PACKAGES[@]}") ;;
+  *) echo "usage: $0 [--build]" >&2; exit 64 ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -254,8 +254,10 @@ absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& request) {
   std::vector<v1::ProbeResult> results(request.results().begin(), request.results().end());
   ExtractCompletion extract{request.feature_rows(), request.feature_dim(),
                             request.feature_chunks()};
-  return store_.CompleteTask(request.task_id(), request.lease_token(), results,
-                             extract, clock_.Now());
+  RETURN_IF_ERROR(store_.CompleteTask(request.task_id(), request.lease_token(), results,
+                                      extract, clock_.Now()));
+  if (metrics_) metrics_->TaskOutcome("succeeded");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::CompleteTasksResponse> Coordinator::CompleteTasks(
@@ -286,7 +288,10 @@ absl::StatusOr<v1::CompleteTasksResponse> Coordinator::CompleteTasks(
   }
   if (!valid.empty()) {
     ASSIGN_OR_RETURN(std::vector<absl::Status> stored, store_.CompleteTasks(valid, clock_.Now()));
-    for (size_t k = 0; k < stored.size(); ++k) outcomes[where[k]] = stored[k];
+    for (size_t k = 0; k < stored.size(); ++k) {
+      outcomes[where[k]] = stored[k];
+      if (stored[k].ok() && metrics_) metrics_->TaskOutcome("succeeded");
+    }
   }
   v1::CompleteTasksResponse response;
   for (int i = 0; i < request.tasks_size(); ++i) {
@@ -317,6 +322,9 @@ absl::StatusOr<v1::FailTaskResponse> Coordinator::FailTask(
                             request.retryable(), error, now);
   }
   RETURN_IF_ERROR(store_.ReleaseTask(request.task_id(), request.lease_token(), release, now));
+  if (metrics_) {
+    metrics_->TaskOutcome(request.preempted() ? "preempted" : release.fail ? "failed" : "retried");
+  }
   LogWarning("coordinator", "task ", request.task_id(), " attempt ", leased.attempts,
              " failed", release.fail ? " for good" : ", will retry", ": ", error);
   v1::FailTaskResponse response;

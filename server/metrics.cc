@@ -56,7 +56,15 @@ CoordinatorMetrics::CoordinatorMetrics(std::shared_ptr<prometheus::Registry> reg
                        .Help("Calls refused for a missing or unknown token (UNAUTHENTICATED) "
                              "or a role that may not make them (PERMISSION_DENIED)")
                        .Register(*registry_);
+  task_outcomes_ = &prometheus::BuildCounter()
+                        .Name("sslbench_task_attempts_total")
+                        .Help("Task attempts that ended, by outcome: succeeded, retried (failed, "
+                              "queued again), failed (for good), preempted (handed back)")
+                        .Register(*registry_);
   // Exported from the start, so alerts see 0 rather than no series.
+  for (const char* outcome : {"succeeded", "retried", "failed", "preempted"}) {
+    task_outcomes_->Add({{"outcome", outcome}});
+  }
   for (const char* code : {"UNAUTHENTICATED", "PERMISSION_DENIED"}) {
     auth_refused_->Add({{"code", code}});
   }
@@ -69,6 +77,10 @@ CoordinatorMetrics::CoordinatorMetrics(std::shared_ptr<prometheus::Registry> reg
 
 void CoordinatorMetrics::AuthRefused(absl::string_view code) {
   auth_refused_->Add({{"code", std::string(code)}}).Increment();
+}
+
+void CoordinatorMetrics::TaskOutcome(absl::string_view outcome) {
+  task_outcomes_->Add({{"outcome", std::string(outcome)}}).Increment();
 }
 
 void CoordinatorMetrics::ObserveRpc(absl::string_view method, absl::string_view code,

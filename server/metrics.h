@@ -28,6 +28,9 @@ class CoordinatorMetrics {
   // A call refused by authentication: `code` is "UNAUTHENTICATED" or
   // "PERMISSION_DENIED".
   void AuthRefused(absl::string_view code);
+  // A task attempt ended: "succeeded", "retried" (failed, queued again),
+  // "failed" (for good) or "preempted" (handed back by a stopping worker).
+  void TaskOutcome(absl::string_view outcome);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -40,6 +43,7 @@ class CoordinatorMetrics {
   prometheus::Counter* leases_expired_;
   prometheus::Counter* studies_submitted_;
   prometheus::Family<prometheus::Counter>* auth_refused_;
+  prometheus::Family<prometheus::Counter>* task_outcomes_;
 };
 
 }  // namespace sslbench::server

@@ -135,5 +135,55 @@ TEST_F(CoordinatorGrpcTest, WorkerRoundTripAndMetrics) {
   EXPECT_THAT(*scraped, HasSubstr("sslbench_db_duration_seconds"));
 }
 
+// Every ended attempt is counted by outcome, from 0, for the failure-rate
+// alert (deploy/base/monitoring.yaml).
+TEST_F(CoordinatorGrpcTest, TaskAttemptsAreCountedByOutcome) {
+  auto count = [&](const std::string& outcome) {
+    auto scraped = testing::HttpGet(server_->metrics_port(), "/metrics");
+    EXPECT_TRUE(scraped.ok()) << scraped.status();
+    const std::string key = "sslbench_task_attempts_total{outcome=\"" + outcome + "\"} ";
+    const size_t at = scraped.ok() ? scraped->find(key) : std::string::npos;
+    return at == std::string::npos ? -1 : std::stoi(scraped->substr(at + key.size()));
+  };
+  for (const char* outcome : {"succeeded", "retried", "failed", "preempted"}) {
+    EXPECT_EQ(count(outcome), 0) << outcome;
+  }
+  grpc::ClientContext submit_context;
+  v1::SubmitStudyRequest submit;
+  *submit.mutable_spec() = testing::MakeStudy(1, 1);
+  submit.mutable_spec()->set_max_attempts(2);
+  v1::SubmitStudyResponse submitted;
+  ASSERT_TRUE(studies_->SubmitStudy(&submit_context, submit, &submitted).ok());
+  grpc::ClientContext c1;
+  v1::RegisterWorkerRequest reg;
+  reg.set_name("outcomes");
+  v1::RegisterWorkerResponse registered;
+  ASSERT_TRUE(workers_->RegisterWorker(&c1, reg, &registered).ok());
+
+  // Handed back, then failed retryably, then failed for good (2 attempts).
+  for (const auto& [preempted, retryable] : {std::pair{true, true}, std::pair{false, true},
+                                             std::pair{false, false}}) {
+    grpc::ClientContext lease_context;
+    v1::LeaseTaskRequest lease;
+    lease.set_worker_id(registered.worker_id());
+    v1::LeaseTaskResponse leased;
+    ASSERT_TRUE(workers_->LeaseTask(&lease_context, lease, &leased).ok());
+    ASSERT_GT(leased.task_id(), 0);
+    grpc::ClientContext fail_context;
+    v1::FailTaskRequest fail;
+    fail.set_task_id(leased.task_id());
+    fail.set_lease_token(leased.lease_token());
+    fail.set_error("boom");
+    fail.set_preempted(preempted);
+    fail.set_retryable(retryable);
+    v1::FailTaskResponse failed;
+    ASSERT_TRUE(workers_->FailTask(&fail_context, fail, &failed).ok());
+  }
+  EXPECT_EQ(count("preempted"), 1);
+  EXPECT_EQ(count("retried"), 1);
+  EXPECT_EQ(count("failed"), 1);
+  EXPECT_EQ(count("succeeded"), 0);
+}
+
 }  // namespace
 }  // namespace sslbench::server
