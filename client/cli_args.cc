@@ -25,7 +25,7 @@ const std::set<std::string>& CommonFlags() {
 
 const std::map<std::string, std::set<std::string>>& CommandFlags() {
   static const auto* table = new std::map<std::string, std::set<std::string>>{
-      {"submit", {"request_id", "dry_run", "images_per_second"}},
+      {"submit", {"request_id", "dry_run", "images_per_second", "file_root"}},
       {"watch", {}},
       {"status", {}},
       {"cancel", {}},
@@ -41,7 +41,7 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
         "train_per_domain", "test_per_domain", "steps"}},
       {"data", {"out_dir", "train_per_domain", "test_per_domain"}},
       {"zoo", {"out_dir", "steps", "only", "worker_threads"}},
-      {"spec", {}},
+      {"spec", {"file_root"}},
       {"completion", {}},
       {"help", {}},
       {"version", {}},

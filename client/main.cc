@@ -60,6 +60,9 @@ ABSL_FLAG(std::string, role, "", "tokens create: worker, reader, submitter or ad
 ABSL_FLAG(std::string, request_id, "",
           "submit: idempotency key; the same key returns the same study (default: a random "
           "key, reused when the submit is retried)");
+ABSL_FLAG(std::string, file_root, "",
+          "submit, spec: where file:///PATH model paths and dataset roots are found here "
+          "(default: $SSLBENCH_FILE_ROOT, else /); each worker has its own --file_root");
 ABSL_FLAG(bool, dry_run, false,
           "submit: validate the study, print its tasks and estimated cost, submit "
           "nothing (model files and dataset folders need not exist)");
@@ -114,7 +117,12 @@ usage: sslbench COMMAND [ARGS] [--flags]
        sslbench help [COMMAND]     this text, or one command's part of it
        sslbench --version
 
-  submit STUDY.yaml [--request_id=ID]   submit a study; prints its id
+  submit STUDY.yaml [--request_id=ID] [--file_root=DIR]
+                                        submit a study; prints its id; model
+                                        paths and dataset roots may be
+                                        file:///PATH URIs, found here under
+                                        --file_root and on each worker under
+                                        its own --file_root
   submit STUDY.yaml --dry_run [--images_per_second=7000]
                                         validate it and print its tasks and
                                         estimated GPU time and storage instead
@@ -258,15 +266,33 @@ bool StudyIdArg(const std::vector<std::string>& args, int64_t* id, int* exit_cod
   return true;
 }
 
+// --file_root, else $SSLBENCH_FILE_ROOT, else /.
+LocationRoots FileRoots() {
+  LocationRoots roots;
+  roots.file_root = absl::GetFlag(FLAGS_file_root);
+  if (roots.file_root.empty()) {
+    const char* env = std::getenv("SSLBENCH_FILE_ROOT");
+    roots.file_root = env != nullptr && env[0] != '\0' ? env : "/";
+  }
+  return roots;
+}
+
+StudyFileOptions ReadingOptions() {
+  StudyFileOptions options;
+  options.locations = FileRoots();
+  return options;
+}
+
 int DryRun(const std::string& path) {
   std::vector<std::string> missing;
-  StudyFileOptions options;
+  StudyFileOptions options = ReadingOptions();
   options.read_files = false;
   options.notes = &missing;
   absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(path, options);
   if (!spec.ok()) return Fail(spec.status(), "");
   absl::StatusOr<StudyEstimate> estimate =
-      EstimateStudy(*spec, CountImages(*spec), absl::GetFlag(FLAGS_images_per_second));
+      EstimateStudy(*spec, CountImages(*spec, options.locations),
+                    absl::GetFlag(FLAGS_images_per_second));
   if (!estimate.ok()) return Fail(estimate.status(), "");
   std::printf("%s", FormatEstimate(*spec, *estimate).c_str());
   if (!missing.empty()) {
@@ -281,7 +307,7 @@ int CmdSubmit(const std::vector<std::string>& args) {
   if (args.size() != 1) return Usage("submit takes one study file");
   if (absl::GetFlag(FLAGS_dry_run)) return DryRun(args[0]);
   const std::string address = CoordinatorAddress();
-  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0]);
+  absl::StatusOr<v1::StudySpec> spec = LoadStudyFile(args[0], ReadingOptions());
   if (!spec.ok()) return Fail(spec.status(), address);
   CoordinatorClient client(address, absl::Seconds(60), Token(), Credentials());
   std::string request_id;
@@ -317,10 +343,11 @@ int CmdSpec(const std::vector<std::string>& args) {
     std::ostringstream text;
     text << std::cin.rdbuf();
     std::error_code ec;
-    spec = ParseStudyYaml(text.str(), std::filesystem::current_path(ec).string());
+    spec = ParseStudyYaml(text.str(), std::filesystem::current_path(ec).string(),
+                          ReadingOptions());
     if (!spec.ok()) spec = absl::Status(spec.status().code(), absl::StrCat("<stdin>: ", spec.status().message()));
   } else {
-    spec = LoadStudyFile(args[0]);
+    spec = LoadStudyFile(args[0], ReadingOptions());
   }
   if (!spec.ok()) return Fail(spec.status(), "");
   google::protobuf::util::JsonPrintOptions options;

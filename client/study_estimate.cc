@@ -104,15 +104,17 @@ BackboneRate RateFor(const std::string& backbone, double fallback_images_per_sec
   return rate;
 }
 
-std::map<std::string, SplitImages> CountImages(const v1::StudySpec& spec) {
+std::map<std::string, SplitImages> CountImages(const v1::StudySpec& spec,
+                                               const LocationRoots& locations) {
   std::map<std::string, SplitImages> out;
   for (const v1::DatasetSpec& d : spec.datasets()) {
     SplitImages images;
     std::error_code ec;
-    if (std::filesystem::is_directory(d.root(), ec)) {
+    const std::string root = ResolveLocation(d.root(), locations).value_or("");
+    if (!root.empty() && std::filesystem::is_directory(root, ec)) {
       datasets::DatasetConfig config;
       config.format = d.format();
-      config.root = d.root();
+      config.root = root;
       absl::StatusOr<std::unique_ptr<datasets::DatasetReader>> reader =
           datasets::OpenDatasetReader(config);
       if (reader.ok()) {

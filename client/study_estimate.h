@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/location.h"
 #include "sslbench/v1/types.pb.h"
 
 namespace sslbench::client {
@@ -49,7 +50,8 @@ BackboneRate RateFor(const std::string& backbone, double fallback_images_per_sec
 
 // Counts images where the dataset folders can be read; otherwise uses the
 // declared sizes.
-std::map<std::string, SplitImages> CountImages(const v1::StudySpec& spec);
+std::map<std::string, SplitImages> CountImages(const v1::StudySpec& spec,
+                                               const LocationRoots& locations = {});
 
 absl::StatusOr<StudyEstimate> EstimateStudy(const v1::StudySpec& spec,
                                             const std::map<std::string, SplitImages>& images,

@@ -368,12 +368,22 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
   for (double v : mean) model->add_mean(static_cast<float>(v));
   for (double v : std) model->add_std(static_cast<float>(v));
 
-  const std::string absolute = Resolve(file, base);
   const std::string field = m.Field("path");
+  // A URI stays in the spec (each worker resolves it); its local path here
+  // is what gets hashed.
+  std::string absolute;
+  if (!LocationScheme(file).empty()) {
+    model->set_path(file);
+    absl::StatusOr<std::string> local = ResolveLocation(file, options.locations);
+    if (!local.ok()) return Invalid(field, m.Get("path"), std::string(local.status().message()));
+    absolute = *local;
+  } else {
+    absolute = Resolve(file, base);
+    model->set_path(absolute);
+  }
   std::error_code ec;
   if (!options.read_files) {
     // A dry run: no hashing; a placeholder hash keeps models apart.
-    model->set_path(absolute);
     model->set_sha256(Sha256Hex(absl::StrCat("unread model file ", absolute)));
     if (!fs::is_regular_file(absolute, ec) && options.notes != nullptr) {
       options.notes->push_back(absl::StrCat(field, ": file ", absolute, " does not exist",
@@ -389,7 +399,6 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
     return Invalid(field, m.Get("path"),
                    absl::StrCat(absolute, " is not a regular file"));
   }
-  model->set_path(absolute);
   absl::StatusOr<std::string> sha = Sha256File(absolute);
   if (!sha.ok()) {
     return absl::Status(sha.status().code(),
@@ -445,9 +454,17 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
     return Invalid(d.Field("on_bad_image"), d.Get("on_bad_image"), std::string(s.message()));
   }
 
-  const std::string absolute = Resolve(root, base);
   const std::string field = d.Field("root");
-  dataset->set_root(absolute);
+  std::string absolute;
+  if (!LocationScheme(root).empty()) {
+    dataset->set_root(root);
+    absl::StatusOr<std::string> local = ResolveLocation(root, options.locations);
+    if (!local.ok()) return Invalid(field, d.Get("root"), std::string(local.status().message()));
+    absolute = *local;
+  } else {
+    absolute = Resolve(root, base);
+    dataset->set_root(absolute);
+  }
   std::error_code ec;
   if (!options.read_files) {
     dataset->set_digest(absl::StrCat("unread:", absolute));
@@ -463,7 +480,9 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   }
   auto cached = digests.find(absolute);
   if (cached == digests.end()) {
-    absl::StatusOr<std::string> digest = DatasetDigest(*dataset);
+    v1::DatasetSpec local = *dataset;
+    local.set_root(absolute);
+    absl::StatusOr<std::string> digest = DatasetDigest(local);
     if (!digest.ok()) {
       return absl::Status(digest.status().code(),
                           absl::StrCat(field, ": ", digest.status().message()));

@@ -72,6 +72,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/location.h"
 #include "sslbench/v1/types.pb.h"
 
 namespace sslbench::client {
@@ -82,6 +83,9 @@ struct StudyFileOptions {
   // missing file or folder is added to `notes`.
   bool read_files = true;
   std::vector<std::string>* notes = nullptr;
+  // Where file:// model paths and dataset roots are found here (the spec
+  // keeps the URI; each worker resolves it under its own --file_root).
+  LocationRoots locations;
 };
 
 // Parses `yaml_text`, resolves relative model paths and dataset roots against

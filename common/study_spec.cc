@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/location.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
@@ -33,7 +34,17 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 // An absolute, normalised path outside the kernel's pseudo file systems:
 // workers must never be sent to read /dev/zero or /proc. Workers confine
 // paths further to their configured roots (see common/path_guard.h).
-absl::Status CheckPath(const std::string& field, const std::string& path) {
+absl::Status CheckPath(const std::string& field, const std::string& location) {
+  // A URI (file:///models/x.pt): its scheme must have a resolver, and its
+  // path part obeys the rules of a path.
+  std::string path = location;
+  if (const std::string scheme = LocationScheme(location); !scheme.empty()) {
+    if (absl::Status s = CheckLocation(location); !s.ok()) {
+      return Invalid(field, std::string(s.message()));
+    }
+    path = location.substr(scheme.size() + 3);
+    if (scheme != "file") return absl::OkStatus();
+  }
   if (path.empty() || path[0] != '/') {
     return Invalid(field, absl::StrCat("\"", path, "\" must be an absolute path"));
   }

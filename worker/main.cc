@@ -26,6 +26,7 @@
 #include "grpcpp/grpcpp.h"
 #include "worker/compute/device.h"
 #include "worker/compute/feature_extractor.h"
+#include "worker/runner_util.h"
 #include "worker/runners.h"
 #include "worker/worker_daemon.h"
 
@@ -58,6 +59,9 @@ ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA to trust: talk to the coordinator over TLS (default: $SSLBENCH_TLS_CA)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, file_root, "/",
+          "where file:///PATH model paths and dataset roots of a study are found on this "
+          "worker: file:///models/x.pt reads FILE_ROOT/models/x.pt");
 ABSL_FLAG(int, drain_seconds, 30,
           "on SIGTERM, hand back the running task within this time, then exit even if it "
           "has not reached a checkpoint (its lease expires and another worker resumes it); "
@@ -185,6 +189,11 @@ int main(int argc, char** argv) {
   const sslbench::RealClock clock;
   std::unique_ptr<sslbench::worker::CoordinatorConnection> connection =
       sslbench::worker::NewGrpcCoordinatorConnection(channel, clock, token);
+  sslbench::LocationRoots locations;
+  locations.file_root = absl::GetFlag(FLAGS_file_root);
+  options.localize = [locations](sslbench::v1::TaskSpec& spec) {
+    return sslbench::worker::LocalizeSpec(spec, locations);
+  };
   const absl::Duration drain = absl::Seconds(absl::GetFlag(FLAGS_drain_seconds));
   options.drain_timeout = drain;
   options.ready_window = absl::Seconds(absl::GetFlag(FLAGS_ready_window_seconds));

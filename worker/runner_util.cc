@@ -10,6 +10,26 @@
 
 namespace sslbench::worker {
 
+absl::Status LocalizeSpec(v1::TaskSpec& spec, const LocationRoots& roots) {
+  if (!spec.model().path().empty()) {
+    absl::StatusOr<std::string> path = ResolveLocation(spec.model().path(), roots);
+    if (!path.ok()) {
+      return absl::Status(path.status().code(), absl::StrCat("model \"", spec.model().name(),
+                                                             "\": ", path.status().message()));
+    }
+    spec.mutable_model()->set_path(*path);
+  }
+  if (!spec.dataset().root().empty()) {
+    absl::StatusOr<std::string> root = ResolveLocation(spec.dataset().root(), roots);
+    if (!root.ok()) {
+      return absl::Status(root.status().code(), absl::StrCat("dataset \"", spec.dataset().name(),
+                                                             "\": ", root.status().message()));
+    }
+    spec.mutable_dataset()->set_root(*root);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy,
                          const std::function<bool()>& stop) {
   RETURN_IF_ERROR(CheckUnderRoots(model.path(), policy.model_roots,

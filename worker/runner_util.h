@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/location.h"
 #include "sslbench/v1/types.pb.h"
 #include "worker/compute/feature_extractor.h"
 
@@ -14,6 +15,11 @@ namespace sslbench::worker {
 
 // What a worker may read for a task (flags --model_roots, --data_roots,
 // --max_model_bytes).
+// Replaces the spec's model path and dataset root, which may be URIs
+// (file:///models/x.pt), by their local paths on this worker (see
+// common/location.h). INVALID_ARGUMENT / UNIMPLEMENTED naming the field.
+absl::Status LocalizeSpec(v1::TaskSpec& spec, const LocationRoots& roots);
+
 struct ReadPolicy {
   std::vector<std::string> model_roots;  // empty: anywhere
   std::vector<std::string> data_roots;   // empty: anywhere

@@ -244,7 +244,10 @@ void WorkerDaemon::ReportFailure(TaskContext& ctx, const absl::Status& failure, 
   }
 }
 
-void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
+void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& leased) {
+  v1::LeaseTaskResponse lease = leased;
+  const absl::Status localized =
+      options_.localize ? options_.localize(*lease.mutable_spec()) : absl::OkStatus();
   TaskContext ctx(lease, connection_, stop_, options_.rpc_timeout, options_.rpc_retry_window);
   const std::string kind = TaskKindLabel(ctx.spec().kind());
   LogInfo("worker", "task ", ctx.task_id(), " (", kind, ", attempt ", lease.attempt(),
@@ -256,7 +259,9 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& lease) {
   std::thread heartbeat([&] { HeartbeatLoop(ctx, finished); });
 
   absl::StatusOr<TaskOutcome> outcome;
-  if (TaskRunner* runner = runners_.Find(ctx.spec().kind()); runner != nullptr) {
+  if (!localized.ok()) {
+    outcome = localized;
+  } else if (TaskRunner* runner = runners_.Find(ctx.spec().kind()); runner != nullptr) {
     outcome = runner->Run(ctx);
   } else {
     outcome = absl::InvalidArgumentError(

@@ -31,6 +31,9 @@ struct WorkerOptions {
   // The feature caches this worker holds on disk, sent with each lease
   // request so that probes reading them come here; may be empty.
   std::function<std::vector<std::string>()> cached_feature_keys;
+  // Turns the leased spec's locations into this worker's local paths
+  // (LocalizeSpec); may be empty. An error fails the task.
+  std::function<absl::Status(v1::TaskSpec&)> localize;
   // Readiness: registered, not stopping, and the coordinator answered a
   // lease or heartbeat within this window.
   absl::Duration ready_window = absl::Seconds(60);

@@ -110,7 +110,8 @@ def _absolute_paths(study, base_dir):
     for key, field in (("models", "path"), ("datasets", "root")):
         for entry in study.get(key) or []:
             value = entry.get(field)
-            if isinstance(value, str) and value and not value.startswith(("/", "$")):
+            if (isinstance(value, str) and value and not value.startswith(("/", "$"))
+                    and "://" not in value):
                 entry[field] = os.path.join(base_dir, value)
     return study
 
@@ -172,12 +173,13 @@ class Client:
 
     # Studies ---------------------------------------------------------------
 
-    def spec(self, study, base_dir=None):
+    def spec(self, study, base_dir=None, file_root=None):
         """The StudySpec that `study` (a YAML file's path, or a dict with the
         keys of a study file) submits as: paths absolute, model hashes and
         dataset digests filled in, defaults applied, validated. Relative
         paths in a dict are taken against `base_dir` (default: the current
-        folder)."""
+        folder); file:///PATH locations are read under `file_root` (default:
+        $SSLBENCH_FILE_ROOT, else /) and kept as URIs for the workers."""
         if isinstance(study, types_pb2.StudySpec):
             return study
         if isinstance(study, dict):
@@ -187,6 +189,8 @@ class Client:
             args, stdin = [_find_cli(self._cli), "spec", "-"], json.dumps(study)
         else:
             args, stdin = [_find_cli(self._cli), "spec", os.fspath(study)], None
+        if file_root:
+            args.append(f"--file_root={file_root}")
         done = subprocess.run(args, input=stdin, capture_output=True, text=True,
                               cwd=base_dir or None)
         if done.returncode != 0:
@@ -196,7 +200,7 @@ class Client:
             raise SslbenchError("INVALID_STUDY", message or f"sslbench spec exited {done.returncode}")
         return json_format.Parse(done.stdout, types_pb2.StudySpec())
 
-    def submit(self, study, request_id=None, base_dir=None):
+    def submit(self, study, request_id=None, base_dir=None, file_root=None):
         """Submits a study (file path, dict or StudySpec); returns the
         SubmitStudyResponse (study_id, tasks, reused_features, existing).
 
@@ -204,7 +208,7 @@ class Client:
         given) and sent again under the same key when the call times out or
         the coordinator is unavailable, so a study committed after a lost
         answer is returned, not duplicated."""
-        spec = self.spec(study, base_dir=base_dir)
+        spec = self.spec(study, base_dir=base_dir, file_root=file_root)
         request = client_api_pb2.SubmitStudyRequest(
             spec=spec, request_id=request_id or uuid.uuid4().hex)
         for attempt in range(3):

@@ -145,6 +145,37 @@ TEST_F(StudyFileTest, AbsolutePathsAreKept) {
   std::filesystem::remove_all(other);
 }
 
+// file:// URIs stay in the spec; the bytes hashed are those under the
+// reader's file root, with the same hash and digest as the plain paths.
+TEST_F(StudyFileTest, FileUrisAreKeptAndReadUnderTheFileRoot) {
+  const std::string yaml = absl::StrReplaceAll(
+      kBase, {{"path: models/a.pt", "path: file:///models/a.pt"},
+              {"path: models/b.pt", "path: file:///models/b.pt"},
+              {"root: data/ds", "root: file:///data/ds"}});
+  StudyFileOptions options;
+  options.locations.file_root = dir_;
+  absl::StatusOr<v1::StudySpec> spec = ParseStudyYaml(yaml, "/somewhere/else", options);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::StatusOr<v1::StudySpec> plain = Parse();
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(spec->models(0).path(), "file:///models/a.pt");
+  EXPECT_EQ(spec->models(0).sha256(), plain->models(0).sha256());
+  EXPECT_EQ(spec->datasets(0).root(), "file:///data/ds");
+  EXPECT_EQ(spec->datasets(0).digest(), plain->datasets(0).digest());
+
+  // Under another root the files are not found, and the error says where.
+  options.locations.file_root = dir_ + "/nowhere";
+  absl::StatusOr<v1::StudySpec> missing = ParseStudyYaml(yaml, dir_, options);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr(dir_ + "/nowhere/models/a.pt"));
+  // A scheme nobody resolves is refused naming the field.
+  absl::StatusOr<v1::StudySpec> s3 = ParseStudyYaml(
+      absl::StrReplaceAll(kBase, {{"path: models/a.pt", "path: s3://bucket/a.pt"}}), dir_);
+  EXPECT_EQ(s3.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s3.status().message()), ::testing::HasSubstr("models[0].path"));
+}
+
 TEST_F(StudyFileTest, GzipFilesAreAccepted) {
   for (const char* f : kIdxFiles) {
     WriteFile(dir_ + "/data/gz/" + std::string(f) + ".gz", f);

@@ -426,6 +426,61 @@ TEST_F(EndToEndTest, CorruptModelFailsTheStudyWithAClearError) {
   EXPECT_THAT(watched.output, HasSubstr("broken.pt"));
 }
 
+// A study names its files by file:// URIs: the CLI finds them under its
+// --file_root, the worker under its own (another folder), and the spec keeps
+// the URIs. A worker whose root holds other bytes refuses the model.
+TEST_F(EndToEndTest, ClientAndWorkersFindFilesUnderTheirOwnRoots) {
+  namespace fs = std::filesystem;
+  for (const char* root : {"client-root", "worker-root", "stale-root"}) {
+    fs::create_directories(dir_ + "/" + root + "/models");
+    fs::create_directories(dir_ + "/" + root + "/data");
+    fs::copy_file(dir_ + "/models/identity.pt", dir_ + "/" + root + "/models/identity.pt");
+    fs::create_directory_symlink(kFashionMnist, dir_ + "/" + root + "/data/fashion-mnist");
+  }
+  std::ofstream(dir_ + "/stale-root/models/identity.pt", std::ios::app) << "appended";
+  const std::string study_file = dir_ + "/uris.yaml";
+  std::ofstream(study_file)
+      << "name: uris\nmodels:\n  - name: identity\n    path: file:///models/identity.pt\n"
+      << "    channels: 1\ndatasets:\n  - name: fashion-mnist\n"
+      << "    root: file:///data/fashion-mnist\n    train_limit: 2000\n    test_limit: 500\n"
+      << "protocols:\n  - name: knn\n    ks: [10]\n    euclidean_k: -1\n";
+  StartCoordinator();
+
+  // Not found where the CLI looks: the error names the local path.
+  const CommandResult elsewhere = Cli({"submit", study_file, "--file_root=" + dir_ + "/nowhere"});
+  EXPECT_EQ(elsewhere.exit_code, 1);
+  EXPECT_THAT(elsewhere.output, HasSubstr(dir_ + "/nowhere/models/identity.pt"));
+
+  const CommandResult submitted =
+      Cli({"submit", study_file, "--file_root=" + dir_ + "/client-root"});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.output;
+  const int64_t study = std::stoll(submitted.output);
+  StartWorker("stale", {"--file_root=" + dir_ + "/stale-root"});
+  const CommandResult stale = Cli({"watch", absl::StrCat(study)});
+  EXPECT_EQ(stale.exit_code, 1) << stale.output;
+  EXPECT_THAT(stale.output, HasSubstr("changed since the study was submitted"));
+
+  // The same study again, served by a worker whose root has the right bytes.
+  workers_.clear();
+  const CommandResult again = Cli({"submit", study_file, "--file_root=" + dir_ + "/client-root"});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  const int64_t good = std::stoll(again.output);
+  StartWorker("rooted", {"--file_root=" + dir_ + "/worker-root"});
+  const CommandResult watched = Cli({"watch", absl::StrCat(good)});
+  ASSERT_EQ(watched.exit_code, 0) << watched.output;
+  const v1::ListResultsResponse results = Results(good);
+  ASSERT_EQ(results.results_size(), 1);
+  EXPECT_GT(results.results(0).top1(), 0.5);
+  grpc::ClientContext context;
+  v1::GetStudyRequest request;
+  request.set_study_id(good);
+  request.set_include_spec(true);
+  v1::StudyStatus status;
+  ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
+  EXPECT_EQ(status.spec().models(0).path(), "file:///models/identity.pt");
+  EXPECT_EQ(status.spec().datasets(0).root(), "file:///data/fashion-mnist");
+}
+
 // The coordinator is killed mid-study and restarted on the same database:
 // the worker rides out the gap and the study completes with nothing lost.
 TEST_F(EndToEndTest, CoordinatorRestartMidStudyLosesNothing) {

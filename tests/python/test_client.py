@@ -174,6 +174,12 @@ class ClientTest(unittest.TestCase):
         resolved = json_format.MessageToDict(spec, preserving_proto_field_name=True)
         self.assertEqual(offline.spec(resolved), spec)
         offline.close()
+        # file:// locations: read under file_root, kept as URIs for the workers.
+        uri_study = study("python-uri", [{"name": "knn", "ks": [10]}])
+        uri_study["models"][0]["path"] = "file:///models/identity.pt"
+        by_uri = self.client.spec(uri_study, file_root=self.dir)
+        self.assertEqual(by_uri.models[0].path, "file:///models/identity.pt")
+        self.assertEqual(by_uri.models[0].sha256, spec.models[0].sha256)
 
     def test_a_bad_study_names_the_field_and_submits_nothing(self):
         bad = study("python-bad", [{"name": "knn", "ks": ["many"]}])
