@@ -1,7 +1,8 @@
 """Offline checks of deploy/ and docker/: what an operator would find
 broken on a real cluster, checked on the rendered overlays (kustomize_lite,
-compared with `kubectl kustomize` where kubectl exists), the alert rules
-(promtool), and the images' runtime libraries against the built binaries.
+compared with `kubectl kustomize` where kubectl exists) and the rendered Helm
+chart (helm_lite, default and GPU values), the alert rules (promtool), and
+the images' runtime libraries against the built binaries.
 
     SSLBENCH_SOURCE=. SSLBENCH_BIN_DIR=build/bin python3 -m unittest -v test_deploy
 
@@ -21,6 +22,7 @@ import unittest
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import helm_lite  # noqa: E402
 import kustomize_lite  # noqa: E402
 
 SOURCE = os.path.abspath(os.environ.get(
@@ -28,6 +30,10 @@ SOURCE = os.path.abspath(os.environ.get(
 BIN_DIR = os.environ.get("SSLBENCH_BIN_DIR", "")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 OVERLAYS = ["local", "production"]
+# What is checked: the two overlays and the Helm chart with its defaults and
+# with GPU values. All but the local overlay render no Secret.
+RENDERS = OVERLAYS + ["helm", "helm-gpu"]
+SECRETS_SUPPLIED = {"production", "helm", "helm-gpu"}
 
 
 def project_version():
@@ -35,8 +41,11 @@ def project_version():
         return re.search(r"project\(sslbench VERSION ([0-9.]+)", f.read()).group(1)
 
 
-def render(overlay):
-    return kustomize_lite.render(os.path.join(SOURCE, "deploy", "overlays", overlay))
+def render(name):
+    if name.startswith("helm"):
+        values = [os.path.join(TESTS, "helm-gpu-values.yaml")] if name == "helm-gpu" else []
+        return helm_lite.render(os.path.join(SOURCE, "deploy", "helm", "sslbench"), values)
+    return kustomize_lite.render(os.path.join(SOURCE, "deploy", "overlays", name))
 
 
 def pod_templates(objects):
@@ -71,7 +80,7 @@ class RenderedOverlaysTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.rendered = {o: render(o) for o in OVERLAYS}
+        cls.rendered = {name: render(name) for name in RENDERS}
 
     def each(self):
         for overlay, objects in self.rendered.items():
@@ -103,7 +112,7 @@ class RenderedOverlaysTest(unittest.TestCase):
             for obj, template in pod_templates(objects):
                 templates = {t["metadata"]["name"] for t in
                              obj["spec"].get("volumeClaimTemplates", [])}
-                replicas = obj["spec"].get("replicas", 1)
+                replicas = obj["spec"].get("replicas")  # None: autoscaled
                 for volume in template["spec"].get("volumes", []):
                     pvc = volume.get("persistentVolumeClaim")
                     if not pvc:
@@ -112,7 +121,8 @@ class RenderedOverlaysTest(unittest.TestCase):
                     self.assertTrue(name in claims or name in templates,
                                     f"{obj['metadata']['name']} mounts claim {name} that "
                                     "nothing creates: its pods stay Pending")
-                    if name in claims and (replicas > 1 or overlay == "production"):
+                    many = replicas is None or replicas > 1 or overlay in SECRETS_SUPPLIED
+                    if name in claims and many:
                         modes = claims[name]["spec"]["accessModes"]
                         self.assertTrue({"ReadOnlyMany", "ReadWriteMany"} & set(modes),
                                         f"{name}: {modes} cannot be mounted by many replicas")
@@ -123,7 +133,7 @@ class RenderedOverlaysTest(unittest.TestCase):
             text = json.dumps(objects)
             self.assertNotIn("change-me", text)
             secrets = by_kind(objects, "Secret")
-            if overlay == "production":
+            if overlay in SECRETS_SUPPLIED:
                 self.assertEqual(list(secrets), [],
                                  "applying the overlay would overwrite the Secrets of the "
                                  "secret manager")
@@ -150,9 +160,10 @@ class RenderedOverlaysTest(unittest.TestCase):
                         continue
                     base = re.sub(r"-[bcdfghkmt2456789]{10}$", "", secret)
                     if base not in rendered:
-                        self.assertRegex(
-                            readme, rf"kubectl (-n \S+ )?create secret generic {base}\b",
-                            f"{overlay}: Secret {base} is neither rendered nor documented")
+                        documented = re.search(
+                            rf"kubectl (-n \S+ )?create secret (generic|tls) {base}\b", readme)
+                        self.assertTrue(documented, f"{overlay}: Secret {base} is neither "
+                                        "rendered nor documented in deploy/README.md")
 
     def test_worker_probes_mean_registered_and_alive_and_drain_fits_the_grace(self):
         for overlay, objects in self.each():
@@ -169,7 +180,7 @@ class RenderedOverlaysTest(unittest.TestCase):
             obj, c = container_named(objects, "sslbench-coordinator")
             spec = obj["spec"]["template"]["spec"]
             self.assertIn("preStop", c.get("lifecycle", {}))
-            if obj["spec"]["replicas"] > 1:
+            if obj["spec"].get("replicas", 1) > 1:
                 spread = spec.get("topologySpreadConstraints", [])
                 anti = spec.get("affinity", {}).get("podAntiAffinity")
                 self.assertTrue(
@@ -179,12 +190,18 @@ class RenderedOverlaysTest(unittest.TestCase):
     def test_worker_threads_fit_the_cpus_it_requests(self):
         for overlay, objects in self.each():
             obj, c = container_named(objects, "sslbench-worker")
-            config_name = c["envFrom"][0]["configMapRef"]["name"]
-            config = by_kind(objects, "ConfigMap")[config_name]["data"]
+            config = {}
+            for source in c.get("envFrom", []):
+                name = source["configMapRef"]["name"]
+                config.update(by_kind(objects, "ConfigMap")[name]["data"])
             cpus = cpu_cores(c["resources"]["requests"]["cpu"])
-            for key in ("WORKER_THREADS", "DECODE_THREADS"):
-                self.assertLessEqual(int(config[key]), cpus,
-                                     f"{key}={config[key]} on {cpus} requested CPUs")
+            for name in ("threads", "decode_threads"):
+                value = flag(c["args"], name)
+                # $(VAR) comes from the ConfigMap the container reads.
+                m = re.fullmatch(r"\$\((\w+)\)", value or "")
+                value = config.get(m.group(1)) if m else value
+                self.assertIsNotNone(value, f"--{name} is not set")
+                self.assertLessEqual(int(value), cpus, f"--{name}={value} on {cpus} requested CPUs")
 
     def test_config_edits_roll_the_pods(self):
         for overlay, objects in self.each():
@@ -199,8 +216,9 @@ class RenderedOverlaysTest(unittest.TestCase):
     def test_everything_lives_in_a_namespace_with_its_own_service_accounts(self):
         for overlay, objects in self.each():
             namespaces = by_kind(objects, "Namespace")
-            self.assertEqual(len(namespaces), 1)
-            (namespace,) = namespaces
+            # An overlay makes its namespace; a chart goes into the release's.
+            self.assertEqual(len(namespaces), 0 if overlay.startswith("helm") else 1)
+            namespace = next(iter(namespaces), "sslbench")
             for obj in objects:
                 if obj["kind"] not in kustomize_lite.CLUSTER_SCOPED:
                     self.assertEqual(obj["metadata"].get("namespace"), namespace,
@@ -232,13 +250,32 @@ class RenderedOverlaysTest(unittest.TestCase):
                                   f"{obj['kind']} {obj['metadata']['name']}")
 
     def test_autoscaling_targets_the_worker_and_can_scale_to_zero(self):
-        objects = self.rendered["production"]
-        scaled = by_kind(objects, "ScaledObject")
-        self.assertEqual(len(scaled), 1)
-        (spec,) = [s["spec"] for s in scaled.values()]
-        self.assertEqual(spec["scaleTargetRef"]["name"], "sslbench-worker")
-        self.assertEqual(spec["minReplicaCount"], 0)
-        self.assertIn('sslbench_tasks{state="PENDING"}', spec["triggers"][0]["metadata"]["query"])
+        for name in ("production", "helm-gpu"):
+            objects = self.rendered[name]
+            scaled = by_kind(objects, "ScaledObject")
+            self.assertEqual(len(scaled), 1, name)
+            (spec,) = [s["spec"] for s in scaled.values()]
+            self.assertEqual(spec["scaleTargetRef"]["name"], "sslbench-worker")
+            self.assertEqual(spec["minReplicaCount"], 0)
+            self.assertIn('sslbench_tasks{state="PENDING"}',
+                          spec["triggers"][0]["metadata"]["query"])
+        # The autoscaler owns the replica count: the chart then sets none.
+        obj, _ = container_named(self.rendered["helm-gpu"], "sslbench-worker")
+        self.assertNotIn("replicas", obj["spec"])
+
+    def test_the_chart_is_the_release_and_keeps_the_alert_rules(self):
+        with open(os.path.join(SOURCE, "deploy", "helm", "sslbench", "Chart.yaml")) as f:
+            chart = yaml.safe_load(f)
+        self.assertEqual(chart["appVersion"], project_version())
+        rules = {name: [o["spec"] for o in objects if o["kind"] == "PrometheusRule"]
+                 for name, objects in self.rendered.items()}
+        self.assertEqual(rules["helm"], rules["production"])
+        # TLS values mount the certificate and pass it to both sides.
+        _, coordinator = container_named(self.rendered["helm-gpu"], "sslbench-coordinator")
+        _, worker = container_named(self.rendered["helm-gpu"], "sslbench-worker")
+        self.assertEqual(flag(coordinator["args"], "tls_cert"), "/etc/sslbench/tls/tls.crt")
+        self.assertEqual(flag(worker["args"], "tls_ca"), "/etc/sslbench/tls/ca.crt")
+        self.assertEqual(worker["resources"]["limits"]["nvidia.com/gpu"], 1)
 
     def test_kustomize_lite_refuses_what_it_does_not_know_and_matches_kubectl(self):
         # A feature outside the subset is an error, never silently ignored.
@@ -254,7 +291,8 @@ class RenderedOverlaysTest(unittest.TestCase):
             text = re.sub(r'-[bcdfghkmt2456789]{10}"', '"', json.dumps(objects, sort_keys=True))
             return {(o["kind"], o["metadata"]["name"]): o for o in json.loads(text)}
 
-        for overlay, objects in self.each():
+        for overlay in OVERLAYS:
+            objects = self.rendered[overlay]
             out = subprocess.run(
                 ["kubectl", "kustomize", os.path.join(SOURCE, "deploy", "overlays", overlay)],
                 capture_output=True, text=True, check=True).stdout
