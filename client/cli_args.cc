@@ -42,6 +42,7 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
       {"data", {"out_dir", "train_per_domain", "test_per_domain"}},
       {"zoo", {"out_dir", "steps", "only", "worker_threads"}},
       {"spec", {"file_root"}},
+      {"cache", {}},
       {"completion", {}},
       {"help", {}},
       {"version", {}},
@@ -55,6 +56,7 @@ const std::map<std::string, std::string>& CommandWords() {
   static const auto* table = new std::map<std::string, std::string>{
       {"submit", ""},          {"spec", ""},
       {"tokens", "create list revoke"}, {"zoo", "build"},
+      {"cache", "list drop"},
       {"data", "build"},       {"completion", "bash zsh"},
   };
   return *table;

@@ -115,6 +115,30 @@ absl::StatusOr<v1::TokenInfo> CoordinatorClient::RevokeToken(int64_t token_id) {
   return response;
 }
 
+absl::StatusOr<v1::ListFeatureCachesResponse> CoordinatorClient::ListFeatureCaches(
+    int64_t study_id) {
+  grpc::ClientContext context;
+  Prepare(context);
+  v1::ListFeatureCachesRequest request;
+  request.set_study_id(study_id);
+  v1::ListFeatureCachesResponse response;
+  const grpc::Status status = stub_->ListFeatureCaches(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::FeatureCacheSummary> CoordinatorClient::DropFeatureCache(
+    const std::string& cache_key) {
+  grpc::ClientContext context;
+  Prepare(context);
+  v1::DropFeatureCacheRequest request;
+  request.set_cache_key(cache_key);
+  v1::FeatureCacheSummary response;
+  const grpc::Status status = stub_->DropFeatureCache(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 absl::StatusOr<v1::SubmitStudyResponse> CoordinatorClient::SubmitStudy(
     const v1::StudySpec& spec, const std::string& request_id, std::string* used_request_id) {
   v1::SubmitStudyRequest request;

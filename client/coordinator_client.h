@@ -57,6 +57,8 @@ class CoordinatorClient {
                                                       const std::string& role);
   absl::StatusOr<v1::ListTokensResponse> ListTokens();
   absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id);
+  absl::StatusOr<v1::ListFeatureCachesResponse> ListFeatureCaches(int64_t study_id);
+  absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(const std::string& cache_key);
 
   // Submits under an idempotency key: `request_id`, or a random one when it
   // is empty (written to `*used_request_id` when given). A call that times

@@ -179,6 +179,13 @@ usage: sslbench COMMAND [ARGS] [--flags]
                                         an access token (printed once); needs
                                         an admin token
   tokens list                           the tokens (names and roles, no secrets)
+  cache list [STUDY_ID]                 the feature caches (all, or those the
+                                        study fills or reads): size, state, and
+                                        the unfinished tasks using each
+  cache drop KEY                        forget a feature cache found bad (its
+                                        chunks and bytes; KEY or its first 16
+                                        characters); refused while unfinished
+                                        tasks use it; needs an admin token
   tokens revoke ID                      refuse the token from now on
   up [--state_dir=.sslbench] [--workers=2] [--worker_threads=1] [--port=0]
      [--blob_store=postgres|file:///PATH]
@@ -545,6 +552,65 @@ int CmdWorkers(const std::vector<std::string>& args) {
                  .c_str(),
              stdout);
   return kExitOk;
+}
+
+std::string FormatBytes(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 30)) return absl::StrFormat("%.1f GiB", bytes / double(1 << 30));
+  if (bytes >= (int64_t{1} << 20)) return absl::StrFormat("%.1f MiB", bytes / double(1 << 20));
+  return absl::StrFormat("%.1f KiB", bytes / 1024.0);
+}
+
+int CmdCache(const std::vector<std::string>& args) {
+  if (args.empty()) return Usage("cache takes list [STUDY_ID] or drop KEY");
+  const std::string address = CoordinatorAddress();
+  CoordinatorClient client(address, kRpcTimeout, Token(), Credentials());
+  if (args[0] == "list") {
+    int64_t study = 0;
+    if (args.size() > 2 || (args.size() == 2 && (!absl::SimpleAtoi(args[1], &study) || study <= 0))) {
+      return Usage("cache list takes at most one study id");
+    }
+    absl::StatusOr<v1::ListFeatureCachesResponse> listed = client.ListFeatureCaches(study);
+    if (!listed.ok()) return Fail(listed.status(), address);
+    std::printf("%-16s %-20s %-20s %-5s %-8s %10s %6s %10s %s\n", "KEY", "MODEL", "DATASET",
+                "SPLIT", "STATE", "ROWS", "DIM", "SIZE", "IN USE BY");
+    for (const v1::FeatureCacheSummary& c : listed->caches()) {
+      std::printf("%-16s %-20s %-20s %-5s %-8s %10lld %6d %10s %lld task(s)\n",
+                  c.cache_key().substr(0, 16).c_str(), c.model().c_str(), c.dataset().c_str(),
+                  c.split().c_str(), c.complete() ? "complete" : "partial",
+                  static_cast<long long>(c.num_rows()), c.dim(), FormatBytes(c.bytes()).c_str(),
+                  static_cast<long long>(c.readers()));
+    }
+    return kExitOk;
+  }
+  if (args[0] == "drop") {
+    if (args.size() != 2) return Usage("cache drop takes one cache key (or its first 16 characters)");
+    std::string key = args[1];
+    if (key.size() < 64) {
+      // A prefix, as `cache list` prints it: it must name one cache.
+      absl::StatusOr<v1::ListFeatureCachesResponse> listed = client.ListFeatureCaches(0);
+      if (!listed.ok()) return Fail(listed.status(), address);
+      std::vector<std::string> matches;
+      for (const auto& c : listed->caches()) {
+        if (absl::StartsWith(c.cache_key(), key)) matches.push_back(c.cache_key());
+      }
+      if (matches.size() != 1) {
+        std::fprintf(stderr, "sslbench: %zu feature caches start with %s\n", matches.size(),
+                     key.c_str());
+        return kExitError;
+      }
+      key = matches[0];
+    }
+    absl::StatusOr<v1::FeatureCacheSummary> dropped = client.DropFeatureCache(key);
+    if (!dropped.ok()) return Fail(dropped.status(), address);
+    std::fprintf(stderr,
+                 "sslbench: dropped feature cache %s (%s / %s / %s: %d chunks, %s); the next "
+                 "study that needs it extracts it again\n",
+                 dropped->cache_key().c_str(), dropped->model().c_str(),
+                 dropped->dataset().c_str(), dropped->split().c_str(), dropped->num_chunks(),
+                 FormatBytes(dropped->bytes()).c_str());
+    return kExitOk;
+  }
+  return Usage(absl::StrCat("cache: unknown subcommand \"", args[0], "\" (list, drop)"));
 }
 
 int CmdTokens(const std::vector<std::string>& args) {
@@ -1129,6 +1195,7 @@ int Main(int argc, char** argv) {
   if (command == "artifact") return CmdArtifact(args);
   if (command == "workers") return CmdWorkers(args);
   if (command == "tokens") return CmdTokens(args);
+  if (command == "cache") return CmdCache(args);
   if (command == "up") return CmdUp(args);
   if (command == "demo") return CmdDemo(args);
   return Usage(absl::StrCat("unknown command \"", command, "\""));

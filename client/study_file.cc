@@ -338,6 +338,27 @@ std::string Resolve(const std::string& path, const fs::path& base) {
   return p.lexically_normal().string();
 }
 
+// What the spec keeps of the location `value` of `m`'s field `key`, and the
+// local path this process reads: a URI stays in the spec (each worker
+// resolves it) and resolves here under options.locations; a path is made
+// absolute against `base`.
+absl::Status Locate(const Map& m, const std::string& key, const std::string& value,
+                    const fs::path& base, const StudyFileOptions& options, std::string* located,
+                    std::string* local) {
+  if (LocationScheme(value).empty()) {
+    *local = Resolve(value, base);
+    *located = *local;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> resolved = ResolveLocation(value, options.locations);
+  if (!resolved.ok()) {
+    return Invalid(m.Field(key), m.Get(key), std::string(resolved.status().message()));
+  }
+  *located = value;
+  *local = *resolved;
+  return absl::OkStatus();
+}
+
 absl::Status ParseModel(const YAML::Node& node, const std::string& path,
                         const fs::path& base, const StudyFileOptions& options,
                         v1::ModelSpec* model) {
@@ -369,18 +390,9 @@ absl::Status ParseModel(const YAML::Node& node, const std::string& path,
   for (double v : std) model->add_std(static_cast<float>(v));
 
   const std::string field = m.Field("path");
-  // A URI stays in the spec (each worker resolves it); its local path here
-  // is what gets hashed.
-  std::string absolute;
-  if (!LocationScheme(file).empty()) {
-    model->set_path(file);
-    absl::StatusOr<std::string> local = ResolveLocation(file, options.locations);
-    if (!local.ok()) return Invalid(field, m.Get("path"), std::string(local.status().message()));
-    absolute = *local;
-  } else {
-    absolute = Resolve(file, base);
-    model->set_path(absolute);
-  }
+  std::string located, absolute;
+  RETURN_IF_ERROR(Locate(m, "path", file, base, options, &located, &absolute));
+  model->set_path(located);
   std::error_code ec;
   if (!options.read_files) {
     // A dry run: no hashing; a placeholder hash keeps models apart.
@@ -455,16 +467,9 @@ absl::Status ParseDataset(const YAML::Node& node, const std::string& path,
   }
 
   const std::string field = d.Field("root");
-  std::string absolute;
-  if (!LocationScheme(root).empty()) {
-    dataset->set_root(root);
-    absl::StatusOr<std::string> local = ResolveLocation(root, options.locations);
-    if (!local.ok()) return Invalid(field, d.Get("root"), std::string(local.status().message()));
-    absolute = *local;
-  } else {
-    absolute = Resolve(root, base);
-    dataset->set_root(absolute);
-  }
+  std::string located, absolute;
+  RETURN_IF_ERROR(Locate(d, "root", root, base, options, &located, &absolute));
+  dataset->set_root(located);
   std::error_code ec;
   if (!options.read_files) {
     dataset->set_digest(absl::StrCat("unread:", absolute));

@@ -37,12 +37,14 @@ constexpr MethodRule kRules[] = {
     {"ListWorkers", Role::kReader},
     {"GetArtifact", Role::kReader},
     {"Correlate", Role::kReader},
+    {"ListFeatureCaches", Role::kReader},
     // Writes.
     {"SubmitStudy", Role::kSubmitter},
     {"CancelStudy", Role::kSubmitter},  // own studies; the coordinator checks
     {"CreateToken", Role::kAdmin},
     {"ListTokens", Role::kAdmin},
     {"RevokeToken", Role::kAdmin},
+    {"DropFeatureCache", Role::kAdmin},
 };
 
 bool Allows(Role have, Role need) {

@@ -86,6 +86,28 @@ absl::StatusOr<v1::CreateTokenResponse> Coordinator::CreateToken(
   return response;
 }
 
+absl::StatusOr<v1::ListFeatureCachesResponse> Coordinator::ListFeatureCaches(
+    int64_t study_id) {
+  if (study_id < 0) return absl::InvalidArgumentError("study_id: must not be negative");
+  ASSIGN_OR_RETURN(std::vector<v1::FeatureCacheSummary> caches,
+                   store_.ListFeatureCaches(study_id, /*limit=*/10000));
+  v1::ListFeatureCachesResponse response;
+  for (auto& c : caches) *response.add_caches() = std::move(c);
+  return response;
+}
+
+absl::StatusOr<v1::FeatureCacheSummary> Coordinator::DropFeatureCache(
+    const std::string& cache_key, const Caller& caller) {
+  if (cache_key.empty() || cache_key.size() > 256) {
+    return absl::InvalidArgumentError("cache_key: missing or longer than 256 characters");
+  }
+  ASSIGN_OR_RETURN(v1::FeatureCacheSummary dropped, store_.DropFeatureCache(cache_key));
+  LogWarning("coordinator", "feature cache ", cache_key, " (", dropped.model(), "/",
+             dropped.dataset(), "/", dropped.split(), ") dropped by ",
+             caller.name.empty() ? "an unauthenticated caller" : caller.name);
+  return dropped;
+}
+
 absl::StatusOr<v1::ListTokensResponse> Coordinator::ListTokens() {
   ASSIGN_OR_RETURN(std::vector<v1::TokenInfo> tokens, store_.ListTokens());
   v1::ListTokensResponse response;

@@ -39,6 +39,9 @@ class Coordinator {
   absl::StatusOr<v1::CreateTokenResponse> CreateToken(const v1::CreateTokenRequest& request,
                                                       const Caller& caller);
   absl::StatusOr<v1::ListTokensResponse> ListTokens();
+  absl::StatusOr<v1::ListFeatureCachesResponse> ListFeatureCaches(int64_t study_id);
+  absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(const std::string& cache_key,
+                                                           const Caller& caller);
   absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id, const Caller& caller);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();

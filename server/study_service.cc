@@ -188,4 +188,20 @@ grpc::ServerUnaryReactor* StudyServiceImpl::RevokeToken(
                   });
 }
 
+grpc::ServerUnaryReactor* StudyServiceImpl::ListFeatureCaches(
+    grpc::CallbackServerContext* context, const v1::ListFeatureCachesRequest* request,
+    v1::ListFeatureCachesResponse* response) {
+  return RunUnary(context, "ListFeatureCaches", pool_, metrics_, auth_, response,
+                  [this, request] { return coordinator_.ListFeatureCaches(request->study_id()); });
+}
+
+grpc::ServerUnaryReactor* StudyServiceImpl::DropFeatureCache(
+    grpc::CallbackServerContext* context, const v1::DropFeatureCacheRequest* request,
+    v1::FeatureCacheSummary* response) {
+  return RunUnary(context, "DropFeatureCache", pool_, metrics_, auth_, response,
+                  [this, request](const Caller& caller) {
+                    return coordinator_.DropFeatureCache(request->cache_key(), caller);
+                  });
+}
+
 }  // namespace sslbench::server

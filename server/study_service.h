@@ -47,6 +47,12 @@ class StudyServiceImpl final : public v1::StudyService::CallbackService {
   grpc::ServerUnaryReactor* RevokeToken(grpc::CallbackServerContext* context,
                                         const v1::RevokeTokenRequest* request,
                                         v1::TokenInfo* response) override;
+  grpc::ServerUnaryReactor* ListFeatureCaches(grpc::CallbackServerContext* context,
+                                              const v1::ListFeatureCachesRequest* request,
+                                              v1::ListFeatureCachesResponse* response) override;
+  grpc::ServerUnaryReactor* DropFeatureCache(grpc::CallbackServerContext* context,
+                                             const v1::DropFeatureCacheRequest* request,
+                                             v1::FeatureCacheSummary* response) override;
 
  private:
   Coordinator& coordinator_;

@@ -16,6 +16,19 @@
 #include "common/log.h"
 
 namespace sslbench::worker {
+
+std::string LocalCacheKey(const std::string& cache_key, int64_t generation) {
+  return generation == 0 ? cache_key : absl::StrCat(cache_key, "-g", generation);
+}
+
+std::string CacheKeyOf(const std::string& local_key) {
+  const size_t at = local_key.rfind("-g");
+  if (at == std::string::npos || at + 2 >= local_key.size()) return local_key;
+  for (size_t i = at + 2; i < local_key.size(); ++i) {
+    if (local_key[i] < '0' || local_key[i] > '9') return local_key;
+  }
+  return local_key.substr(0, at);
+}
 namespace {
 
 namespace fs = std::filesystem;
@@ -32,7 +45,10 @@ struct Header {
   uint32_t reserved;
 };
 
-bool ValidKey(const std::string& key) {
+// A hex cache key, with or without its generation ("-g" and digits).
+bool ValidKey(const std::string& local_key) {
+  if (local_key.size() > 160) return false;
+  const std::string key = CacheKeyOf(local_key);
   if (key.empty() || key.size() > 128) return false;
   return std::all_of(key.begin(), key.end(), [](char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');

@@ -20,6 +20,12 @@
 
 namespace sslbench::worker {
 
+// The key a set is kept under locally: the coordinator's cache key and its
+// generation (FeatureCacheInfo.generation; 0 from older coordinators keeps
+// the plain key). CacheKeyOf() inverts it, for the keys sent with leases.
+std::string LocalCacheKey(const std::string& cache_key, int64_t generation);
+std::string CacheKeyOf(const std::string& local_key);
+
 class LocalFeatureCache {
  public:
   // Opens (creating) `dir` and indexes the sets already there, most recently

@@ -172,7 +172,11 @@ int main(int argc, char** argv) {
     }
     feature_cache = *std::move(opened);
     runner_options.feature_cache = feature_cache.get();
-    options.cached_feature_keys = [cache = feature_cache.get()] { return cache->Keys(1000); };
+    options.cached_feature_keys = [cache = feature_cache.get()] {
+      std::vector<std::string> keys = cache->Keys(1000);
+      for (std::string& key : keys) key = sslbench::worker::CacheKeyOf(key);
+      return keys;
+    };
   }
   std::string token;
   if (const std::string file = absl::GetFlag(FLAGS_token_file); !file.empty()) {

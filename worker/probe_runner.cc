@@ -18,12 +18,10 @@
 namespace sslbench::worker {
 namespace {
 
-// Downloads a complete feature cache, every row.
-absl::Status Download(TaskContext& ctx, const std::string& key, compute::FeatureMatrix* out) {
-  v1::GetFeatureCacheRequest request;
-  request.set_cache_key(key);
-  v1::FeatureCacheInfo info;
-  ASSIGN_OR_RETURN(info, ctx.connection().GetFeatureCache(request, ctx.rpc()));
+// Downloads a complete feature cache (described by `info`), every row.
+absl::Status Download(TaskContext& ctx, const v1::FeatureCacheInfo& info,
+                      compute::FeatureMatrix* out) {
+  const std::string& key = info.cache_key();
   if (!info.complete()) {
     return absl::UnavailableError(absl::StrCat("feature cache ", key, " is not complete yet"));
   }
@@ -92,16 +90,23 @@ int64_t DropSkipped(compute::FeatureMatrix* out) {
 // (else downloaded, then kept there), without the rows of skipped images.
 absl::Status FetchFeatures(TaskContext& ctx, LocalFeatureCache* cache, const std::string& key,
                            compute::FeatureMatrix* out, int64_t* skipped) {
+  v1::GetFeatureCacheRequest request;
+  request.set_cache_key(key);
+  v1::FeatureCacheInfo info;
+  ASSIGN_OR_RETURN(info, ctx.connection().GetFeatureCache(request, ctx.rpc()));
+  // A cache dropped and extracted again has a new generation: a local copy
+  // of the old one is never used.
+  const std::string local_key = LocalCacheKey(key, info.generation());
   absl::StatusOr<compute::FeatureMatrix> cached =
-      cache != nullptr ? cache->Get(key) : absl::NotFoundError("no cache");
+      cache != nullptr ? cache->Get(local_key) : absl::NotFoundError("no cache");
   if (cached.ok()) {
     *out = *std::move(cached);
     LogInfo("worker", "task ", ctx.task_id(), ": features ", key.substr(0, 12),
             " from the local cache");
   } else {
-    RETURN_IF_ERROR(Download(ctx, key, out));
+    RETURN_IF_ERROR(Download(ctx, info, out));
     if (cache != nullptr) {
-      if (absl::Status s = cache->Put(key, *out); !s.ok()) {
+      if (absl::Status s = cache->Put(local_key, *out); !s.ok()) {
         LogWarning("worker", "feature cache: ", s.message());
       }
     }

@@ -11,23 +11,21 @@
 namespace sslbench::worker {
 
 absl::Status LocalizeSpec(v1::TaskSpec& spec, const LocationRoots& roots) {
-  if (!spec.model().path().empty()) {
-    absl::StatusOr<std::string> path = ResolveLocation(spec.model().path(), roots);
-    if (!path.ok()) {
-      return absl::Status(path.status().code(), absl::StrCat("model \"", spec.model().name(),
-                                                             "\": ", path.status().message()));
+  // Replaces `*location` (of the model or dataset `what`) by its local path.
+  auto localize = [&roots](const std::string& what, std::string* location) -> absl::Status {
+    if (location->empty()) return absl::OkStatus();
+    absl::StatusOr<std::string> local = ResolveLocation(*location, roots);
+    if (!local.ok()) {
+      return absl::Status(local.status().code(),
+                          absl::StrCat(what, ": ", local.status().message()));
     }
-    spec.mutable_model()->set_path(*path);
-  }
-  if (!spec.dataset().root().empty()) {
-    absl::StatusOr<std::string> root = ResolveLocation(spec.dataset().root(), roots);
-    if (!root.ok()) {
-      return absl::Status(root.status().code(), absl::StrCat("dataset \"", spec.dataset().name(),
-                                                             "\": ", root.status().message()));
-    }
-    spec.mutable_dataset()->set_root(*root);
-  }
-  return absl::OkStatus();
+    *location = *std::move(local);
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(localize(absl::StrCat("model \"", spec.model().name(), "\""),
+                           spec.mutable_model()->mutable_path()));
+  return localize(absl::StrCat("dataset \"", spec.dataset().name(), "\""),
+                  spec.mutable_dataset()->mutable_root());
 }
 
 absl::Status VerifyModel(const v1::ModelSpec& model, const ReadPolicy& policy,

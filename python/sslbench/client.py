@@ -341,6 +341,15 @@ class Client:
         response = self._call(self._stub.Correlate, request, timeout=max(self.timeout, 120.0))
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
+    def feature_caches(self, study_id=0):
+        """The feature caches a study fills or reads (all when 0) as records:
+        key, model, dataset, split, rows, bytes, unfinished readers."""
+        response = self._call(self._stub.ListFeatureCaches,
+                              client_api_pb2.ListFeatureCachesRequest(study_id=study_id))
+        return [json_format.MessageToDict(c, preserving_proto_field_name=True,
+                                          including_default_value_fields=True)
+                for c in response.caches]
+
     def workers(self):
         """The registered workers as records."""
         response = self._call(self._stub.ListWorkers, client_api_pb2.ListWorkersRequest())

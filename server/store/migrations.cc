@@ -211,6 +211,16 @@ ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.02,
                        autovacuum_analyze_scale_factor = 0.05,
                        autovacuum_vacuum_cost_delay = 0);
 )sql"},
+      {12, "dropping feature caches: the test features a probe reads; cache generations", R"sql(
+-- input_key holds the train features a probe reads; test_key the test ones.
+-- Tasks created before this version have none (their studies finished or
+-- are readers the producer check still sees through task_deps).
+ALTER TABLE tasks ADD COLUMN test_key TEXT NOT NULL DEFAULT '';
+-- Which incarnation of a cache key a row is (random; 0 before this version):
+-- a cache dropped and extracted again gets a new one, so workers know their
+-- local copies of the old one are stale.
+ALTER TABLE feature_caches ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+)sql"},
   };
   return kMigrations;
 }

@@ -470,8 +470,9 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     std::map<std::string, Cache> caches;
     if (!extracts.empty()) {
       w.exec_params(
-          "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us) "
-          "SELECT k, m, d, s, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+          "INSERT INTO feature_caches (cache_key, model, dataset, split, created_us, generation) "
+          "SELECT k, m, d, s, $5, 1 + floor(random() * 9007199254740990)::bigint "
+          "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
           "AS x(k, m, d, s) ORDER BY k ON CONFLICT (cache_key) DO NOTHING",
           key_array, PgArray(models), PgArray(datasets), PgArray(splits), now_us);
       std::vector<int64_t> running;
@@ -570,7 +571,7 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
     for (size_t begin = 0; begin < rows.size(); begin += kRowsPerStatement) {
       const size_t end = std::min(rows.size(), begin + kRowsPerStatement);
       std::vector<int64_t> task_ids, blocked;
-      std::vector<std::string> kinds, specs, cache_keys, input_keys, gpu;
+      std::vector<std::string> kinds, specs, cache_keys, input_keys, test_keys, gpu;
       for (size_t k = begin; k < end; ++k) {
         const v1::TaskSpec& spec = *rows[k].spec;
         task_ids.push_back(ids[k]);
@@ -578,18 +579,19 @@ absl::StatusOr<CreatedStudy> PgStore::CreateStudy(const StudyPlan& plan,
         specs.push_back(Hex(spec.SerializeAsString()));
         cache_keys.push_back(spec.cache_key());
         input_keys.push_back(spec.train_cache_key());
+        test_keys.push_back(spec.test_cache_key());
         gpu.push_back(requires_gpu(spec) ? "t" : "f");
         blocked.push_back(rows[k].blocked_deps);
       }
       w.exec_params(
           "INSERT INTO tasks (id, study_id, kind, state, spec, cache_key, max_attempts, "
-          "created_us, input_key, requires_gpu, blocked_deps) "
-          "SELECT i, $1, k, 'PENDING', decode(s, 'hex'), c, $2, $3, n, g, b FROM "
+          "created_us, input_key, test_key, requires_gpu, blocked_deps) "
+          "SELECT i, $1, k, 'PENDING', decode(s, 'hex'), c, $2, $3, n, e, g, b FROM "
           "unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], "
-          "$9::boolean[], $10::int[]) AS x(i, k, s, c, n, g, b)",
+          "$9::text[], $10::boolean[], $11::int[]) AS x(i, k, s, c, n, e, g, b)",
           study_id, plan.spec.max_attempts(), now_us, PgArray(task_ids), PgArray(kinds),
-          PgArray(specs), PgArray(cache_keys), PgArray(input_keys), PgArray(gpu),
-          PgArray(blocked));
+          PgArray(specs), PgArray(cache_keys), PgArray(input_keys), PgArray(test_keys),
+          PgArray(gpu), PgArray(blocked));
     }
     created.tasks = static_cast<int64_t>(rows.size());
     if (!produced_keys.empty()) {

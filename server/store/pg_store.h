@@ -90,6 +90,10 @@ class PgStore final : public Store {
                                                    int32_t chunk_index) override;
   absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const std::string& cache_key) override;
+  absl::StatusOr<std::vector<v1::FeatureCacheSummary>> ListFeatureCaches(
+      int64_t study_id, int limit) override;
+  absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(
+      const std::string& cache_key) override;
   absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) override;
   absl::Status PutCheckpoint(const v1::PutCheckpointRequest& part, absl::Time now) override;
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) override;

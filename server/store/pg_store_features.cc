@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "common/study_spec.h"
@@ -255,7 +256,7 @@ absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
     auto& w = t.work;
     info.Clear();
     const auto r = w.exec_params(
-        "SELECT complete, num_rows, dim, num_chunks FROM feature_caches "
+        "SELECT complete, num_rows, dim, num_chunks, generation FROM feature_caches "
         "WHERE cache_key = $1",
         cache_key);
     if (r.empty()) {
@@ -266,6 +267,7 @@ absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
     info.set_num_rows(r[0][1].as<int64_t>());
     info.set_dim(r[0][2].as<int32_t>());
     info.set_num_chunks(r[0][3].as<int32_t>());
+    info.set_generation(r[0][4].as<int64_t>());
     const auto c = w.exec_params(
         "SELECT chunk_index FROM feature_chunks WHERE cache_key = $1 "
         "ORDER BY chunk_index",
@@ -278,6 +280,116 @@ absl::StatusOr<v1::FeatureCacheInfo> PgStore::GetFeatureCache(
     return absl::OkStatus();
   }));
   return info;
+}
+
+
+namespace {
+
+// Summary columns of a feature_caches row `c`, with the stored chunks and
+// bytes and the unfinished tasks that fill (the producer) or read it.
+constexpr char kCacheSummary[] =
+    "SELECT c.cache_key, c.model, c.dataset, c.split, c.complete, c.num_rows, c.dim, "
+    "c.created_us, "
+    "(SELECT count(*) FROM feature_chunks k WHERE k.cache_key = c.cache_key), "
+    "(SELECT coalesce(sum(coalesce(k.blob_bytes, 0) + coalesce(octet_length(k.features), 0) + "
+    "coalesce(octet_length(k.labels), 0)), 0) FROM feature_chunks k "
+    "WHERE k.cache_key = c.cache_key), "
+    "(SELECT count(*) FROM tasks t WHERE t.state IN ('PENDING', 'LEASED') AND "
+    "(t.id = c.producer_task OR t.input_key = c.cache_key OR t.test_key = c.cache_key)) "
+    "FROM feature_caches c ";
+
+v1::FeatureCacheSummary SummaryOf(const pqxx::row& r) {
+  v1::FeatureCacheSummary s;
+  s.set_cache_key(r[0].as<std::string>());
+  s.set_model(r[1].as<std::string>());
+  s.set_dataset(r[2].as<std::string>());
+  s.set_split(r[3].as<std::string>());
+  s.set_complete(r[4].as<bool>());
+  s.set_num_rows(r[5].as<int64_t>());
+  s.set_dim(r[6].as<int32_t>());
+  s.set_created_unix(static_cast<double>(r[7].as<int64_t>()) / 1e6);
+  s.set_num_chunks(r[8].as<int32_t>());
+  s.set_bytes(r[9].as<int64_t>());
+  s.set_readers(r[10].as<int64_t>());
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<v1::FeatureCacheSummary>> PgStore::ListFeatureCaches(
+    int64_t study_id, int limit) {
+  std::vector<v1::FeatureCacheSummary> out;
+  RETURN_IF_ERROR(Transact("list_feature_caches", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    out.clear();
+    pqxx::result rows;
+    if (study_id == 0) {
+      rows = w.exec_params(absl::StrCat(kCacheSummary, "ORDER BY c.created_us DESC LIMIT $1"),
+                           limit);
+    } else {
+      if (w.exec_params("SELECT 1 FROM studies WHERE id = $1", study_id).empty()) {
+        return absl::NotFoundError(absl::StrCat("study ", study_id, " not found"));
+      }
+      rows = w.exec_params(
+          absl::StrCat(kCacheSummary,
+                       "WHERE c.cache_key IN (SELECT k FROM tasks t, "
+                       "unnest(ARRAY[t.cache_key, t.input_key, t.test_key]) AS k "
+                       "WHERE t.study_id = $1 AND k <> '') "
+                       "ORDER BY c.model, c.dataset, c.split LIMIT $2"),
+          study_id, limit);
+    }
+    for (const auto& r : rows) out.push_back(SummaryOf(r));
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<v1::FeatureCacheSummary> PgStore::DropFeatureCache(const std::string& cache_key) {
+  v1::FeatureCacheSummary dropped;
+  std::vector<std::string> blob_keys;
+  RETURN_IF_ERROR(Transact("drop_feature_cache", [&](Txn& t) -> absl::Status {
+    auto& w = t.work;
+    blob_keys.clear();
+    // The row lock orders this against a study being planned on the cache.
+    const auto locked = w.exec_params(
+        "SELECT producer_task FROM feature_caches WHERE cache_key = $1 FOR UPDATE", cache_key);
+    if (locked.empty()) {
+      return absl::NotFoundError(absl::StrCat("feature cache ", cache_key, " not found"));
+    }
+    const auto readers = w.exec_params(
+        "SELECT id FROM tasks WHERE state IN ('PENDING', 'LEASED') AND "
+        "(id = $2 OR input_key = $1 OR test_key = $1) ORDER BY id LIMIT 5",
+        cache_key, locked[0][0].as<int64_t>());
+    if (!readers.empty()) {
+      std::vector<std::string> ids;
+      for (const auto& r : readers) ids.push_back(r[0].as<std::string>());
+      return absl::FailedPreconditionError(absl::StrCat(
+          "feature cache ", cache_key, " is in use by unfinished tasks (", absl::StrJoin(ids, ", "),
+          readers.size() == 5 ? ", ..." : "", "); cancel their studies first"));
+    }
+    dropped = SummaryOf(w.exec_params(absl::StrCat(kCacheSummary, "WHERE c.cache_key = $1"),
+                                      cache_key)[0]);
+    for (const auto& r : w.exec_params(
+             "SELECT blob_key FROM feature_chunks WHERE cache_key = $1 AND blob_key IS NOT NULL",
+             cache_key)) {
+      blob_keys.push_back(r[0].as<std::string>());
+    }
+    w.exec_params("DELETE FROM feature_chunks WHERE cache_key = $1", cache_key);
+    w.exec_params("DELETE FROM feature_caches WHERE cache_key = $1", cache_key);
+    return absl::OkStatus();
+  }));
+  // The record is gone; the bytes follow. A failure leaves an unreferenced
+  // blob (logged), never a record without its bytes.
+  for (const std::string& key : blob_keys) {
+    if (absl::Status s = blobs_->Delete(key); !s.ok()) {
+      LogWarning("store", "feature cache ", cache_key, ": blob ", key,
+                 " not deleted: ", s.message());
+    }
+  }
+  LogInfo("store", "dropped feature cache ", cache_key, " (", dropped.model(), "/",
+          dropped.dataset(), "/", dropped.split(), ", ", dropped.num_chunks(), " chunks, ",
+          dropped.bytes(), " bytes)");
+  return dropped;
 }
 
 }  // namespace sslbench::server

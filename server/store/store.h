@@ -157,6 +157,15 @@ class Store {
       const std::string& cache_key, int32_t chunk_index) = 0;
   virtual absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const std::string& cache_key) = 0;
+  // The caches the study's tasks fill or read (all when study_id is 0,
+  // newest first, at most `limit`). NOT_FOUND for an unknown study.
+  virtual absl::StatusOr<std::vector<v1::FeatureCacheSummary>> ListFeatureCaches(
+      int64_t study_id, int limit) = 0;
+  // Deletes the cache's record, chunks and blobs. NOT_FOUND for an unknown
+  // key; FAILED_PRECONDITION, naming tasks, while unfinished tasks fill or
+  // read it. Returns what was dropped.
+  virtual absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(
+      const std::string& cache_key) = 0;
 
   // NOT_FOUND for an unknown id.
   virtual absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) = 0;

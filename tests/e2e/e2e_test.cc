@@ -479,6 +479,24 @@ TEST_F(EndToEndTest, ClientAndWorkersFindFilesUnderTheirOwnRoots) {
   ASSERT_TRUE(studies_->GetStudy(&context, request, &status).ok());
   EXPECT_EQ(status.spec().models(0).path(), "file:///models/identity.pt");
   EXPECT_EQ(status.spec().datasets(0).root(), "file:///data/fashion-mnist");
+
+  // The study's feature caches, listed and one dropped by its key prefix
+  // (authentication is off here, so the caller acts as an admin).
+  const CommandResult listed = Cli({"cache", "list", absl::StrCat(good)});
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  std::vector<std::string> rows;
+  for (absl::string_view line : absl::StrSplit(listed.output, '\n')) {
+    if (absl::StrContains(line, "identity")) rows.emplace_back(line);
+  }
+  ASSERT_EQ(rows.size(), 2u) << listed.output;
+  EXPECT_THAT(rows[0], HasSubstr("complete"));
+  EXPECT_THAT(rows[0], HasSubstr("0 task(s)"));
+  const std::string prefix = rows[0].substr(0, 16);
+  const CommandResult dropped = Cli({"cache", "drop", prefix});
+  EXPECT_EQ(dropped.exit_code, 0) << dropped.output;
+  EXPECT_THAT(dropped.output, HasSubstr("dropped feature cache " + prefix));
+  const CommandResult after = Cli({"cache", "list", absl::StrCat(good)});
+  EXPECT_THAT(after.output, Not(HasSubstr(prefix))) << after.output;
 }
 
 // The coordinator is killed mid-study and restarted on the same database:

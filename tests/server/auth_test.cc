@@ -121,6 +121,30 @@ TEST_F(AuthTest, ErrorCountersAreExportedFromTheStart) {
   EXPECT_THAT(*got, ::testing::HasSubstr("sslbench_auth_refused_total{code=\"UNAUTHENTICATED\"} 0"));
 }
 
+// Listing feature caches is reading; dropping one is an admin's act.
+TEST_F(AuthTest, OnlyAnAdminDropsAFeatureCache) {
+  const std::string reader = Create("analyst", "reader");
+  const std::string submitter = Create("alice", "submitter");
+  int64_t id = 0;
+  ASSERT_TRUE(Submit(submitter, &id).ok());
+  v1::ListFeatureCachesRequest list;
+  list.set_study_id(id);
+  v1::ListFeatureCachesResponse caches;
+  const grpc::Status listed = studies_->ListFeatureCaches(As(reader).get(), list, &caches);
+  ASSERT_TRUE(listed.ok()) << listed.error_message();
+  ASSERT_EQ(caches.caches_size(), 2);  // train and test of one model and dataset
+  v1::DropFeatureCacheRequest drop;
+  drop.set_cache_key(caches.caches(0).cache_key());
+  v1::FeatureCacheSummary dropped;
+  for (const std::string& token : {reader, submitter}) {
+    EXPECT_EQ(studies_->DropFeatureCache(As(token).get(), drop, &dropped).error_code(),
+              grpc::PERMISSION_DENIED);
+  }
+  // The admin may, but the study's tasks still need it.
+  const grpc::Status in_use = studies_->DropFeatureCache(As(kAdminToken).get(), drop, &dropped);
+  EXPECT_EQ(in_use.error_code(), grpc::FAILED_PRECONDITION) << in_use.error_message();
+}
+
 TEST_F(AuthTest, EveryCallNeedsAKnownTokenWhoseRoleAllowsIt) {
   EXPECT_EQ(Refused("UNAUTHENTICATED"), 0);
   EXPECT_EQ(Refused("PERMISSION_DENIED"), 0);

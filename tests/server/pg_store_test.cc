@@ -483,6 +483,67 @@ TEST_F(PgStoreTest, SecondStudyReusesCompleteFeatureCaches) {
   EXPECT_EQ(Status(response->study_id()).state(), v1::STUDY_STATE_SUCCEEDED);
 }
 
+// A cache found bad is dropped once nothing unfinished uses it; the next
+// study extracts it again, under a new generation.
+TEST_F(PgStoreTest, DroppedFeatureCacheIsExtractedAgain) {
+  const int64_t first = Submit(testing::MakeStudy(1, 1, "first"));
+  const int64_t worker = Register();
+  std::string train_key;
+  for (int i = 0; i < 2; ++i) {
+    const v1::LeaseTaskResponse lease = Lease(worker);
+    ASSERT_EQ(lease.spec().kind(), v1::TASK_KIND_EXTRACT);
+    if (lease.spec().split() == "train") train_key = lease.spec().cache_key();
+    ASSERT_TRUE(CompleteExtract(lease).ok());
+  }
+  ASSERT_FALSE(train_key.empty());
+  auto listed = coordinator_->ListFeatureCaches(first);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->caches_size(), 2);
+  for (const auto& c : listed->caches()) {
+    EXPECT_TRUE(c.complete());
+    EXPECT_EQ(c.num_chunks(), 1);
+    EXPECT_GT(c.bytes(), 0);
+    EXPECT_EQ(c.readers(), 1) << c.split();  // the probe, pending
+  }
+  v1::GetFeatureCacheRequest get;
+  get.set_cache_key(train_key);
+  auto old_info = coordinator_->GetFeatureCache(get);
+  ASSERT_TRUE(old_info.ok()) << old_info.status();
+  EXPECT_NE(old_info->generation(), 0);
+
+  // In use by the pending probe: refused, naming it.
+  auto refused = coordinator_->DropFeatureCache(train_key, Caller{"ops", Role::kAdmin});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("unfinished tasks"));
+  EXPECT_EQ(Drain(worker), 0);
+  EXPECT_EQ(Status(first).state(), v1::STUDY_STATE_SUCCEEDED);
+
+  auto dropped = coordinator_->DropFeatureCache(train_key, Caller{"ops", Role::kAdmin});
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(dropped->split(), "train");
+  EXPECT_EQ(dropped->num_chunks(), 1);
+  EXPECT_EQ(coordinator_->GetFeatureCache(get).status().code(), absl::StatusCode::kNotFound);
+  v1::GetFeatureChunkRequest chunk;
+  chunk.set_cache_key(train_key);
+  EXPECT_EQ(coordinator_->GetFeatureChunk(chunk).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(coordinator_->DropFeatureCache(train_key, Caller{"ops", Role::kAdmin}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // The same study again: the train features are extracted anew, the test
+  // ones reused.
+  v1::SubmitStudyRequest again;
+  *again.mutable_spec() = testing::MakeStudy(1, 1, "again");
+  auto response = coordinator_->SubmitStudy(again);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->reused_features(), 1);
+  EXPECT_EQ(Drain(worker), 1);
+  EXPECT_EQ(Status(response->study_id()).state(), v1::STUDY_STATE_SUCCEEDED);
+  auto new_info = coordinator_->GetFeatureCache(get);
+  ASSERT_TRUE(new_info.ok()) << new_info.status();
+  EXPECT_TRUE(new_info->complete());
+  EXPECT_NE(new_info->generation(), old_info->generation());
+}
+
 TEST_F(PgStoreTest, ConcurrentStudiesShareAnExtractionInProgress) {
   Submit(testing::MakeStudy(1, 1, "a"));
   v1::SubmitStudyRequest request;

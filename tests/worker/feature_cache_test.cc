@@ -65,6 +65,30 @@ TEST(LocalFeatureCacheTest, RoundTripsAndEvictsLeastRecentlyUsed) {
   EXPECT_EQ((*again)->Get(Key('c'))->data, Features(10, 4, 200).data);
 }
 
+// A set is kept under its cache key and generation: the set of a dropped
+// cache (an older generation) is never served for the new one, and the
+// plain keys go with lease requests.
+TEST(LocalFeatureCacheTest, GenerationsKeepDroppedCachesApart) {
+  EXPECT_EQ(LocalCacheKey(Key('a'), 0), Key('a'));
+  EXPECT_EQ(LocalCacheKey(Key('a'), 42), Key('a') + "-g42");
+  EXPECT_EQ(CacheKeyOf(Key('a') + "-g42"), Key('a'));
+  EXPECT_EQ(CacheKeyOf(Key('a')), Key('a'));
+  EXPECT_EQ(CacheKeyOf(Key('a') + "-gx"), Key('a') + "-gx");
+
+  const std::string dir = Dir("generations");
+  auto cache = LocalFeatureCache::Open(dir, 1 << 20);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  ASSERT_TRUE((*cache)->Put(LocalCacheKey(Key('a'), 7), Features(4, 2, 0)).ok());
+  EXPECT_TRUE((*cache)->Get(LocalCacheKey(Key('a'), 7)).ok());
+  EXPECT_EQ((*cache)->Get(LocalCacheKey(Key('a'), 8)).status().code(),
+            absl::StatusCode::kNotFound);
+  // Reopened, the generation-qualified set is found again.
+  cache->reset();
+  auto again = LocalFeatureCache::Open(dir, 1 << 20);
+  ASSERT_TRUE(again.ok());
+  EXPECT_THAT((*again)->Keys(10), ElementsAre(LocalCacheKey(Key('a'), 7)));
+}
+
 TEST(LocalFeatureCacheTest, DamagedFileIsDroppedNotServed) {
   const std::string dir = Dir("damage");
   auto cache = LocalFeatureCache::Open(dir, 1 << 20);

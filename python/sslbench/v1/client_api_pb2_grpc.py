@@ -71,6 +71,16 @@ class StudyServiceStub(object):
                 request_serializer=sslbench_dot_v1_dot_client__api__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=sslbench_dot_v1_dot_client__api__pb2.TokenInfo.FromString,
                 )
+        self.ListFeatureCaches = channel.unary_unary(
+                '/sslbench.v1.StudyService/ListFeatureCaches',
+                request_serializer=sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesRequest.SerializeToString,
+                response_deserializer=sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesResponse.FromString,
+                )
+        self.DropFeatureCache = channel.unary_unary(
+                '/sslbench.v1.StudyService/DropFeatureCache',
+                request_serializer=sslbench_dot_v1_dot_client__api__pb2.DropFeatureCacheRequest.SerializeToString,
+                response_deserializer=sslbench_dot_v1_dot_client__api__pb2.FeatureCacheSummary.FromString,
+                )
 
 
 class StudyServiceServicer(object):
@@ -170,6 +180,24 @@ class StudyServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFeatureCaches(self, request, context):
+        """The feature caches a study reads or fills (all, newest first, when
+        study_id is 0). Reader role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropFeatureCache(self, request, context):
+        """Forgets a feature cache (its chunks and their bytes), so that the next
+        study extracts it again: for features found bad. Refused while
+        unfinished tasks fill or read it (cancel their studies first); workers
+        drop their local copies when they see the new cache. Admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StudyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +255,16 @@ def add_StudyServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=sslbench_dot_v1_dot_client__api__pb2.RevokeTokenRequest.FromString,
                     response_serializer=sslbench_dot_v1_dot_client__api__pb2.TokenInfo.SerializeToString,
+            ),
+            'ListFeatureCaches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeatureCaches,
+                    request_deserializer=sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesRequest.FromString,
+                    response_serializer=sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesResponse.SerializeToString,
+            ),
+            'DropFeatureCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropFeatureCache,
+                    request_deserializer=sslbench_dot_v1_dot_client__api__pb2.DropFeatureCacheRequest.FromString,
+                    response_serializer=sslbench_dot_v1_dot_client__api__pb2.FeatureCacheSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -423,5 +461,39 @@ class StudyService(object):
         return grpc.experimental.unary_unary(request, target, '/sslbench.v1.StudyService/RevokeToken',
             sslbench_dot_v1_dot_client__api__pb2.RevokeTokenRequest.SerializeToString,
             sslbench_dot_v1_dot_client__api__pb2.TokenInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListFeatureCaches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/sslbench.v1.StudyService/ListFeatureCaches',
+            sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesRequest.SerializeToString,
+            sslbench_dot_v1_dot_client__api__pb2.ListFeatureCachesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DropFeatureCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/sslbench.v1.StudyService/DropFeatureCache',
+            sslbench_dot_v1_dot_client__api__pb2.DropFeatureCacheRequest.SerializeToString,
+            sslbench_dot_v1_dot_client__api__pb2.FeatureCacheSummary.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
