@@ -20,6 +20,9 @@ run=("${podman[@]}" run --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 data=/usr/share/datasets/fashion-mnist
 
 cleanup() {
+  for c in try-postgres try-coordinator try-worker; do
+    "${podman[@]}" logs "$c" > "$work/$c.log" 2>&1 || true
+  done
   "${podman[@]}" rm -f -t 5 try-cli try-worker try-coordinator try-postgres > /dev/null 2>&1 || true
   "${podman[@]}" network rm -f "$net" > /dev/null 2>&1 || true
 }
@@ -36,7 +39,7 @@ FROM debian:bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15 \
  && rm -rf /var/lib/apt/lists/*
 USER postgres
-ENTRYPOINT ["bash", "-c", "set -e; d=/tmp/pgdata; /usr/lib/postgresql/15/bin/initdb -D $d -U sslbench --auth=scram-sha-256 --pwfile=/etc/sslbench/database/password >/dev/null; echo 'host all all 0.0.0.0/0 scram-sha-256' >> $d/pg_hba.conf; /usr/lib/postgresql/15/bin/pg_ctl -D $d -o \"-c listen_addresses=* -c unix_socket_directories=/tmp\" -w start >/dev/null; /usr/lib/postgresql/15/bin/createdb -h /tmp -U sslbench sslbench; exec sleep infinity"]
+ENTRYPOINT ["bash", "-c", "set -e; d=/tmp/pgdata; /usr/lib/postgresql/15/bin/initdb -D $d -U sslbench --auth-local=trust --auth-host=scram-sha-256 --pwfile=/etc/sslbench/database/password >/dev/null; echo 'host all all 0.0.0.0/0 scram-sha-256' >> $d/pg_hba.conf; /usr/lib/postgresql/15/bin/pg_ctl -D $d -o \"-c listen_addresses=* -c unix_socket_directories=/tmp\" -w start >/dev/null; /usr/lib/postgresql/15/bin/createdb -h /tmp -U sslbench sslbench; exec sleep infinity"]
 EOF
 fi
 
@@ -107,6 +110,13 @@ cli=("${run[@]}" --rm --name try-cli --network "$net" --ip "$subnet.13" "${hosts
      -v "$work/secrets/admin:/etc/sslbench/token:ro"
      "localhost/sslbench:$tag" --coordinator=sslbench-coordinator:7070
      --token_file=/etc/sslbench/token)
+# Ready when it answers (it waits for PostgreSQL first).
+for i in $(seq 120); do
+  "${cli[@]}" workers > /dev/null 2>&1 && break
+  [ "$i" = 120 ] && { echo "try-images: the coordinator never answered"; exit 1; }
+  sleep 1
+done
+echo "try-images: coordinator answering $(( $(date +%s) - t0 )) s after the first container started"
 id=$("${cli[@]}" submit /study/study.yaml)
 "${cli[@]}" watch "$id" > "$work/watch.log" 2>&1 || { cat "$work/watch.log"; "${podman[@]}" logs try-worker | tail; exit 1; }
 "${cli[@]}" results "$id" --format=csv > "$work/containers.csv"
