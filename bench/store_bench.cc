@@ -13,7 +13,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,6 +30,8 @@ ABSL_FLAG(int64_t, megabytes, 2048, "feature bytes to write and read back (MiB)"
 ABSL_FLAG(int, chunk_mib, 4, "bytes per chunk (MiB)");
 ABSL_FLAG(int, dim, 512, "feature width");
 ABSL_FLAG(int, inflight, 4, "requests in flight (threads)");
+ABSL_FLAG(std::string, token_file, "", "access token to send (a worker or admin token)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA to trust: talk TLS (needed with --token_file)");
 
 namespace {
 
@@ -53,8 +57,31 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator),
-                                           grpc::InsecureChannelCredentials(), args);
+  // A coordinator with authentication (sslbench up): TLS, and the token
+  // sent with every call.
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  if (!absl::GetFlag(FLAGS_tls_ca).empty()) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = slurp(absl::GetFlag(FLAGS_tls_ca));
+    credentials = grpc::SslCredentials(tls);
+    if (!absl::GetFlag(FLAGS_token_file).empty()) {
+      std::string token = slurp(absl::GetFlag(FLAGS_token_file));
+      token.erase(token.find_last_not_of(" \n\r\t") + 1);
+      credentials = grpc::CompositeChannelCredentials(credentials,
+                                                      grpc::AccessTokenCredentials(token));
+    }
+  } else if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    std::fprintf(stderr, "sslbench-store-bench: --token_file needs --tls_ca\n");
+    return 64;
+  }
+  auto channel =
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_coordinator), credentials, args);
   auto stub = WorkerService::NewStub(channel);
 
   v1::RegisterWorkerResponse registered;

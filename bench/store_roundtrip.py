@@ -39,6 +39,9 @@ def main():
     p.add_argument("--sizes", default="512,2048", help="MiB per run, comma-separated")
     p.add_argument("--chunk-mib", type=int, default=4)
     p.add_argument("--inflight", type=int, default=4)
+    p.add_argument("--idle-seconds", type=float, default=20,
+                   help="after the run, how long to wait before reading the coordinator's "
+                        "resident memory again (whether freed memory goes back)")
     p.add_argument("--blob-store", default="postgres",
                    help="postgres, or file (a folder beside the database)")
     args = p.parse_args()
@@ -71,12 +74,14 @@ def main():
                         "    root: /usr/share/datasets/fashion-mnist\n"
                         "    train_limit: 10\n    test_limit: 10\n"
                         "protocols:\n  - name: knn\n    ks: [1]\n")
-            subprocess.run([os.path.join(args.bin, "sslbench"), f"--coordinator={addr}", "submit",
-                            study], check=True, capture_output=True)
+            # The local stack requires its token and speaks TLS.
+            access = [f"--token_file={state}/token", f"--tls_ca={state}/tls/ca.pem"]
+            subprocess.run([os.path.join(args.bin, "sslbench"), f"--coordinator={addr}", *access,
+                            "submit", study], check=True, capture_output=True)
             coordinator = children_named("sslbench-coordi")  # comm is cut to 15 chars
             before = {pid: rss_mb(pid, "VmRSS") for pid in coordinator}
             out = subprocess.run([os.path.join(args.bin, "sslbench-store-bench"),
-                                  f"--coordinator={addr}", f"--megabytes={size}",
+                                  f"--coordinator={addr}", *access, f"--megabytes={size}",
                                   f"--chunk_mib={args.chunk_mib}",
                                   f"--inflight={args.inflight}"],
                                  check=True, capture_output=True, text=True).stdout
@@ -85,13 +90,18 @@ def main():
             result["coordinator_peak_rss_mb"] = sum(rss_mb(pid, "VmHWM") for pid in coordinator)
             result["postgres_peak_rss_mb"] = max(
                 [rss_mb(pid, "VmHWM") for pid in children_named("postgres")] or [0])
+            result["coordinator_rss_after_mb"] = sum(rss_mb(pid, "VmRSS") for pid in coordinator)
+            time.sleep(args.idle_seconds)
+            result["coordinator_rss_idle_mb"] = sum(rss_mb(pid, "VmRSS") for pid in coordinator)
             up.send_signal(signal.SIGINT)
             up.wait(timeout=60)
             result["blob_store"] = args.blob_store
             print(f"{args.blob_store}: {result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
                   f"put {result['put_mb_per_s']:.0f} MB/s, get {result['get_mb_per_s']:.0f} MB/s; "
                   f"peak RSS: coordinator {result['coordinator_peak_rss_mb']:.0f} MB "
-                  f"(before {result['coordinator_rss_before_mb']:.0f}), "
+                  f"(before {result['coordinator_rss_before_mb']:.0f}, after "
+                  f"{result['coordinator_rss_after_mb']:.0f}, {args.idle_seconds:.0f} s idle "
+                  f"{result['coordinator_rss_idle_mb']:.0f}), "
                   f"largest PostgreSQL process {result['postgres_peak_rss_mb']:.0f} MB, "
                   f"client {result['peak_rss_mb']:.0f} MB")
             print(json.dumps(result))

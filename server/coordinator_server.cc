@@ -1,5 +1,7 @@
 #include "server/coordinator_server.h"
 
+#include <malloc.h>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -134,11 +136,22 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 void CoordinatorServer::ReapLoop() {
+  absl::Time last_trim = absl::Now();
   while (!stop_.WaitForNotificationWithTimeout(options_.reap_interval)) {
     auto reaped = coordinator_->ReapExpiredLeases();
     if (!reaped.ok()) LogWarning("coordinator", "lease reaper: ", reaped.status().ToString());
     const absl::Status gauges = coordinator_->RefreshGauges();
     if (!gauges.ok()) LogWarning("coordinator", "metrics refresh: ", gauges.ToString());
+    // Feature chunks and checkpoints pass through as multi-megabyte
+    // messages on many threads and database connections: connections idle
+    // for 30 s are closed (their buffers, and their server processes, go),
+    // and glibc hands back what the threads freed. A coordinator idle after
+    // a busy spell does not hold its peak memory.
+    if (absl::Now() - last_trim >= absl::Seconds(10)) {
+      store_->CloseIdleConnections(absl::Seconds(30));
+      malloc_trim(0);
+      last_trim = absl::Now();
+    }
   }
 }
 

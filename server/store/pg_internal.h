@@ -3,6 +3,8 @@
 // small libpqxx helpers. Private to server/store.
 
 #include <pqxx/pqxx>
+
+#include "absl/time/time.h"
 #include <zlib.h>
 
 #include <cstdint>
@@ -41,6 +43,8 @@ struct PgStore::Conn {
   // The statement_timeout this session has (set from call deadlines), in
   // milliseconds; 0 when it has the server's default.
   int64_t timeout_ms = 0;
+  // When it was last returned to the pool.
+  absl::Time idle_since;
 };
 
 // A transaction as handed to the bodies of PgStore's methods.

@@ -245,9 +245,27 @@ void PgStore::DropIdleConnections() {
   idle_.clear();
 }
 
+void PgStore::CloseIdleConnections(absl::Duration idle_for) {
+  const absl::Time cutoff = absl::Now() - idle_for;
+  std::vector<std::unique_ptr<Conn>> closing;
+  {
+    absl::MutexLock lock(&mu_);
+    // The stack's bottom has been idle longest.
+    auto kept = std::stable_partition(idle_.begin(), idle_.end(), [&](const auto& c) {
+      return c->idle_since > cutoff;
+    });
+    for (auto it = kept; it != idle_.end(); ++it) closing.push_back(std::move(*it));
+    idle_.erase(kept, idle_.end());
+    open_ -= static_cast<int>(closing.size());
+  }
+  // Closed outside the lock (each says goodbye to the server).
+  closing.clear();
+}
+
 void PgStore::Return(std::unique_ptr<Conn> conn) {
   absl::MutexLock lock(&mu_);
   if (conn && conn->c.is_open()) {
+    conn->idle_since = absl::Now();
     idle_.push_back(std::move(conn));
   } else {
     --open_;

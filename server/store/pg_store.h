@@ -104,6 +104,12 @@ class PgStore final : public Store {
   // The blob store in use (the options' or the database's own table).
   BlobStore& blobs() { return *blobs_; }
 
+  // Closes the pooled connections idle for at least `idle_for`; they are
+  // opened again when needed. Each holds buffers as large as the largest
+  // message it carried (a 4 MiB feature chunk), here and in its server
+  // process, so a pool that grew under load gives them back when calm.
+  void CloseIdleConnections(absl::Duration idle_for);
+
   class Txn;
 
  private:

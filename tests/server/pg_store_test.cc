@@ -544,6 +544,29 @@ TEST_F(PgStoreTest, DroppedFeatureCacheIsExtractedAgain) {
   EXPECT_NE(new_info->generation(), old_info->generation());
 }
 
+// Idle pooled connections are closed (freeing their buffers and server
+// processes) and opened again on demand.
+TEST_F(PgStoreTest, IdleConnectionsAreClosedAndReopenedOnDemand) {
+  pqxx::connection watcher(conninfo_);
+  auto backends = [&] {
+    pqxx::nontransaction n(watcher);
+    return n.exec("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND pid <> pg_backend_pid()")[0][0].as<int>();
+  };
+  const int64_t study = Submit(testing::MakeStudy(1, 1));
+  EXPECT_GE(backends(), 1);
+  store_->CloseIdleConnections(absl::Hours(1));  // none idle that long
+  EXPECT_GE(backends(), 1);
+  store_->CloseIdleConnections(absl::ZeroDuration());
+  // A server process leaves pg_stat_activity when it has read the goodbye,
+  // just after the client has closed: wait for that, bounded.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (backends() != 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(backends(), 0);
+  EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
+  EXPECT_EQ(backends(), 1);
+}
+
 TEST_F(PgStoreTest, ConcurrentStudiesShareAnExtractionInProgress) {
   Submit(testing::MakeStudy(1, 1, "a"));
   v1::SubmitStudyRequest request;
