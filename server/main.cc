@@ -1,6 +1,7 @@
 // sslbench-coordinator: accepts studies, plans task graphs, leases tasks to
 // workers and keeps every state in PostgreSQL.
 
+#include <malloc.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,6 +56,10 @@ ABSL_FLAG(int, max_queued_calls, 1000,
 ABSL_FLAG(int, database_wait_seconds, 600,
           "at start, wait this long for PostgreSQL (retrying with backoff) before giving up; "
           "0: fail at once");
+ABSL_FLAG(int, malloc_arenas, 2,
+          "glibc malloc arenas (0: glibc's default, 8 per core; $MALLOC_ARENA_MAX wins): "
+          "chunks of megabytes freed on many threads otherwise stay in per-thread arenas "
+          "(idle RSS after 2 GiB of chunks: 121 MB with the default, ~50 MB with 2)");
 ABSL_FLAG(int, executor_threads, 8, "threads running database work for RPCs");
 ABSL_FLAG(int, db_connections, 8, "pooled database connections");
 ABSL_FLAG(std::string, blob_store, "postgres",
@@ -112,6 +117,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "sslbench-coordinator --database=CONNINFO [--listen=HOST:PORT]");
   absl::ParseCommandLine(argc, argv);
+  // Before any thread starts allocating.
+  if (absl::GetFlag(FLAGS_malloc_arenas) > 0 && std::getenv("MALLOC_ARENA_MAX") == nullptr) {
+    mallopt(M_ARENA_MAX, absl::GetFlag(FLAGS_malloc_arenas));
+  }
 
   // Block the termination signals before any thread starts, so only the
   // sigwait below receives them.
