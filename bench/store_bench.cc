@@ -22,6 +22,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/malloc_tuning.h"
 #include "grpcpp/grpcpp.h"
 #include "sslbench/v1/worker_api.grpc.pb.h"
 
@@ -55,6 +56,8 @@ void FillChunk(std::string& bytes, int32_t c) { std::memcpy(bytes.data(), &c, si
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  // As the worker sets it: chunk buffers served from the heap.
+  sslbench::TuneMallocForLargeBuffers(/*arenas=*/0);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // A coordinator with authentication (sslbench up): TLS, and the token

@@ -33,6 +33,27 @@ def children_named(name):
     return [int(p) for p in out.split()]
 
 
+def start_plaintext_replica(pid, tmp):
+    """A second coordinator on the local stack's database and blob store,
+    without TLS or authentication, listening on a free loopback port."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    dropped = ("--listen=", "--port_file=", "--auth=", "--bootstrap_tokens=", "--tls_cert=",
+               "--tls_key=", "--tls_client_ca=", "--metrics_listen=")
+    port_file = os.path.join(tmp, "plaintext.port")
+    argv = [a for a in argv if not a.startswith(dropped)] + [
+        "--listen=127.0.0.1:0", f"--port_file={port_file}", "--auth=off",
+        "--metrics_listen="]
+    replica = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        if os.path.exists(port_file) and open(port_file).read().strip():
+            return replica, "127.0.0.1:" + open(port_file).read().strip()
+        if replica.poll() is not None:
+            sys.exit("the plaintext coordinator replica exited at start")
+        time.sleep(0.1)
+    sys.exit("the plaintext coordinator replica did not start")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bin", required=True, help="folder with sslbench and sslbench-store-bench")
@@ -44,6 +65,9 @@ def main():
                         "resident memory again (whether freed memory goes back)")
     p.add_argument("--blob-store", default="postgres",
                    help="postgres, or file (a folder beside the database)")
+    p.add_argument("--plaintext", action="store_true",
+                   help="measure through a second coordinator replica on the same database "
+                        "without TLS or authentication (what TLS costs on shared cores)")
     args = p.parse_args()
 
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -79,6 +103,10 @@ def main():
             subprocess.run([os.path.join(args.bin, "sslbench"), f"--coordinator={addr}", *access,
                             "submit", study], check=True, capture_output=True)
             coordinator = children_named("sslbench-coordi")  # comm is cut to 15 chars
+            replica = None
+            if args.plaintext:
+                replica, addr = start_plaintext_replica(coordinator[0], tmp)
+                coordinator, access = [replica.pid], []
             before = {pid: rss_mb(pid, "VmRSS") for pid in coordinator}
             out = subprocess.run([os.path.join(args.bin, "sslbench-store-bench"),
                                   f"--coordinator={addr}", *access, f"--megabytes={size}",
@@ -93,10 +121,14 @@ def main():
             result["coordinator_rss_after_mb"] = sum(rss_mb(pid, "VmRSS") for pid in coordinator)
             time.sleep(args.idle_seconds)
             result["coordinator_rss_idle_mb"] = sum(rss_mb(pid, "VmRSS") for pid in coordinator)
+            if replica is not None:
+                replica.send_signal(signal.SIGTERM)
+                replica.wait(timeout=60)
             up.send_signal(signal.SIGINT)
             up.wait(timeout=60)
             result["blob_store"] = args.blob_store
-            print(f"{args.blob_store}: {result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
+            result["tls"] = not args.plaintext
+            print(f"{args.blob_store}{'' if result['tls'] else ', plaintext'}: {result['megabytes']:.0f} MiB in {result['chunks']} chunks: "
                   f"put {result['put_mb_per_s']:.0f} MB/s, get {result['get_mb_per_s']:.0f} MB/s; "
                   f"peak RSS: coordinator {result['coordinator_peak_rss_mb']:.0f} MB "
                   f"(before {result['coordinator_rss_before_mb']:.0f}, after "

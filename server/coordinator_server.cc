@@ -1,6 +1,5 @@
 #include "server/coordinator_server.h"
 
-#include <malloc.h>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -15,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 
 namespace sslbench::server {
@@ -149,7 +149,7 @@ void CoordinatorServer::ReapLoop() {
     // a busy spell does not hold its peak memory.
     if (absl::Now() - last_trim >= absl::Seconds(10)) {
       store_->CloseIdleConnections(absl::Seconds(30));
-      malloc_trim(0);
+      ReleaseFreeMemory();
       last_trim = absl::Now();
     }
   }

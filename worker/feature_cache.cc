@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -13,6 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/crc32.h"
 #include "common/log.h"
 
 namespace sslbench::worker {
@@ -30,6 +30,8 @@ std::string CacheKeyOf(const std::string& local_key) {
   return local_key.substr(0, at);
 }
 namespace {
+
+using ::sslbench::Crc32;
 
 namespace fs = std::filesystem;
 
@@ -56,9 +58,10 @@ bool ValidKey(const std::string& local_key) {
 }
 
 uint32_t Crc(const compute::FeatureMatrix& m) {
-  uLong crc = crc32_z(0, reinterpret_cast<const Bytef*>(m.data.data()), m.data.size() * 4);
-  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(m.labels.data()), m.labels.size() * 4);
-  return static_cast<uint32_t>(crc);
+  const uint32_t crc = Crc32(std::string_view(reinterpret_cast<const char*>(m.data.data()),
+                                               m.data.size() * 4));
+  return Crc32(crc, std::string_view(reinterpret_cast<const char*>(m.labels.data()),
+                                     m.labels.size() * 4));
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "common/malloc_tuning.h"
 #include "common/metrics_server.h"
 #include "common/path_guard.h"
 #include "common/tls.h"
@@ -84,6 +85,9 @@ int main(int argc, char** argv) {
   }
   absl::SetProgramUsageMessage("sslbench-worker --coordinator=HOST:PORT");
   absl::ParseCommandLine(argc, argv);
+  // Feature chunks are multi-megabyte buffers, uploaded and fetched on
+  // several threads; freed memory is handed back after each task.
+  sslbench::TuneMallocForLargeBuffers(/*arenas=*/0);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/log.h"
+#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 
 namespace sslbench::worker {
@@ -314,6 +315,9 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& leased) {
   }
   finished.Notify();
   heartbeat.join();
+  // What the task freed (feature matrices, chunk buffers) goes back to the
+  // system before the next lease, not when the heap happens to shrink.
+  ReleaseFreeMemory();
   if (metrics_ != nullptr) {
     metrics_->busy->Set(0);
     metrics_->tasks->Add({{"kind", kind}, {"outcome", result}}).Increment();

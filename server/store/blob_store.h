@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace sslbench::server {
 
@@ -22,10 +23,15 @@ class BlobStore {
  public:
   virtual ~BlobStore() = default;
 
-  // Stores `bytes` under `key`, replacing what was there; durable once it
-  // returns OK. UNAVAILABLE when the backend cannot be reached,
-  // RESOURCE_EXHAUSTED when it is full, INTERNAL otherwise.
-  virtual absl::Status Put(const std::string& key, std::string_view bytes) = 0;
+  // Stores the concatenation of `parts` under `key`, replacing what was
+  // there; durable once it returns OK. UNAVAILABLE when the backend cannot be
+  // reached, RESOURCE_EXHAUSTED when it is full, INTERNAL otherwise. Parts
+  // spare the caller a copy of multi-megabyte values into one buffer.
+  virtual absl::Status PutParts(const std::string& key,
+                                absl::Span<const std::string_view> parts) = 0;
+  absl::Status Put(const std::string& key, std::string_view bytes) {
+    return PutParts(key, {bytes});
+  }
 
   // NOT_FOUND naming the key when absent.
   virtual absl::StatusOr<std::string> Get(const std::string& key) = 0;

@@ -1,8 +1,11 @@
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -44,7 +48,8 @@ class FileBlobStore final : public BlobStore {
  public:
   explicit FileBlobStore(std::string root) : root_(std::move(root)) {}
 
-  absl::Status Put(const std::string& key, std::string_view bytes) override {
+  absl::Status PutParts(const std::string& key,
+                        absl::Span<const std::string_view> parts) override {
     if (!ValidKey(key)) return absl::InvalidArgumentError(absl::StrCat("bad blob key \"", key, "\""));
     const std::string path = Path(key);
     const std::string dir = fs::path(path).parent_path().string();
@@ -56,9 +61,16 @@ class FileBlobStore final : public BlobStore {
     const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter_++);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return Errno("cannot create", tmp, errno);
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    // The parts straight from the caller's buffers (writev), resuming after
+    // short writes.
+    std::vector<iovec> iov;
+    for (std::string_view part : parts) {
+      if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
+    }
+    size_t first = 0;
+    while (first < iov.size()) {
+      const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+      const ssize_t n = ::writev(fd, iov.data() + first, count);
       if (n < 0) {
         if (errno == EINTR) continue;
         const int err = errno;
@@ -66,7 +78,12 @@ class FileBlobStore final : public BlobStore {
         ::unlink(tmp.c_str());
         return Errno("cannot write", tmp, err);
       }
-      done += static_cast<size_t>(n);
+      size_t left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
     }
     if (::fdatasync(fd) != 0 || ::close(fd) != 0) {
       const int err = errno;

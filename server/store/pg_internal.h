@@ -5,7 +5,6 @@
 #include <pqxx/pqxx>
 
 #include "absl/time/time.h"
-#include <zlib.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -16,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/crc32.h"
 #include "server/store/pg_store.h"
 
 namespace sslbench::server {
@@ -119,11 +119,8 @@ inline absl::Status StaleToken(int64_t task_id, int64_t token, int64_t current,
       "lease lost: task ", task_id, " is ", state, ", not LEASED"));
 }
 
-// CRC-32 of blob bytes, as recorded beside each blob.
-inline uint32_t Crc32(std::string_view bytes) {
-  return static_cast<uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
-}
+// CRC-32 of blob bytes, as recorded beside each blob (zlib's values).
+using ::sslbench::Crc32;
 
 // Checks, in `w`, that task `task_id` holds its lease with `token` (locking
 // the row for share); fills `cache_key` with the key the task fills.

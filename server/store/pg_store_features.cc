@@ -23,7 +23,14 @@ class PgStore::TableBlobStore final : public BlobStore {
  public:
   explicit TableBlobStore(PgStore& store) : store_(store) {}
 
-  absl::Status Put(const std::string& key, std::string_view bytes) override {
+  absl::Status PutParts(const std::string& key,
+                        absl::Span<const std::string_view> parts) override {
+    std::string joined;
+    std::string_view bytes = parts.empty() ? std::string_view() : parts[0];
+    if (parts.size() > 1) {
+      for (std::string_view part : parts) joined.append(part);
+      bytes = joined;
+    }
     return store_.Transact("put_blob", [&](Txn& t) -> absl::Status {
       t.work.exec0("SET LOCAL synchronous_commit TO OFF");
       t.work.exec_params(
@@ -148,11 +155,11 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
   // between writes a blob that no record will name, never the current one.
   const std::string key =
       absl::StrCat("features/", chunk.cache_key(), "/", chunk.chunk_index(), ".", token);
-  std::string bytes;
-  bytes.reserve(chunk.features().size() + chunk.labels().size());
-  bytes.append(chunk.features()).append(chunk.labels());
-  const uint32_t crc = Crc32(bytes);
-  RETURN_IF_ERROR(blobs_->Put(key, bytes));
+  // Features then labels, as one blob; written from the request's buffers.
+  const std::string_view parts[] = {chunk.features(), chunk.labels()};
+  const uint64_t blob_bytes = parts[0].size() + parts[1].size();
+  const uint32_t crc = Crc32(Crc32(parts[0]), parts[1]);
+  RETURN_IF_ERROR(blobs_->PutParts(key, parts));
   std::string replaced;
   const absl::Status recorded = Transact("put_feature_chunk", [&](Txn& t) -> absl::Status {
     auto& w = t.work;
@@ -181,7 +188,7 @@ absl::Status PgStore::PutFeatureChunk(int64_t task_id, int64_t token,
         "blob_key = EXCLUDED.blob_key, blob_bytes = EXCLUDED.blob_bytes, "
         "blob_crc = EXCLUDED.blob_crc, dtype = EXCLUDED.dtype",
         chunk.cache_key(), chunk.chunk_index(), chunk.row_start(), chunk.num_rows(),
-        chunk.dim(), key, static_cast<int64_t>(bytes.size()), static_cast<int64_t>(crc), dtype);
+        chunk.dim(), key, static_cast<int64_t>(blob_bytes), static_cast<int64_t>(crc), dtype);
     return absl::OkStatus();
   });
   if (!recorded.ok()) {
@@ -244,8 +251,10 @@ absl::StatusOr<v1::FeatureChunk> PgStore::GetFeatureChunk(const std::string& cac
         blobs_->Describe(), " (blob ", key, ": ", bytes.size(), " bytes, expected ", size,
         " with CRC-32 ", crc, ")"));
   }
-  chunk.set_features(bytes.substr(0, static_cast<size_t>(feature_bytes)));
+  // The labels copied out, the features moved: no second copy of the chunk.
   chunk.set_labels(bytes.substr(static_cast<size_t>(feature_bytes)));
+  bytes.resize(static_cast<size_t>(feature_bytes));
+  chunk.set_features(std::move(bytes));
   return chunk;
 }
 

@@ -106,6 +106,19 @@ TEST_P(BlobStoreConformance, PutThenGetReturnsTheBytes) {
   EXPECT_EQ(store().Get("x").value(), std::string("\0\1\2", 3));
 }
 
+TEST_P(BlobStoreConformance, PutPartsStoresTheirConcatenation) {
+  std::string big(5 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 17 + 3);
+  const std::string_view parts[] = {"", std::string_view(big).substr(0, 3 << 20), "",
+                                    std::string_view(big).substr(3 << 20), "tail"};
+  ASSERT_TRUE(store().PutParts("features/abc/2.1", parts).ok());
+  auto got = store().Get("features/abc/2.1");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(*got == big + "tail");
+  ASSERT_TRUE(store().PutParts("features/abc/3.1", {}).ok());
+  EXPECT_EQ(store().Get("features/abc/3.1").value(), "");
+}
+
 TEST_P(BlobStoreConformance, PutReplaces) {
   ASSERT_TRUE(store().Put("k", "first").ok());
   ASSERT_TRUE(store().Put("k", "second, longer").ok());
