@@ -140,8 +140,10 @@ __attribute__((target("avx2"))) void HorizontalRgbAvx2(const uint8_t* in, size_t
                                                        const std::vector<int32_t>& pairs,
                                                        int out_w, uint8_t* o) {
   const int per_output = (c.ksize + 1) / 2;
-  const int32_t half = 1 << (kPrecisionBits - 1);
-  alignas(32) int32_t lanes[16];
+  const __m256i halves = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m256i low_to_high = _mm256_setr_epi32(3, 4, 5, 7, 7, 7, 7, 7);
+  const __m256i first_to_mid = _mm256_setr_epi32(7, 7, 7, 0, 1, 2, 7, 7);
+  const __m256i second_to_mid = _mm256_setr_epi32(7, 7, 7, 3, 4, 5, 7, 7);
   int i = 0;
   // Two output pixels at a time: two independent chains of multiply-adds.
   // Steps past a pixel's own taps multiply by the zero padding of its table.
@@ -160,15 +162,18 @@ __attribute__((target("avx2"))) void HorizontalRgbAvx2(const uint8_t* in, size_t
       a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(v0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k0))));
       a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(v1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k1))));
     }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), a0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), a1);
-    uint8_t* q = o + i * 3;
-    q[0] = Clip8(half + lanes[0] + lanes[3]);
-    q[1] = Clip8(half + lanes[1] + lanes[4]);
-    q[2] = Clip8(half + lanes[2] + lanes[5]);
-    q[3] = Clip8(half + lanes[8] + lanes[11]);
-    q[4] = Clip8(half + lanes[9] + lanes[12]);
-    q[5] = Clip8(half + lanes[10] + lanes[13]);
+    // Lanes 0-2 hold taps t of (R, G, B), lanes 3-5 taps t+1: add them,
+    // pixel i's sums into lanes 0-2 and pixel i+1's into lanes 3-5, then
+    // Clip8 as Pillow does (shift, saturate to 0..255) for all six at once.
+    const __m256i s0 = _mm256_add_epi32(a0, _mm256_permutevar8x32_epi32(a0, low_to_high));
+    const __m256i s1 = _mm256_add_epi32(_mm256_permutevar8x32_epi32(a1, first_to_mid),
+                                        _mm256_permutevar8x32_epi32(a1, second_to_mid));
+    __m256i sums = _mm256_blend_epi32(s0, s1, 0x38);
+    sums = _mm256_srai_epi32(_mm256_add_epi32(sums, halves), kPrecisionBits);
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(sums),
+                                          _mm256_extracti128_si256(sums, 1));
+    const uint64_t bytes = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(words, words)));
+    std::memcpy(o + i * 3, &bytes, 6);
   }
   // The rest (the row's last pixels, where 8-byte loads could pass the end).
   if (i < out_w) HorizontalRgbSse41(in, available, c, out_w - i, o + i * 3, i);
@@ -209,6 +214,56 @@ void HorizontalRgb(const uint8_t* in, size_t available, const Coefficients& c,
 #endif
   (void)available;
   HorizontalRgbScalar(in, c, out_w, o);
+}
+
+// One output row of the vertical pass: o[b] = Clip8(half + sum_t
+// base[t * row_bytes + b] * k[t]) for b in [0, row_bytes).
+void VerticalRowScalar(const uint8_t* base, int row_bytes, const int32_t* k, int n, uint8_t* o,
+                       int from) {
+  for (int b = from; b < row_bytes; ++b) {
+    int32_t a = int32_t{1} << (kPrecisionBits - 1);
+    for (int t = 0; t < n; ++t) a += base[static_cast<size_t>(t) * row_bytes + b] * k[t];
+    o[b] = Clip8(a);
+  }
+}
+
+#if defined(__x86_64__)
+// 32 bytes of the row at a time, all taps summed in registers, then shifted
+// and saturated to 0..255 by the packs (Clip8's arithmetic exactly).
+__attribute__((target("avx2"))) void VerticalRowAvx2(const uint8_t* base, int row_bytes,
+                                                     const int32_t* k, int n, uint8_t* o) {
+  const __m256i halves = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  int b = 0;
+  for (; b + 32 <= row_bytes; b += 32) {
+    __m256i a0 = halves, a1 = halves, a2 = halves, a3 = halves;
+    const uint8_t* p = base + b;
+    for (int t = 0; t < n; ++t, p += row_bytes) {
+      const __m256i kt = _mm256_set1_epi32(k[t]);
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+      a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(lo), kt));
+      a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)), kt));
+      a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(hi), kt));
+      a3 = _mm256_add_epi32(a3, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), kt));
+    }
+    // packs works within 128-bit halves: the permute puts bytes back in order.
+    const __m256i w01 = _mm256_packs_epi32(_mm256_srai_epi32(a0, kPrecisionBits),
+                                           _mm256_srai_epi32(a1, kPrecisionBits));
+    const __m256i w23 = _mm256_packs_epi32(_mm256_srai_epi32(a2, kPrecisionBits),
+                                           _mm256_srai_epi32(a3, kPrecisionBits));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23),
+                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + b), bytes);
+  }
+  VerticalRowScalar(base, row_bytes, k, n, o, b);
+}
+#endif
+
+void VerticalRow(const uint8_t* base, int row_bytes, const int32_t* k, int n, uint8_t* o) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return VerticalRowAvx2(base, row_bytes, k, n, o);
+#endif
+  VerticalRowScalar(base, row_bytes, k, n, o, 0);
 }
 
 // Python's round() for x.5 rounds to even.
@@ -329,8 +384,6 @@ void ResizeRows(const Image& src, const Geometry& g, Sink&& sink) {
   // Vertical pass, written into the window: taps outermost, so the inner
   // loop runs over contiguous bytes and vectorises.
   const int row_bytes = tmp_w * ch;
-  thread_local std::vector<int32_t> acc;
-  acc.resize(static_cast<size_t>(row_bytes));
   thread_local std::vector<uint8_t> row;
   row.resize(static_cast<size_t>(row_bytes));
   for (int y = y0; y < y1; ++y) {
@@ -340,17 +393,8 @@ void ResizeRows(const Image& src, const Geometry& g, Sink&& sink) {
     }
     uint8_t* o = row.data();
     const int i = y - y0;
-    const int32_t* k = &vert.k[static_cast<size_t>(i) * vert.ksize];
     const uint8_t* base = tmp.data() + static_cast<size_t>(vert.first[i] - row_first) * row_bytes;
-    const int n = vert.count[i];
-    int32_t* a = acc.data();
-    std::fill(acc.begin(), acc.end(), int32_t{1} << (kPrecisionBits - 1));
-    for (int t = 0; t < n; ++t) {
-      const uint8_t* p = base + static_cast<size_t>(t) * row_bytes;
-      const int32_t kt = k[t];
-      for (int b = 0; b < row_bytes; ++b) a[b] += p[b] * kt;
-    }
-    for (int b = 0; b < row_bytes; ++b) o[b] = Clip8(a[b]);
+    VerticalRow(base, row_bytes, &vert.k[static_cast<size_t>(i) * vert.ksize], vert.count[i], o);
     sink(y - g.top, x0 - g.left, o, tmp_w);
   }
 }
@@ -421,6 +465,64 @@ Image ResizeAndCrop(const Image& in, const PreprocessOptions& options) {
   return out;
 }
 
+namespace {
+
+// ToTensor and Normalize on one row of n RGB pixels into three planes:
+// (v / 255 - mean) / std in float, the same IEEE operations as torchvision's
+// (and as the table the scalar path reads), so the floats are identical.
+void NormaliseRgbRowScalar(const uint8_t* p, int n, const float (*lut)[256], float* r, float* g,
+                           float* b) {
+  for (int i = 0; i < n; ++i, p += 3) {
+    r[i] = lut[0][p[0]];
+    g[i] = lut[1][p[1]];
+    b[i] = lut[2][p[2]];
+  }
+}
+
+#if defined(__x86_64__)
+// 16 pixels at a time: three shuffles per channel gather its 16 bytes from
+// the 48 interleaved ones.
+__attribute__((target("avx2"))) void NormaliseRgbRowAvx2(const uint8_t* p, int n,
+                                                         const float* mean, const float* std,
+                                                         const float (*lut)[256], float* r,
+                                                         float* g, float* b) {
+  const __m128i pick[3][3] = {
+      {_mm_setr_epi8(0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, -1, 2, 5, 8, 11, 14, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 1, 4, 7, 10, 13)},
+      {_mm_setr_epi8(1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, 0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, 5, 8, 11, 14)},
+      {_mm_setr_epi8(2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, 1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1),
+       _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 3, 6, 9, 12, 15)}};
+  const __m256i d255 = _mm256_castps_si256(_mm256_set1_ps(255.0f));
+  float* planes[3] = {r, g, b};
+  int i = 0;
+  for (; i + 16 <= n; i += 16, p += 48) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+    const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32));
+    for (int c = 0; c < 3; ++c) {
+      const __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, pick[c][0]),
+                                                  _mm_shuffle_epi8(m, pick[c][1])),
+                                     _mm_shuffle_epi8(z, pick[c][2]));
+      const __m256 mc = _mm256_set1_ps(mean[c]), sc = _mm256_set1_ps(std[c]);
+      for (int half = 0; half < 2; ++half) {
+        const __m256 f = _mm256_cvtepi32_ps(
+            _mm256_cvtepu8_epi32(half == 0 ? v : _mm_srli_si128(v, 8)));
+        const __m256 y = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_div_ps(f, _mm256_castsi256_ps(d255)), mc), sc);
+        _mm256_storeu_ps(planes[c] + i + half * 8, y);
+      }
+    }
+  }
+  NormaliseRgbRowScalar(p, n - i, lut, r + i, g + i, b + i);
+}
+#endif
+
+}  // namespace
+
 void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
   // PIL converts to the model's mode before resizing (RGB -> L for grey
   // models); grey sources are resized as grey and replicated.
@@ -435,10 +537,13 @@ void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
   const size_t plane = static_cast<size_t>(g.out_h) * g.out_w;
   // ToTensor divides by 255 in float; Normalize subtracts, then divides.
   float lut[3][256];
+  float means[3] = {0, 0, 0}, stds[3] = {1, 1, 1};
   for (int c = 0; c < channels; ++c) {
     const float mean = options.mean.empty() ? 0.0f : options.mean[options.mean.size() == 1 ? 0 : c];
     const float std = options.std.empty() ? 1.0f : options.std[options.std.size() == 1 ? 0 : c];
     for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - mean) / std;
+    means[c] = mean;
+    stds[c] = std;
   }
   // Crop padding (a crop larger than the resized image) is black.
   const bool padded = g.top < 0 || g.left < 0 || g.top + g.out_h > g.resized_h ||
@@ -458,13 +563,10 @@ void Preprocess(const Image& in, const PreprocessOptions& options, float* out) {
       return;
     }
     float* r = out + at;
-    float* gr = out + plane + at;
-    float* b = out + 2 * plane + at;
-    for (int i = 0; i < n; ++i, p += 3) {
-      r[i] = lut[0][p[0]];
-      gr[i] = lut[1][p[1]];
-      b[i] = lut[2][p[2]];
-    }
+#if defined(__x86_64__)
+    if (HasAvx2()) return NormaliseRgbRowAvx2(p, n, means, stds, lut, r, r + plane, r + 2 * plane);
+#endif
+    NormaliseRgbRowScalar(p, n, lut, r, r + plane, r + 2 * plane);
   });
 }
 
