@@ -104,8 +104,9 @@ def _find_cli(cli):
 
 
 def _absolute_paths(study, base_dir):
-    """A copy of a study dict with relative model paths and dataset roots made
-    absolute against `base_dir` (as they are in a study file against its folder)."""
+    """A copy of an already resolved study dict with relative model paths and
+    dataset roots made absolute against `base_dir` (what `sslbench spec` does
+    for the others)."""
     study = json.loads(json.dumps(study))
     for key, field in (("models", "path"), ("datasets", "root")):
         for entry in study.get(key) or []:
@@ -183,9 +184,10 @@ class Client:
         if isinstance(study, types_pb2.StudySpec):
             return study
         if isinstance(study, dict):
-            study = _absolute_paths(study, os.path.abspath(base_dir or os.getcwd()))
             if _is_resolved(study):
-                return json_format.ParseDict(study, types_pb2.StudySpec())
+                resolved = _absolute_paths(study, os.path.abspath(base_dir or os.getcwd()))
+                return json_format.ParseDict(resolved, types_pb2.StudySpec())
+            # The CLI takes relative paths against its working folder.
             args, stdin = [_find_cli(self._cli), "spec", "-"], json.dumps(study)
         else:
             args, stdin = [_find_cli(self._cli), "spec", os.fspath(study)], None
