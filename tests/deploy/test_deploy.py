@@ -82,172 +82,176 @@ class RenderedOverlaysTest(unittest.TestCase):
     def setUpClass(cls):
         cls.rendered = {name: render(name) for name in RENDERS}
 
-    def each(self):
-        for overlay, objects in self.rendered.items():
-            with self.subTest(overlay=overlay):
-                try:
-                    yield overlay, objects
-                except GeneratorExit:  # the caller failed: its error says why
-                    return
-
     def test_images_name_a_registry_a_release_tag_and_a_pull_policy(self):
         version = project_version()
-        for overlay, objects in self.each():
-            for obj, template in pod_templates(objects):
-                for c in template["spec"]["containers"]:
-                    image = c["image"]
-                    name, tag = kustomize_lite._split_image(image)
-                    host = name.split("/")[0] if "/" in name else ""
-                    self.assertTrue(host == "localhost" or "." in host or ":" in host,
-                                    f"{obj['metadata']['name']}: {image} names no registry")
-                    self.assertTrue(tag and tag != ":latest", f"{image}: no pinned tag")
-                    self.assertIn(c.get("imagePullPolicy"), ("IfNotPresent", "Never", "Always"),
-                                  f"{image}: no pull policy")
-                    if "sslbench" in name:
-                        self.assertEqual(tag, f":{version}", f"{image}: not the release tag")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                for obj, template in pod_templates(objects):
+                    for c in template["spec"]["containers"]:
+                        image = c["image"]
+                        name, tag = kustomize_lite._split_image(image)
+                        host = name.split("/")[0] if "/" in name else ""
+                        self.assertTrue(host == "localhost" or "." in host or ":" in host,
+                                        f"{obj['metadata']['name']}: {image} names no registry")
+                        self.assertTrue(tag and tag != ":latest", f"{image}: no pinned tag")
+                        self.assertIn(c.get("imagePullPolicy"), ("IfNotPresent", "Never", "Always"),
+                                      f"{image}: no pull policy")
+                        if "sslbench" in name:
+                            self.assertEqual(tag, f":{version}", f"{image}: not the release tag")
 
     def test_every_claim_exists_and_shared_ones_are_read_only_many(self):
-        for overlay, objects in self.each():
-            claims = by_kind(objects, "PersistentVolumeClaim")
-            for obj, template in pod_templates(objects):
-                templates = {t["metadata"]["name"] for t in
-                             obj["spec"].get("volumeClaimTemplates", [])}
-                replicas = obj["spec"].get("replicas")  # None: autoscaled
-                for volume in template["spec"].get("volumes", []):
-                    pvc = volume.get("persistentVolumeClaim")
-                    if not pvc:
-                        continue
-                    name = pvc["claimName"]
-                    self.assertTrue(name in claims or name in templates,
-                                    f"{obj['metadata']['name']} mounts claim {name} that "
-                                    "nothing creates: its pods stay Pending")
-                    many = replicas is None or replicas > 1 or overlay in SECRETS_SUPPLIED
-                    if name in claims and many:
-                        modes = claims[name]["spec"]["accessModes"]
-                        self.assertTrue({"ReadOnlyMany", "ReadWriteMany"} & set(modes),
-                                        f"{name}: {modes} cannot be mounted by many replicas")
-                        self.assertTrue(pvc.get("readOnly"), f"{name}: mounted writable")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                claims = by_kind(objects, "PersistentVolumeClaim")
+                for obj, template in pod_templates(objects):
+                    templates = {t["metadata"]["name"] for t in
+                                 obj["spec"].get("volumeClaimTemplates", [])}
+                    replicas = obj["spec"].get("replicas")  # None: autoscaled
+                    for volume in template["spec"].get("volumes", []):
+                        pvc = volume.get("persistentVolumeClaim")
+                        if not pvc:
+                            continue
+                        name = pvc["claimName"]
+                        self.assertTrue(name in claims or name in templates,
+                                        f"{obj['metadata']['name']} mounts claim {name} that "
+                                        "nothing creates: its pods stay Pending")
+                        many = replicas is None or replicas > 1 or overlay in SECRETS_SUPPLIED
+                        if name in claims and many:
+                            modes = claims[name]["spec"]["accessModes"]
+                            self.assertTrue({"ReadOnlyMany", "ReadWriteMany"} & set(modes),
+                                            f"{name}: {modes} cannot be mounted by many replicas")
+                            self.assertTrue(pvc.get("readOnly"), f"{name}: mounted writable")
 
     def test_secrets_hold_no_placeholders_and_production_renders_none(self):
-        for overlay, objects in self.each():
-            text = json.dumps(objects)
-            self.assertNotIn("change-me", text)
-            secrets = by_kind(objects, "Secret")
-            if overlay in SECRETS_SUPPLIED:
-                self.assertEqual(list(secrets), [],
-                                 "applying the overlay would overwrite the Secrets of the "
-                                 "secret manager")
-            for s in secrets.values():
-                values = list(s.get("data", {}).values())
-                self.assertEqual(len(values), len(set(values)),
-                                 f"{s['metadata']['name']}: a value repeated under two keys")
-            for obj, template in pod_templates(objects):
-                for c in template["spec"]["containers"]:
-                    for arg in c.get("args", []) + c.get("command", []):
-                        self.assertNotRegex(arg, r"password\s*=",
-                                            f"{obj['metadata']['name']}: password in its args")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                text = json.dumps(objects)
+                self.assertNotIn("change-me", text)
+                secrets = by_kind(objects, "Secret")
+                if overlay in SECRETS_SUPPLIED:
+                    self.assertEqual(list(secrets), [],
+                                     "applying the overlay would overwrite the Secrets of the "
+                                     "secret manager")
+                for s in secrets.values():
+                    values = list(s.get("data", {}).values())
+                    self.assertEqual(len(values), len(set(values)),
+                                     f"{s['metadata']['name']}: a value repeated under two keys")
+                for obj, template in pod_templates(objects):
+                    for c in template["spec"]["containers"]:
+                        for arg in c.get("args", []) + c.get("command", []):
+                            self.assertNotRegex(arg, r"password\s*=",
+                                                f"{obj['metadata']['name']}: password in its args")
 
     def test_externally_supplied_secrets_are_documented(self):
         with open(os.path.join(SOURCE, "deploy", "README.md")) as f:
             readme = f.read()
-        for overlay, objects in self.each():
-            rendered = {re.sub(r"-[bcdfghkmt2456789]{10}$", "", n)
-                        for n in by_kind(objects, "Secret")}
-            for obj, template in pod_templates(objects):
-                for volume in template["spec"].get("volumes", []):
-                    secret = (volume.get("secret") or {}).get("secretName")
-                    if not secret:
-                        continue
-                    base = re.sub(r"-[bcdfghkmt2456789]{10}$", "", secret)
-                    if base not in rendered:
-                        documented = re.search(
-                            rf"kubectl (-n \S+ )?create secret (generic|tls) {base}\b", readme)
-                        self.assertTrue(documented, f"{overlay}: Secret {base} is neither "
-                                        "rendered nor documented in deploy/README.md")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                rendered = {re.sub(r"-[bcdfghkmt2456789]{10}$", "", n)
+                            for n in by_kind(objects, "Secret")}
+                for obj, template in pod_templates(objects):
+                    for volume in template["spec"].get("volumes", []):
+                        secret = (volume.get("secret") or {}).get("secretName")
+                        if not secret:
+                            continue
+                        base = re.sub(r"-[bcdfghkmt2456789]{10}$", "", secret)
+                        if base not in rendered:
+                            documented = re.search(
+                                rf"kubectl (-n \S+ )?create secret (generic|tls) {base}\b", readme)
+                            self.assertTrue(documented, f"{overlay}: Secret {base} is neither "
+                                            "rendered nor documented in deploy/README.md")
 
     def test_worker_probes_mean_registered_and_alive_and_drain_fits_the_grace(self):
-        for overlay, objects in self.each():
-            obj, c = container_named(objects, "sslbench-worker")
-            self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
-            self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/livez")
-            drain = flag(c["args"], "drain_seconds")
-            self.assertIsNotNone(drain, "no --drain_seconds: a hand-back can outlast the grace")
-            grace = obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-            self.assertLessEqual(int(drain) + 10, grace)
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                obj, c = container_named(objects, "sslbench-worker")
+                self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+                self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/livez")
+                drain = flag(c["args"], "drain_seconds")
+                self.assertIsNotNone(drain, "no --drain_seconds: a hand-back can outlast the grace")
+                grace = obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                self.assertLessEqual(int(drain) + 10, grace)
 
     def test_coordinator_replicas_spread_and_leave_endpoints_before_stopping(self):
-        for overlay, objects in self.each():
-            obj, c = container_named(objects, "sslbench-coordinator")
-            spec = obj["spec"]["template"]["spec"]
-            self.assertIn("preStop", c.get("lifecycle", {}))
-            if obj["spec"].get("replicas", 1) > 1:
-                spread = spec.get("topologySpreadConstraints", [])
-                anti = spec.get("affinity", {}).get("podAntiAffinity")
-                self.assertTrue(
-                    anti or any(t["topologyKey"] == "kubernetes.io/hostname" for t in spread),
-                    "coordinator replicas may all land on one node")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                obj, c = container_named(objects, "sslbench-coordinator")
+                spec = obj["spec"]["template"]["spec"]
+                self.assertIn("preStop", c.get("lifecycle", {}))
+                if obj["spec"].get("replicas", 1) > 1:
+                    spread = spec.get("topologySpreadConstraints", [])
+                    anti = spec.get("affinity", {}).get("podAntiAffinity")
+                    self.assertTrue(
+                        anti or any(t["topologyKey"] == "kubernetes.io/hostname" for t in spread),
+                        "coordinator replicas may all land on one node")
 
     def test_worker_threads_fit_the_cpus_it_requests(self):
-        for overlay, objects in self.each():
-            obj, c = container_named(objects, "sslbench-worker")
-            config = {}
-            for source in c.get("envFrom", []):
-                name = source["configMapRef"]["name"]
-                config.update(by_kind(objects, "ConfigMap")[name]["data"])
-            cpus = cpu_cores(c["resources"]["requests"]["cpu"])
-            for name in ("threads", "decode_threads"):
-                value = flag(c["args"], name)
-                # $(VAR) comes from the ConfigMap the container reads.
-                m = re.fullmatch(r"\$\((\w+)\)", value or "")
-                value = config.get(m.group(1)) if m else value
-                self.assertIsNotNone(value, f"--{name} is not set")
-                self.assertLessEqual(int(value), cpus, f"--{name}={value} on {cpus} requested CPUs")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                obj, c = container_named(objects, "sslbench-worker")
+                config = {}
+                for source in c.get("envFrom", []):
+                    name = source["configMapRef"]["name"]
+                    config.update(by_kind(objects, "ConfigMap")[name]["data"])
+                cpus = cpu_cores(c["resources"]["requests"]["cpu"])
+                for name in ("threads", "decode_threads"):
+                    value = flag(c["args"], name)
+                    # $(VAR) comes from the ConfigMap the container reads.
+                    m = re.fullmatch(r"\$\((\w+)\)", value or "")
+                    value = config.get(m.group(1)) if m else value
+                    self.assertIsNotNone(value, f"--{name} is not set")
+                    self.assertLessEqual(int(value), cpus,
+                                         f"--{name}={value} on {cpus} requested CPUs")
 
     def test_config_edits_roll_the_pods(self):
-        for overlay, objects in self.each():
-            for obj, template in pod_templates(objects):
-                for c in template["spec"]["containers"]:
-                    for source in c.get("envFrom", []):
-                        name = (source.get("configMapRef") or {}).get("name")
-                        if name:
-                            self.assertRegex(name, r"-[bcdfghkmt2456789]{10}$",
-                                             f"{name}: not generated, edits do not roll pods")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                for obj, template in pod_templates(objects):
+                    for c in template["spec"]["containers"]:
+                        for source in c.get("envFrom", []):
+                            name = (source.get("configMapRef") or {}).get("name")
+                            if name:
+                                self.assertRegex(name, r"-[bcdfghkmt2456789]{10}$",
+                                                 f"{name}: not generated, edits do not roll pods")
 
     def test_everything_lives_in_a_namespace_with_its_own_service_accounts(self):
-        for overlay, objects in self.each():
-            namespaces = by_kind(objects, "Namespace")
-            # An overlay makes its namespace; a chart goes into the release's.
-            self.assertEqual(len(namespaces), 0 if overlay.startswith("helm") else 1)
-            namespace = next(iter(namespaces), "sslbench")
-            for obj in objects:
-                if obj["kind"] not in kustomize_lite.CLUSTER_SCOPED:
-                    self.assertEqual(obj["metadata"].get("namespace"), namespace,
-                                     f"{obj['kind']} {obj['metadata']['name']}")
-            accounts = by_kind(objects, "ServiceAccount")
-            for obj, template in pod_templates(objects):
-                spec = template["spec"]
-                account = spec.get("serviceAccountName", "default")
-                self.assertNotEqual(account, "default", obj["metadata"]["name"])
-                self.assertIn(account, accounts)
-                self.assertIs(spec.get("automountServiceAccountToken"), False,
-                              f"{obj['metadata']['name']} mounts an API token it never uses")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                namespaces = by_kind(objects, "Namespace")
+                # An overlay makes its namespace; a chart goes into the release's.
+                self.assertEqual(len(namespaces), 0 if overlay.startswith("helm") else 1)
+                namespace = next(iter(namespaces), "sslbench")
+                for obj in objects:
+                    if obj["kind"] not in kustomize_lite.CLUSTER_SCOPED:
+                        self.assertEqual(obj["metadata"].get("namespace"), namespace,
+                                         f"{obj['kind']} {obj['metadata']['name']}")
+                accounts = by_kind(objects, "ServiceAccount")
+                for obj, template in pod_templates(objects):
+                    spec = template["spec"]
+                    account = spec.get("serviceAccountName", "default")
+                    self.assertNotEqual(account, "default", obj["metadata"]["name"])
+                    self.assertIn(account, accounts)
+                    self.assertIs(spec.get("automountServiceAccountToken"), False,
+                                  f"{obj['metadata']['name']} mounts an API token it never uses")
 
     def test_every_pod_is_under_a_network_policy(self):
-        for overlay, objects in self.each():
-            policies = by_kind(objects, "NetworkPolicy").values()
-            for obj, template in pod_templates(objects):
-                labels = template["metadata"]["labels"]
-                selected = [p for p in policies
-                            if p["spec"]["podSelector"].get("matchLabels", {}).items()
-                            <= labels.items()]
-                self.assertTrue(selected, f"{obj['metadata']['name']} has no NetworkPolicy")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                policies = by_kind(objects, "NetworkPolicy").values()
+                for obj, template in pod_templates(objects):
+                    labels = template["metadata"]["labels"]
+                    selected = [p for p in policies
+                                if p["spec"]["podSelector"].get("matchLabels", {}).items()
+                                <= labels.items()]
+                    self.assertTrue(selected, f"{obj['metadata']['name']} has no NetworkPolicy")
 
     def test_monitors_and_rules_carry_the_operators_selector_label(self):
-        for overlay, objects in self.each():
-            for obj in objects:
-                if obj["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
-                    self.assertIn("release", obj["metadata"].get("labels", {}),
-                                  f"{obj['kind']} {obj['metadata']['name']}")
+        for overlay, objects in self.rendered.items():
+            with self.subTest(overlay=overlay):
+                for obj in objects:
+                    if obj["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+                        self.assertIn("release", obj["metadata"].get("labels", {}),
+                                      f"{obj['kind']} {obj['metadata']['name']}")
 
     def test_autoscaling_targets_the_worker_and_can_scale_to_zero(self):
         for name in ("production", "helm-gpu"):
