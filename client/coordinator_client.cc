@@ -214,14 +214,37 @@ absl::StatusOr<v1::ListWorkersResponse> CoordinatorClient::ListWorkers() {
 }
 
 absl::StatusOr<v1::Artifact> CoordinatorClient::GetArtifact(int64_t artifact_id) {
-  grpc::ClientContext context;
-  Prepare(context);
-  v1::GetArtifactRequest request;
-  request.set_artifact_id(artifact_id);
-  v1::Artifact response;
-  const grpc::Status status = stub_->GetArtifact(&context, request, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response;
+  // In pages of 8 MiB, so an artefact of any size fits the message limits.
+  constexpr int64_t kPage = int64_t{8} << 20;
+  v1::Artifact whole;
+  std::string data;
+  while (true) {
+    grpc::ClientContext context;
+    Prepare(context);
+    v1::GetArtifactRequest request;
+    request.set_artifact_id(artifact_id);
+    request.set_offset(static_cast<int64_t>(data.size()));
+    request.set_max_bytes(kPage);
+    v1::Artifact page;
+    const grpc::Status status = stub_->GetArtifact(&context, request, &page);
+    if (!status.ok()) return FromGrpcStatus(status);
+    if (page.offset() != static_cast<int64_t>(data.size())) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": asked for bytes from ",
+                                              data.size(), ", got bytes from ", page.offset()));
+    }
+    data.append(page.data());
+    if (static_cast<int64_t>(data.size()) >= page.total_bytes() || page.data().empty()) {
+      if (static_cast<int64_t>(data.size()) != page.total_bytes()) {
+        return absl::DataLossError(absl::StrCat("artifact ", artifact_id, ": ", data.size(),
+                                                " of ", page.total_bytes(), " bytes read"));
+      }
+      whole = std::move(page);
+      break;
+    }
+  }
+  whole.set_data(std::move(data));
+  whole.set_offset(0);
+  return whole;
 }
 
 absl::StatusOr<v1::StudyStatus> StudyWatcher::Run() {

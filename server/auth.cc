@@ -26,6 +26,7 @@ constexpr MethodRule kRules[] = {
     {"CompleteTask", Role::kWorker},
     {"FailTask", Role::kWorker},
     {"PutFeatureChunk", Role::kWorker},
+    {"PutArtifactPart", Role::kWorker},
     {"GetFeatureChunk", Role::kWorker},
     {"GetFeatureCache", Role::kWorker},
     {"PutCheckpoint", Role::kWorker},

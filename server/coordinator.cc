@@ -137,8 +137,12 @@ absl::StatusOr<v1::ListWorkersResponse> Coordinator::ListWorkers() {
   return response;
 }
 
-absl::StatusOr<v1::Artifact> Coordinator::GetArtifact(int64_t artifact_id) {
-  return store_.GetArtifact(artifact_id);
+absl::StatusOr<v1::Artifact> Coordinator::GetArtifact(int64_t artifact_id, int64_t offset,
+                                                      int64_t max_bytes) {
+  if (offset < 0 || max_bytes < 0) {
+    return absl::InvalidArgumentError("artifact page: offset and max_bytes must be >= 0");
+  }
+  return store_.GetArtifact(artifact_id, offset, max_bytes);
 }
 
 absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
@@ -370,6 +374,10 @@ absl::StatusOr<v1::FeatureCacheInfo> Coordinator::GetFeatureCache(
 
 absl::Status Coordinator::PutCheckpoint(const v1::PutCheckpointRequest& request) {
   return store_.PutCheckpoint(request, clock_.Now());
+}
+
+absl::Status Coordinator::PutArtifactPart(const v1::PutArtifactPartRequest& request) {
+  return store_.PutArtifactPart(request);
 }
 
 absl::StatusOr<v1::Checkpoint> Coordinator::GetCheckpoint(const v1::GetCheckpointRequest& request) {

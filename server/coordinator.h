@@ -45,7 +45,8 @@ class Coordinator {
   absl::StatusOr<v1::TokenInfo> RevokeToken(int64_t token_id, const Caller& caller);
   absl::StatusOr<v1::ListResultsResponse> ListResults(int64_t study_id);
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
-  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id);
+  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id, int64_t offset = 0,
+                                           int64_t max_bytes = 0);
   // Correlations between the study's result columns (see AnalyzeStudy in
   // server/analysis/study_analysis.h). INVALID_ARGUMENT: unknown metric or
   // bootstrap_resamples outside [0, kMaxBootstrapResamples]; NOT_FOUND: no
@@ -73,6 +74,7 @@ class Coordinator {
   absl::StatusOr<v1::FeatureCacheInfo> GetFeatureCache(
       const v1::GetFeatureCacheRequest& request);
   absl::Status PutCheckpoint(const v1::PutCheckpointRequest& request);
+  absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& request);
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest& request);
 
   // Returns expired leases to the queue (or fails them after max attempts).

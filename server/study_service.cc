@@ -153,7 +153,10 @@ grpc::ServerUnaryReactor* StudyServiceImpl::GetArtifact(
     grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
     v1::Artifact* response) {
   return RunUnary(context, "GetArtifact", pool_, metrics_, auth_, response,
-                  [this, request] { return coordinator_.GetArtifact(request->artifact_id()); });
+                  [this, request] {
+                    return coordinator_.GetArtifact(request->artifact_id(), request->offset(),
+                                                    request->max_bytes());
+                  });
 }
 
 grpc::ServerUnaryReactor* StudyServiceImpl::Correlate(

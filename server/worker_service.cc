@@ -81,6 +81,13 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::PutCheckpoint(
                   [this, request] { return coordinator_.PutCheckpoint(*request); });
 }
 
+grpc::ServerUnaryReactor* WorkerServiceImpl::PutArtifactPart(
+    grpc::CallbackServerContext* context, const v1::PutArtifactPartRequest* request,
+    v1::PutArtifactPartResponse* response) {
+  return RunUnary(context, "PutArtifactPart", pool_, metrics_, auth_, response,
+                  [this, request] { return coordinator_.PutArtifactPart(*request); });
+}
+
 grpc::ServerUnaryReactor* WorkerServiceImpl::GetCheckpoint(
     grpc::CallbackServerContext* context, const v1::GetCheckpointRequest* request,
     v1::Checkpoint* response) {

@@ -46,6 +46,9 @@ class WorkerServiceImpl final : public v1::WorkerService::CallbackService {
   grpc::ServerUnaryReactor* PutCheckpoint(grpc::CallbackServerContext* context,
                                           const v1::PutCheckpointRequest* request,
                                           v1::PutCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* PutArtifactPart(grpc::CallbackServerContext* context,
+                                            const v1::PutArtifactPartRequest* request,
+                                            v1::PutArtifactPartResponse* response) override;
   grpc::ServerUnaryReactor* GetCheckpoint(grpc::CallbackServerContext* context,
                                           const v1::GetCheckpointRequest* request,
                                           v1::Checkpoint* response) override;

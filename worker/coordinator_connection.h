@@ -54,6 +54,8 @@ class CoordinatorConnection {
       const v1::GetFeatureCacheRequest& request, const CallOptions& options) = 0;
   virtual absl::Status PutCheckpoint(const v1::PutCheckpointRequest& request,
                                      const CallOptions& options) = 0;
+  virtual absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& request,
+                                       const CallOptions& options) = 0;
   virtual absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest& request,
                                                        const CallOptions& options) = 0;
 };

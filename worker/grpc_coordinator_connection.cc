@@ -76,6 +76,12 @@ class GrpcCoordinatorConnection final : public CoordinatorConnection {
              return stub_->PutCheckpoint(c, request, r);
            }).status();
   }
+  absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& request,
+                               const CallOptions& options) override {
+    return Unary<v1::PutArtifactPartResponse>("PutArtifactPart", options, [&](auto* c, auto* r) {
+             return stub_->PutArtifactPart(c, request, r);
+           }).status();
+  }
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest& request,
                                                const CallOptions& options) override {
     return Unary<v1::Checkpoint>("GetCheckpoint", options, [&](auto* c, auto* r) {

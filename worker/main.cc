@@ -67,6 +67,9 @@ ABSL_FLAG(int, drain_seconds, 30,
           "on SIGTERM, hand back the running task within this time, then exit even if it "
           "has not reached a checkpoint (its lease expires and another worker resumes it); "
           "keep it below the pod's terminationGracePeriodSeconds");
+ABSL_FLAG(int, artifact_part_kib, 8192,
+          "artefacts (trained heads) larger than this go to the coordinator in parts of this "
+          "size before the completion, instead of inside it (at most 16384)");
 ABSL_FLAG(int, ready_window_seconds, 60,
           "/readyz fails when the coordinator has not answered a lease or heartbeat for this long");
 ABSL_FLAG(int, live_window_seconds, 300,
@@ -206,6 +209,11 @@ int main(int argc, char** argv) {
   options.drain_timeout = drain;
   options.ready_window = absl::Seconds(absl::GetFlag(FLAGS_ready_window_seconds));
   options.live_window = absl::Seconds(absl::GetFlag(FLAGS_live_window_seconds));
+  if (absl::GetFlag(FLAGS_artifact_part_kib) < 1 || absl::GetFlag(FLAGS_artifact_part_kib) > 16384) {
+    std::fprintf(stderr, "sslbench-worker: --artifact_part_kib must be in [1, 16384]\n");
+    return 64;
+  }
+  options.artifact_part_bytes = int64_t{absl::GetFlag(FLAGS_artifact_part_kib)} * 1024;
   sslbench::worker::WorkerMetrics worker_metrics(*registry);
   sslbench::worker::WorkerDaemon daemon(
       *connection, sslbench::worker::DefaultTaskRunners(runner_options, &worker_metrics),

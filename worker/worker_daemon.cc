@@ -245,6 +245,30 @@ void WorkerDaemon::ReportFailure(TaskContext& ctx, const absl::Status& failure, 
   }
 }
 
+absl::Status WorkerDaemon::UploadLargeArtifacts(TaskContext& ctx,
+                                                v1::CompleteTaskRequest& request) {
+  const int64_t part_bytes = std::max<int64_t>(1, options_.artifact_part_bytes);
+  for (int i = 0; i < request.results_size(); ++i) {
+    v1::ProbeResult& result = *request.mutable_results(i);
+    const std::string& data = result.artifact();
+    if (static_cast<int64_t>(data.size()) <= part_bytes) continue;
+    const int64_t parts = (static_cast<int64_t>(data.size()) + part_bytes - 1) / part_bytes;
+    for (int64_t p = 0; p < parts; ++p) {
+      v1::PutArtifactPartRequest part;
+      part.set_task_id(ctx.task_id());
+      part.set_lease_token(ctx.token());
+      part.set_result_index(i);
+      part.set_part(static_cast<int32_t>(p));
+      part.set_data(data.substr(static_cast<size_t>(p * part_bytes),
+                                static_cast<size_t>(part_bytes)));
+      RETURN_IF_ERROR(connection_.PutArtifactPart(part, ctx.rpc()));
+    }
+    result.clear_artifact();
+    result.set_artifact_parts(static_cast<int32_t>(parts));
+  }
+  return absl::OkStatus();
+}
+
 void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& leased) {
   v1::LeaseTaskResponse lease = leased;
   const absl::Status localized =
@@ -284,12 +308,13 @@ void WorkerDaemon::RunTask(const v1::LeaseTaskResponse& leased) {
     request.set_task_id(ctx.task_id());
     request.set_lease_token(ctx.token());
     for (auto& r : outcome->results) *request.add_results() = std::move(r);
+    absl::Status sent = UploadLargeArtifacts(ctx, request);
     if (ctx.spec().kind() == v1::TASK_KIND_EXTRACT) {
       request.set_feature_rows(outcome->feature_rows);
       request.set_feature_dim(outcome->feature_dim);
       request.set_feature_chunks(outcome->feature_chunks);
     }
-    const absl::Status sent = connection_.CompleteTask(request, ctx.rpc());
+    if (sent.ok()) sent = connection_.CompleteTask(request, ctx.rpc());
     result = sent.ok() ? "succeeded" : "report_failed";
     if (!sent.ok()) {
       LogWarning("worker", "task ", ctx.task_id(), ": completion not accepted: ", sent.ToString());

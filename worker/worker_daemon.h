@@ -43,6 +43,9 @@ struct WorkerOptions {
   // After Stop(), the hand-back of a running task gets what is left of this
   // (at least a second): a stopped worker is gone within its grace period.
   absl::Duration drain_timeout = absl::Seconds(30);
+  // Artefacts (trained heads) larger than this go up in parts of this size
+  // before the completion (PutArtifactPart) instead of inside it.
+  int64_t artifact_part_bytes = int64_t{8} << 20;
 };
 
 // What the worker's /readyz and /livez answer.
@@ -78,6 +81,9 @@ class WorkerDaemon {
   void ReportFailure(TaskContext& ctx, const absl::Status& failure, bool retryable,
                      bool preempted);
   CallOptions Once() const;
+  // Results' artefacts above options_.artifact_part_bytes go up in parts;
+  // `request` then names the part counts instead of carrying the bytes.
+  absl::Status UploadLargeArtifacts(TaskContext& ctx, v1::CompleteTaskRequest& request);
 
   CoordinatorConnection& connection_;
   const TaskRunners runners_;

@@ -85,6 +85,9 @@ class StudyFailed(SslbenchError):
         self.status = status
 
 
+_ARTIFACT_PAGE = 8 << 20
+
+
 def _read_first_line(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -324,14 +327,28 @@ class Client:
     def artifact(self, artifact_id, path=None):
         """A stored artefact (a trained head; ids in the results'
         artifact_id column): its bytes, or written to `path` (returns path)."""
-        artifact = self._call(self._stub.GetArtifact,
-                              client_api_pb2.GetArtifactRequest(artifact_id=artifact_id),
+        # In pages of 8 MiB, so an artefact of any size fits the message limits.
+        data = bytearray()
+        while True:
+            page = self._call(self._stub.GetArtifact,
+                              client_api_pb2.GetArtifactRequest(
+                                  artifact_id=artifact_id, offset=len(data),
+                                  max_bytes=_ARTIFACT_PAGE),
                               timeout=max(self.timeout, 120.0))
+            if page.offset != len(data):
+                raise SslbenchError("DATA_LOSS", f"artifact {artifact_id}: asked for bytes from "
+                                                 f"{len(data)}, got bytes from {page.offset}")
+            data += page.data
+            if len(data) >= page.total_bytes or not page.data:
+                break
+        if len(data) != page.total_bytes:
+            raise SslbenchError("DATA_LOSS", f"artifact {artifact_id}: {len(data)} of "
+                                             f"{page.total_bytes} bytes read")
         if path is None:
-            return artifact.data
+            return bytes(data)
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(artifact.data)
+            f.write(data)
         os.replace(tmp, path)
         return path
 

@@ -221,6 +221,19 @@ ALTER TABLE tasks ADD COLUMN test_key TEXT NOT NULL DEFAULT '';
 -- local copies of the old one are stale.
 ALTER TABLE feature_caches ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
 )sql"},
+      {13, "artefacts uploaded in parts, joined when their task completes", R"sql(
+-- Parts of an artefact too large for one message, under the lease that
+-- wrote them (a stale writer's parts are never joined); removed when the
+-- task completes, and with the task.
+CREATE TABLE artifact_parts (
+  task_id BIGINT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+  lease_token BIGINT NOT NULL,
+  result_index INT NOT NULL,
+  part INT NOT NULL,
+  data BYTEA NOT NULL,
+  PRIMARY KEY (task_id, lease_token, result_index, part));
+ALTER TABLE artifact_parts ALTER COLUMN data SET STORAGE EXTERNAL;
+)sql"},
   };
   return kMigrations;
 }

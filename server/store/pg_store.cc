@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/random.h"
 #include "common/status_macros.h"
+#include "common/study_spec.h"
 #include "server/store/call_deadline.h"
 #include "server/store/migrations.h"
 #include "server/store/pg_internal.h"
@@ -1130,6 +1131,32 @@ absl::Status CheckChunks(pqxx::work& w, int64_t task_id, const std::string& cach
   return absl::OkStatus();
 }
 
+// Results whose artefact went up in parts: every part of 0..n-1 stored under
+// this lease, nothing inline beside them.
+absl::Status CheckArtifactParts(pqxx::work& w, const TaskCompletion& c) {
+  for (size_t i = 0; i < c.results.size(); ++i) {
+    const v1::ProbeResult& r = c.results[i];
+    if (r.artifact_parts() == 0) continue;
+    if (r.artifact_parts() < 0 || r.artifact_parts() > Store::kMaxArtifactParts ||
+        !r.artifact().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task ", c.task_id, ", result ", i, ": artifact_parts ", r.artifact_parts(),
+          r.artifact().empty() ? "" : " beside an inline artefact", " (at most ",
+          Store::kMaxArtifactParts, " parts)"));
+    }
+    const auto n = w.exec_params(
+        "SELECT count(*) FROM artifact_parts WHERE task_id = $1 AND lease_token = $2 "
+        "AND result_index = $3 AND part < $4",
+        c.task_id, c.token, static_cast<int>(i), r.artifact_parts());
+    if (n[0][0].as<int64_t>() != r.artifact_parts()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "task ", c.task_id, ", result ", i, ": ", n[0][0].as<int64_t>(), " of the ",
+          r.artifact_parts(), " artefact parts were stored under this lease"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Completes a batch inside one transaction, with a fixed number of
 // statements for the probes however many there are: the tasks are locked
 // and read with one statement (in id order, as leases lock them), every
@@ -1173,6 +1200,7 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
       continue;
     }
     outcomes[i] = CheckResultsBelong(c.task_id, t, c.results);
+    if (outcomes[i].ok()) outcomes[i] = CheckArtifactParts(w, c);
     if (outcomes[i].ok() && t.kind == "EXTRACT") {
       outcomes[i] = CheckChunks(w, c.task_id, t.cache_key, c.extract);
     }
@@ -1196,22 +1224,35 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
           "num_chunks = $4, completed_us = $5 WHERE cache_key = $1",
           t.cache_key, c.extract.rows, c.extract.dim, c.extract.chunks, now_us);
     }
-    for (const auto& result : c.results) {
-      v1::ProbeResult stored = result;
+    bool joined_parts = false;
+    for (size_t index = 0; index < c.results.size(); ++index) {
+      v1::ProbeResult stored = c.results[index];
       stored.set_task_id(c.task_id);
       stored.set_study_id(t.study_id);
+      const std::string name =
+          absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
+                       stored.variant(), stored.subset().empty() ? "" : "/", stored.subset());
       if (!stored.artifact().empty()) {
         // Heads live apart from the results, so listing results stays cheap.
         const auto a = w.exec_params(
             "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
             "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            t.study_id, c.task_id,
-            absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
-                         stored.variant(), stored.subset().empty() ? "" : "/",
-                         stored.subset()),
-            std::string("application/x-sslbench-head"), Bytes(stored.artifact()), now_us);
+            t.study_id, c.task_id, name, std::string("application/x-sslbench-head"),
+            Bytes(stored.artifact()), now_us);
         stored.set_artifact_id(a[0][0].as<int64_t>());
         stored.clear_artifact();
+      } else if (stored.artifact_parts() > 0) {
+        // Joined in the database, in part order (checked complete above).
+        const auto a = w.exec_params(
+            "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
+            "SELECT $1, $2, $3, $4, string_agg(data, ''::bytea ORDER BY part), $5 "
+            "FROM artifact_parts WHERE task_id = $2 AND lease_token = $6 "
+            "AND result_index = $7 AND part < $8 RETURNING id",
+            t.study_id, c.task_id, name, std::string("application/x-sslbench-head"), now_us,
+            c.token, static_cast<int>(index), stored.artifact_parts());
+        stored.set_artifact_id(a[0][0].as<int64_t>());
+        stored.clear_artifact_parts();
+        joined_parts = true;
       }
       r_study.push_back(t.study_id);
       r_task.push_back(c.task_id);
@@ -1224,6 +1265,8 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
       r_mpc.push_back(stored.mean_per_class());
       r_bytes.push_back(Hex(stored.SerializeAsString()));
     }
+    // The parts are joined; those of earlier attempts go too.
+    if (joined_parts) w.exec_params("DELETE FROM artifact_parts WHERE task_id = $1", c.task_id);
   }
   Run(w, kCompleteWrite, PgArray(done), now_us, PgArray(workers), PgArray(r_study),
       PgArray(r_task), PgArray(r_model), PgArray(r_dataset), PgArray(r_protocol),
@@ -1254,24 +1297,67 @@ absl::StatusOr<std::vector<absl::Status>> PgStore::CompleteTasks(
   return outcomes;
 }
 
-absl::StatusOr<v1::Artifact> PgStore::GetArtifact(int64_t artifact_id) {
+absl::StatusOr<v1::Artifact> PgStore::GetArtifact(int64_t artifact_id, int64_t offset,
+                                                  int64_t max_bytes) {
   v1::Artifact artifact;
   RETURN_IF_ERROR(Transact("get_artifact", [&](Txn& t) -> absl::Status {
     const auto r = t.work.exec_params(
-        "SELECT study_id, task_id, name, content_type, data FROM artifacts WHERE id = $1",
+        "SELECT study_id, task_id, name, content_type, octet_length(data) FROM artifacts "
+        "WHERE id = $1",
         artifact_id);
     if (r.empty()) {
       return absl::NotFoundError(absl::StrCat("artifact ", artifact_id, " not found"));
     }
+    const int64_t total = r[0][4].as<int64_t>();
+    if (max_bytes == 0 && total > kMaxWholeArtifact) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "artifact ", artifact_id, " holds ", total, " bytes, more than one answer carries (",
+          kMaxWholeArtifact, "): read it in pages (offset, max_bytes)"));
+    }
+    const int64_t begin = std::min(offset, total);
+    const int64_t length = max_bytes == 0 ? total - begin : std::min(max_bytes, total - begin);
     artifact.set_artifact_id(artifact_id);
     artifact.set_study_id(r[0][0].as<int64_t>());
     artifact.set_task_id(r[0][1].as<int64_t>());
     artifact.set_name(r[0][2].as<std::string>());
     artifact.set_content_type(r[0][3].as<std::string>());
-    artifact.set_data(FromBytes(r[0][4]));
+    artifact.set_offset(begin);
+    artifact.set_total_bytes(total);
+    if (length > 0) {
+      // Stored uncompressed out of line: only the pages asked for are read.
+      const auto d = t.work.exec_params(
+          "SELECT substring(data FROM $2 FOR $3) FROM artifacts WHERE id = $1", artifact_id,
+          begin + 1, length);
+      artifact.set_data(FromBytes(d[0][0]));
+    } else {
+      artifact.clear_data();
+    }
     return absl::OkStatus();
   }));
   return artifact;
+}
+
+absl::Status PgStore::PutArtifactPart(const v1::PutArtifactPartRequest& part) {
+  if (part.result_index() < 0 || part.result_index() >= kMaxSpecListEntries ||
+      part.part() < 0 || part.part() >= kMaxArtifactParts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "artifact part ", part.part(), " of result ", part.result_index(), ": parts are 0..",
+        kMaxArtifactParts - 1, " of a result in 0..", kMaxSpecListEntries - 1));
+  }
+  if (part.data().empty() || static_cast<int64_t>(part.data().size()) > kMaxArtifactPartBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "artifact part ", part.part(), ": ", part.data().size(), " bytes (1 to ",
+        kMaxArtifactPartBytes, ")"));
+  }
+  return Transact("put_artifact_part", [&](Txn& t) -> absl::Status {
+    RETURN_IF_ERROR(CheckLease(t.work, part.task_id(), part.lease_token()));
+    t.work.exec_params(
+        "INSERT INTO artifact_parts (task_id, lease_token, result_index, part, data) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (task_id, lease_token, result_index, part) "
+        "DO UPDATE SET data = EXCLUDED.data",
+        part.task_id(), part.lease_token(), part.result_index(), part.part(), Bytes(part.data()));
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> PgStore::CountTasksByState() {

@@ -94,7 +94,9 @@ class PgStore final : public Store {
       int64_t study_id, int limit) override;
   absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(
       const std::string& cache_key) override;
-  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) override;
+  absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id, int64_t offset,
+                                           int64_t max_bytes) override;
+  absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& part) override;
   absl::Status PutCheckpoint(const v1::PutCheckpointRequest& part, absl::Time now) override;
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) override;
   absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState()

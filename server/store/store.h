@@ -167,8 +167,19 @@ class Store {
   virtual absl::StatusOr<v1::FeatureCacheSummary> DropFeatureCache(
       const std::string& cache_key) = 0;
 
+  // Bytes [offset, offset + max_bytes) of an artefact, with its size;
+  // max_bytes 0: the whole artefact, OUT_OF_RANGE above kMaxWholeArtifact.
   // NOT_FOUND for an unknown id.
-  virtual absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id) = 0;
+  virtual absl::StatusOr<v1::Artifact> GetArtifact(int64_t artifact_id, int64_t offset = 0,
+                                                   int64_t max_bytes = 0) = 0;
+  static constexpr int64_t kMaxWholeArtifact = int64_t{32} << 20;
+
+  // Part of the artefact of a leased task's result, fenced by the lease;
+  // joined when the task completes with ProbeResult.artifact_parts set. See
+  // PutArtifactPart in worker_api.proto.
+  virtual absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& part) = 0;
+  static constexpr int64_t kMaxArtifactPartBytes = int64_t{16} << 20;
+  static constexpr int32_t kMaxArtifactParts = 32;
 
   // One checkpoint per task, replaced when every part of a newer one is
   // stored (fenced by the lease); see PutCheckpoint in worker_api.proto.

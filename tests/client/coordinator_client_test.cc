@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -70,9 +71,20 @@ class FakeStudyService final : public v1::StudyService::Service {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           "no artifact " + std::to_string(request->artifact_id()));
     }
+    // Pages, as the coordinator answers them.
     *response = it->second;
+    const std::string& data = it->second.data();
+    const size_t offset = std::min<size_t>(request->offset(), data.size());
+    const size_t n = request->max_bytes() == 0 ? data.size() - offset
+                                              : std::min<size_t>(request->max_bytes(),
+                                                                 data.size() - offset);
+    response->set_data(data.substr(offset, n));
+    response->set_offset(static_cast<int64_t>(offset));
+    response->set_total_bytes(static_cast<int64_t>(data.size()));
+    ++artifact_pages;
     return grpc::Status::OK;
   }
+  std::atomic<int> artifact_pages{0};
 
   // SubmitStudy: the first call commits only after the client has given up
   // (as a coordinator did with a 131k-task study); later calls with a key
@@ -254,6 +266,22 @@ TEST_F(ArtifactTest, WritesTheBytesToAFile) {
   EXPECT_EQ(DescribeArtifact(*artifact, path),
             "artifact 4 \"cnn/fashion-mnist/linear/full\" (application/x-sslbench-head, "
             "70,000 bytes) of study 3, task 11 -> " + path);
+}
+
+// An artefact larger than one message is read in pages of 8 MiB.
+TEST_F(ArtifactTest, ReadsALargeArtifactInPages) {
+  v1::Artifact big = service_.artifacts[4];
+  big.set_artifact_id(5);
+  std::string data(17 << 20, '\0');
+  for (size_t i = 0; i < data.size(); i += 4096) data[i] = static_cast<char>(i / 4096);
+  big.set_data(data);
+  service_.artifacts[5] = big;
+  CoordinatorClient client(address_);
+  const std::string path = dir_ + "/big.bin";
+  absl::StatusOr<v1::Artifact> artifact = DownloadArtifact(client, 5, path, nullptr);
+  ASSERT_TRUE(artifact.ok()) << artifact.status();
+  EXPECT_EQ(service_.artifact_pages.load(), 3);
+  EXPECT_TRUE(ReadFile(path) == data);
 }
 
 TEST_F(ArtifactTest, WritesTheBytesToAStream) {

@@ -679,7 +679,8 @@ TEST_F(EndToEndTest, WorkerKilledMidTaskIsReplacedWithoutLosingChunks) {
 // reproduces the reported accuracy; fine-tuning beats the frozen linear probe.
 TEST_F(EndToEndTest, AllProtocolsRunAndKeepTheirHeads) {
   StartCoordinator();
-  StartWorker("worker-1");
+  // Heads go up in parts of 1 KiB (PutArtifactPart), joined by the store.
+  StartWorker("worker-1", {"--artifact_part_kib=1"});
   const std::string study_file = WriteStudy(
       "all-protocols", "  - name: cnn\n    path: models/cnn.pt\n    channels: 1\n"
                        "    mean: [0.2860]\n    std: [0.3530]\n",
@@ -715,6 +716,8 @@ TEST_F(EndToEndTest, AllProtocolsRunAndKeepTheirHeads) {
   auto artifact = Artifact(linear.artifact_id());
   ASSERT_TRUE(artifact.ok()) << artifact.status();
   const std::string& data = artifact->data();
+  EXPECT_GT(data.size(), 1024u) << "more than one part of 1 KiB";
+  EXPECT_EQ(artifact->total_bytes(), static_cast<int64_t>(data.size()));
   const size_t newline = data.find('\n');
   ASSERT_NE(newline, std::string::npos);
   const std::string header = data.substr(0, newline);

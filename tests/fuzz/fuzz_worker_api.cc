@@ -152,7 +152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider input(data, size);
   Coordinator& c = *world->coordinator;
   for (int calls = 0; calls < 16 && input.remaining_bytes() > 0; ++calls) {
-    const int which = input.ConsumeIntegralInRange(0, 10);
+    const int which = input.ConsumeIntegralInRange(0, 11);
     const uint8_t flags = input.ConsumeIntegral<uint8_t>();
     const std::string bytes = input.ConsumeRandomLengthString(2048);
     // Flags: bit 0 a real worker, bit 1 a held task and its token.
@@ -302,6 +302,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!request.ParseFromString(bytes)) break;
         fix_task(&request);
         Check("PutCheckpoint", c.PutCheckpoint(request));
+        break;
+      }
+      case 10: {
+        v1::PutArtifactPartRequest request;
+        if (!request.ParseFromString(bytes)) break;
+        fix_task(&request);
+        Check("PutArtifactPart", c.PutArtifactPart(request));
         break;
       }
       default: {

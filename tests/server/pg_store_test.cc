@@ -793,6 +793,79 @@ TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
   EXPECT_EQ(coordinator_->GetArtifact(999).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A head too large for one message goes up in parts under the lease; the
+// completion joins them in order, refuses while one is missing, and the
+// artefact is read back in pages (whole only up to 32 MiB).
+TEST_F(PgStoreTest, LargeHeadsGoUpInPartsAndAreReadInPages) {
+  v1::StudySpec spec = testing::MakeStudy(1, 1);
+  spec.mutable_protocols(0)->Clear();
+  spec.mutable_protocols(0)->set_name("linear");
+  spec.mutable_protocols(0)->mutable_linear();
+  const int64_t study = Submit(spec);
+  const int64_t worker = Register();
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  const v1::LeaseTaskResponse lease = Lease(worker);
+  ASSERT_GT(lease.task_id(), 0);
+  std::string head((33 << 20) + 5, '\0');
+  for (size_t i = 0; i < head.size(); i += 997) head[i] = static_cast<char>(i % 253 + 1);
+  const int64_t part_bytes = int64_t{16} << 20;
+  auto part = [&](int index, std::string data, int64_t token) {
+    v1::PutArtifactPartRequest r;
+    r.set_task_id(lease.task_id());
+    r.set_lease_token(token);
+    r.set_result_index(0);
+    r.set_part(index);
+    r.set_data(std::move(data));
+    return coordinator_->PutArtifactPart(r);
+  };
+  auto slice = [&](int index) { return head.substr(index * part_bytes, part_bytes); };
+  EXPECT_EQ(part(0, slice(0), lease.lease_token() + 1).code(),
+            absl::StatusCode::kFailedPrecondition);  // not the lease's token
+  EXPECT_EQ(part(32, "x", lease.lease_token()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(part(0, std::string(part_bytes + 1, 'x'), lease.lease_token()).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(part(0, "a first try, replaced", lease.lease_token()).ok());
+  ASSERT_TRUE(part(2, slice(2), lease.lease_token()).ok());
+  ASSERT_TRUE(part(0, slice(0), lease.lease_token()).ok());
+
+  v1::CompleteTaskRequest complete = ProbeCompletion(lease, "linear");
+  complete.mutable_results(0)->set_variant("linear");
+  complete.mutable_results(0)->set_artifact_parts(3);
+  const absl::Status missing = coordinator_->CompleteTask(complete);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(missing.message()), HasSubstr("2 of the 3 artefact parts"));
+  EXPECT_EQ(coordinator_->ListResults(study)->results_size(), 0) << "nothing of it stored";
+  ASSERT_TRUE(part(1, slice(1), lease.lease_token()).ok());
+  ASSERT_TRUE(coordinator_->CompleteTask(complete).ok());
+
+  auto results = coordinator_->ListResults(study);
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->results_size(), 1);
+  const int64_t id = results->results(0).artifact_id();
+  ASSERT_GT(id, 0);
+  EXPECT_EQ(results->results(0).artifact_parts(), 0);
+  const auto whole = coordinator_->GetArtifact(id);
+  EXPECT_EQ(whole.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_THAT(std::string(whole.status().message()), HasSubstr("read it in pages"));
+  std::string read;
+  for (int pages = 0; pages < 10 && read.size() < head.size(); ++pages) {
+    auto page = coordinator_->GetArtifact(id, static_cast<int64_t>(read.size()), 10 << 20);
+    ASSERT_TRUE(page.ok()) << page.status();
+    EXPECT_EQ(page->offset(), static_cast<int64_t>(read.size()));
+    EXPECT_EQ(page->total_bytes(), static_cast<int64_t>(head.size()));
+    EXPECT_EQ(page->name(), "model0/dataset0/linear/linear");
+    ASSERT_FALSE(page->data().empty());
+    read += page->data();
+  }
+  EXPECT_TRUE(read == head) << "joined in part order";
+  auto past = coordinator_->GetArtifact(id, static_cast<int64_t>(head.size()) + 9, 100);
+  ASSERT_TRUE(past.ok());
+  EXPECT_TRUE(past->data().empty());
+  EXPECT_EQ(coordinator_->GetArtifact(id, -1, 100).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(PgStoreTest, CheckpointsAreFencedAndReplaced) {
   v1::StudySpec spec = testing::MakeStudy(1, 1);
   spec.mutable_protocols(0)->Clear();

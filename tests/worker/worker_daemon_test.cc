@@ -78,6 +78,12 @@ class FakeConnection final : public CoordinatorConnection {
   absl::Status PutCheckpoint(const v1::PutCheckpointRequest&, const CallOptions&) override {
     return absl::UnimplementedError("not in this test");
   }
+  absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& request,
+                               const CallOptions&) override {
+    absl::MutexLock lock(&mu_);
+    parts_.push_back(request);
+    return absl::OkStatus();
+  }
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(const v1::GetCheckpointRequest&,
                                                const CallOptions&) override {
     return absl::UnimplementedError("not in this test");
@@ -116,6 +122,7 @@ class FakeConnection final : public CoordinatorConnection {
       v1::HeartbeatResponse();
   std::vector<v1::HeartbeatRequest> heartbeats_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::CompleteTaskRequest> completed_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::PutArtifactPartRequest> parts_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::FailTaskRequest> failed_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Duration> fail_timeouts_ ABSL_GUARDED_BY(mu_);
 };
@@ -147,11 +154,15 @@ v1::LeaseTaskResponse Lease(v1::TaskKind kind, int64_t id = 11) {
 
 class WorkerDaemonTest : public ::testing::Test {
  protected:
-  void Start() {
+  // The daemon with options_ and runner_ for kNN tasks, not yet running.
+  void Create() {
     TaskRunners runners;
     runners.Register(v1::TASK_KIND_KNN, runner_);
-    daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), WorkerOptions{},
-                                             clock_, nullptr);
+    daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), options_, clock_,
+                                             nullptr);
+  }
+  void Start() {
+    Create();
     thread_ = std::thread([this] { result_ = daemon_->Run(); });
   }
   void TearDown() override {
@@ -160,6 +171,7 @@ class WorkerDaemonTest : public ::testing::Test {
   }
 
   FakeConnection connection_;
+  WorkerOptions options_;
   testing::FakeClock clock_;
   std::shared_ptr<BlockingRunner> runner_ = std::make_shared<BlockingRunner>();
   std::unique_ptr<WorkerDaemon> daemon_;
@@ -301,13 +313,9 @@ TEST_F(WorkerDaemonTest, StopMidTaskHandsTheTaskBackPreempted) {
 // ready; a loop that stops going round is not live.
 TEST_F(WorkerDaemonTest, ReadyOnlyWhileRegisteredAndAnswered) {
   connection_.FailRegistrations({absl::UnavailableError("starting")});
-  TaskRunners runners;
-  runners.Register(v1::TASK_KIND_KNN, runner_);
-  WorkerOptions options;
-  options.ready_window = absl::Seconds(60);
-  options.live_window = absl::Seconds(300);
-  daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), options, clock_,
-                                           nullptr);
+  options_.ready_window = absl::Seconds(60);
+  options_.live_window = absl::Seconds(300);
+  Create();
   WorkerHealth before = daemon_->Health();
   EXPECT_FALSE(before.ready);
   EXPECT_TRUE(before.live);
@@ -348,15 +356,10 @@ TEST_F(WorkerDaemonTest, ReadyOnlyWhileRegisteredAndAnswered) {
 
 // The hand-back at a stop gets no longer than what is left of the drain time.
 TEST_F(WorkerDaemonTest, HandBackAtStopIsBoundedByTheDrainTime) {
-  TaskRunners runners;
-  runners.Register(v1::TASK_KIND_KNN, runner_);
-  WorkerOptions options;
-  options.drain_timeout = absl::Seconds(20);
-  options.rpc_timeout = absl::Seconds(60);
-  daemon_ = std::make_unique<WorkerDaemon>(connection_, std::move(runners), options, clock_,
-                                           nullptr);
+  options_.drain_timeout = absl::Seconds(20);
+  options_.rpc_timeout = absl::Seconds(60);
   connection_.AddLease(Lease(v1::TASK_KIND_KNN));
-  thread_ = std::thread([this] { result_ = daemon_->Run(); });
+  Start();
   runner_->started_.WaitForNotification();
   daemon_->Stop();
   thread_.join();
@@ -365,6 +368,42 @@ TEST_F(WorkerDaemonTest, HandBackAtStopIsBoundedByTheDrainTime) {
   ASSERT_EQ(timeouts.size(), 1u);
   EXPECT_LE(timeouts[0], absl::Seconds(20));
   EXPECT_GE(timeouts[0], absl::Seconds(1));
+}
+
+// A head larger than the part size goes up in parts under the task's lease,
+// and the completion names the count instead of carrying the bytes; small
+// ones stay inline.
+TEST_F(WorkerDaemonTest, LargeArtifactsGoUpInPartsBeforeTheCompletion) {
+  options_.artifact_part_bytes = 1000;
+  std::string head(2500, '\0');
+  for (size_t i = 0; i < head.size(); ++i) head[i] = static_cast<char>(i * 7);
+  TaskOutcome outcome;
+  outcome.results.emplace_back().set_artifact("small head");
+  outcome.results.emplace_back().set_artifact(head);
+  runner_->result_ = outcome;
+  runner_->release_.Notify();
+  connection_.AddLease(Lease(v1::TASK_KIND_KNN, 12));
+  Start();
+  connection_.AwaitCalls([](const auto& c) { return c.completed_.size() == 1; });
+  const auto [parts, done] =
+      connection_.Read<std::pair<std::vector<v1::PutArtifactPartRequest>, v1::CompleteTaskRequest>>(
+          [](const auto& c) { return std::make_pair(c.parts_, c.completed_[0]); });
+  ASSERT_EQ(parts.size(), 3u);
+  std::string joined;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    EXPECT_EQ(parts[p].task_id(), 12);
+    EXPECT_EQ(parts[p].lease_token(), 99);
+    EXPECT_EQ(parts[p].result_index(), 1);
+    EXPECT_EQ(parts[p].part(), static_cast<int>(p));
+    EXPECT_LE(parts[p].data().size(), 1000u);
+    joined += parts[p].data();
+  }
+  EXPECT_TRUE(joined == head);
+  ASSERT_EQ(done.results_size(), 2);
+  EXPECT_EQ(done.results(0).artifact(), "small head");
+  EXPECT_EQ(done.results(0).artifact_parts(), 0);
+  EXPECT_TRUE(done.results(1).artifact().empty());
+  EXPECT_EQ(done.results(1).artifact_parts(), 3);
 }
 
 TEST_F(WorkerDaemonTest, ForgottenWorkerRegistersAgain) {
