@@ -74,6 +74,19 @@ class PgStoreTest : public ::testing::Test {
     return response.ok() ? *response : v1::LeaseTaskResponse();
   }
 
+  // A study of one linear probe with its extractions done: the probe's lease.
+  v1::LeaseTaskResponse LeaseLinearProbe(int64_t* study) {
+    v1::StudySpec spec = testing::MakeStudy(1, 1);
+    spec.mutable_protocols(0)->Clear();
+    spec.mutable_protocols(0)->set_name("linear");
+    spec.mutable_protocols(0)->mutable_linear();
+    *study = Submit(spec);
+    const int64_t worker = Register();
+    EXPECT_TRUE(CompleteExtract(Lease(worker)).ok());
+    EXPECT_TRUE(CompleteExtract(Lease(worker)).ok());
+    return Lease(worker);
+  }
+
   // A completion of `lease` with one result of `protocol` for its model and
   // dataset, for the test to fill in.
   static v1::CompleteTaskRequest ProbeCompletion(const v1::LeaseTaskResponse& lease,
@@ -764,15 +777,8 @@ TEST_F(PgStoreTest, ForgedResultsAndNonFiniteFeaturesAreRefused) {
 }
 
 TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
-  v1::StudySpec spec = testing::MakeStudy(1, 1);
-  spec.mutable_protocols(0)->Clear();
-  spec.mutable_protocols(0)->set_name("linear");
-  spec.mutable_protocols(0)->mutable_linear();
-  const int64_t study = Submit(spec);
-  const int64_t worker = Register();
-  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  v1::CompleteTaskRequest complete = ProbeCompletion(Lease(worker), "linear");
+  int64_t study = 0;
+  v1::CompleteTaskRequest complete = ProbeCompletion(LeaseLinearProbe(&study), "linear");
   auto* result = complete.mutable_results(0);
   result->set_variant("linear");
   result->set_subset("full");
@@ -797,15 +803,8 @@ TEST_F(PgStoreTest, HeadsAreStoredAsArtefacts) {
 // completion joins them in order, refuses while one is missing, and the
 // artefact is read back in pages (whole only up to 32 MiB).
 TEST_F(PgStoreTest, LargeHeadsGoUpInPartsAndAreReadInPages) {
-  v1::StudySpec spec = testing::MakeStudy(1, 1);
-  spec.mutable_protocols(0)->Clear();
-  spec.mutable_protocols(0)->set_name("linear");
-  spec.mutable_protocols(0)->mutable_linear();
-  const int64_t study = Submit(spec);
-  const int64_t worker = Register();
-  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
-  const v1::LeaseTaskResponse lease = Lease(worker);
+  int64_t study = 0;
+  const v1::LeaseTaskResponse lease = LeaseLinearProbe(&study);
   ASSERT_GT(lease.task_id(), 0);
   std::string head((33 << 20) + 5, '\0');
   for (size_t i = 0; i < head.size(); i += 997) head[i] = static_cast<char>(i % 253 + 1);
