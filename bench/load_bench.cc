@@ -247,7 +247,7 @@ int main(int argc, char** argv) {
         }
         if (measuring.load()) lease_ms.push_back(Ms(t0));
         if (leases.leases_size() == 0) {
-          ++empty_leases;
+          if (measuring.load()) ++empty_leases;
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
           continue;
         }
@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
         }
         if (measuring.load()) lease_ms.push_back(Ms(t0));
         if (lease.task_id() == 0) {
-          ++empty_leases;
+          if (measuring.load()) ++empty_leases;
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
           continue;
         }
