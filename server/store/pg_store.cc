@@ -1229,15 +1229,18 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
       v1::ProbeResult stored = c.results[index];
       stored.set_task_id(c.task_id);
       stored.set_study_id(t.study_id);
-      const std::string name =
-          absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
-                       stored.variant(), stored.subset().empty() ? "" : "/", stored.subset());
+      // Named only when it keeps an artefact (most results keep none).
+      auto name = [&stored] {
+        return absl::StrCat(stored.model(), "/", stored.dataset(), "/", stored.protocol(), "/",
+                            stored.variant(), stored.subset().empty() ? "" : "/",
+                            stored.subset());
+      };
       if (!stored.artifact().empty()) {
         // Heads live apart from the results, so listing results stays cheap.
         const auto a = w.exec_params(
             "INSERT INTO artifacts (study_id, task_id, name, content_type, data, created_us) "
             "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            t.study_id, c.task_id, name, std::string("application/x-sslbench-head"),
+            t.study_id, c.task_id, name(), std::string("application/x-sslbench-head"),
             Bytes(stored.artifact()), now_us);
         stored.set_artifact_id(a[0][0].as<int64_t>());
         stored.clear_artifact();
@@ -1248,7 +1251,7 @@ std::vector<absl::Status> CompleteBatch(pqxx::work& w, const std::vector<TaskCom
             "SELECT $1, $2, $3, $4, string_agg(data, ''::bytea ORDER BY part), $5 "
             "FROM artifact_parts WHERE task_id = $2 AND lease_token = $6 "
             "AND result_index = $7 AND part < $8 RETURNING id",
-            t.study_id, c.task_id, name, std::string("application/x-sslbench-head"), now_us,
+            t.study_id, c.task_id, name(), std::string("application/x-sslbench-head"), now_us,
             c.token, static_cast<int>(index), stored.artifact_parts());
         stored.set_artifact_id(a[0][0].as<int64_t>());
         stored.clear_artifact_parts();
