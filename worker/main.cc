@@ -115,12 +115,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     metrics = *std::move(started);
-    const std::string port_file = absl::GetFlag(FLAGS_metrics_port_file);
-    if (!port_file.empty()) {
-      const std::string tmp = port_file + ".tmp";
-      { std::ofstream(tmp) << metrics->port() << "\n"; }
-      std::rename(tmp.c_str(), port_file.c_str());
-    }
   }
 
   sslbench::worker::WorkerOptions options;
@@ -231,6 +225,14 @@ int main(int argc, char** argv) {
       const sslbench::worker::WorkerHealth h = daemon.Health();
       return std::make_pair(h.live, h.detail);
     });
+    // Announced only now: a probe that reads the port file finds every
+    // check in place (before, /readyz could answer 404 for a moment).
+    const std::string port_file = absl::GetFlag(FLAGS_metrics_port_file);
+    if (!port_file.empty()) {
+      const std::string tmp = port_file + ".tmp";
+      { std::ofstream(tmp) << metrics->port() << "\n"; }
+      std::rename(tmp.c_str(), port_file.c_str());
+    }
   }
 
   absl::Notification run_finished;
