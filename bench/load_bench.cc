@@ -31,6 +31,7 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "grpcpp/grpcpp.h"
+#include "pqxx/pqxx"
 #include "server/coordinator_server.h"
 #include "sslbench/v1/client_api.grpc.pb.h"
 #include "sslbench/v1/worker_api.grpc.pb.h"
@@ -39,7 +40,10 @@ ABSL_FLAG(int, workers, 200, "simulated workers (threads)");
 ABSL_FLAG(int, coordinators, 1, "coordinator replicas on the one database");
 ABSL_FLAG(int, seconds, 20, "measured time");
 ABSL_FLAG(int, warmup_seconds, 3, "time before measuring");
-ABSL_FLAG(int, tasks, 60000, "tasks queued before the run (in studies of ~3,000)");
+ABSL_FLAG(int, tasks, 0,
+          "tasks queued before the run (in studies of ~3,000); 0: enough that the queue "
+          "does not run dry while measuring (an empty queue's leases walk every dead "
+          "index entry and measure something else)");
 ABSL_FLAG(bool, durable, false, "PostgreSQL with fsync on (default off, as the tests run it)");
 ABSL_FLAG(int, batch, 0,
           "0: one task per RPC (lease, heartbeat, complete); N: LeaseTasks of up to N and one "
@@ -57,6 +61,15 @@ ABSL_FLAG(int, idle_seconds, 0,
           "resident memory again (rss_idle_mb): whether freed memory goes back to the system");
 ABSL_FLAG(int, executor_threads, 8, "each coordinator's RPC executor threads");
 ABSL_FLAG(int, db_connections, 16, "each coordinator's database connections");
+ABSL_FLAG(std::string, postgres_options, "-c shared_buffers=1GB",
+          "more PostgreSQL server options (\"-c name=value ...\"); the default buffer "
+          "pool (128 MB) is smaller than the tasks table of a run");
+ABSL_FLAG(bool, timeline, false,
+          "print each second's lease count and p50/p99 latency while measuring to stderr");
+ABSL_FLAG(bool, keep_dir, false, "keep the database folder (and its postgres.log) at the end");
+ABSL_FLAG(int, statements, 0,
+          "print the N statements that took PostgreSQL the most time while measuring "
+          "(pg_stat_statements) to stderr");
 
 namespace {
 
@@ -95,6 +108,7 @@ v1::StudySpec Study(int index, int models_of, int models, int datasets) {
 struct Latencies {
   std::mutex mu;
   std::vector<double> lease_ms, complete_ms;
+  std::vector<std::pair<double, double>> lease_at;  // (seconds into the measurement, ms)
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -129,9 +143,20 @@ int main(int argc, char** argv) {
   sslbench::LocalPostgresOptions pg_options;
   pg_options.dir = dir;
   pg_options.durable = absl::GetFlag(FLAGS_durable);
+  const int statements = absl::GetFlag(FLAGS_statements);
+  pg_options.extra_options = absl::GetFlag(FLAGS_postgres_options);
+  if (statements > 0) {
+    absl::StrAppend(&pg_options.extra_options,
+                    " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all");
+  }
   auto pg = sslbench::LocalPostgres::Start(pg_options);
   if (!pg.ok()) Die(pg.status().ToString());
   if (auto s = (*pg)->CreateDatabase("load"); !s.ok()) Die(s.ToString());
+  std::unique_ptr<pqxx::connection> stats;
+  if (statements > 0) {
+    stats = std::make_unique<pqxx::connection>((*pg)->ConnInfo("load"));
+    pqxx::nontransaction(*stats).exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+  }
 
   std::vector<std::unique_ptr<sslbench::server::CoordinatorServer>> servers;
   for (int r = 0; r < replicas; ++r) {
@@ -173,11 +198,23 @@ int main(int argc, char** argv) {
   int setup_tasks = probes_only ? submit(0, 0) : 0;
   const auto submit_start = Clock::now();
   int queued = 0;
-  for (int i = 1; queued < absl::GetFlag(FLAGS_tasks); ++i) queued += submit(i, probes_only ? 0 : i);
+  int to_queue = absl::GetFlag(FLAGS_tasks);
+  if (to_queue <= 0) {
+    to_queue = (absl::GetFlag(FLAGS_warmup_seconds) + absl::GetFlag(FLAGS_seconds) + 10) *
+               (absl::GetFlag(FLAGS_batch) > 0 ? 5000 : 1000);
+  }
+  for (int i = 1; queued < to_queue; ++i) queued += submit(i, probes_only ? 0 : i);
   const double submit_s = Ms(submit_start) / 1000;
 
+  {
+    // Planned as a long-running database is: with statistics (autovacuum
+    // would analyse the tables only after its first minute).
+    pqxx::connection c((*pg)->ConnInfo("load"));
+    pqxx::nontransaction(c).exec("ANALYZE");
+  }
   const double rss_start_mb = RssMb();
   std::atomic<bool> measuring{false}, stop{false};
+  std::atomic<Clock::time_point> measure_start{Clock::now()};
   std::atomic<int64_t> completions{0}, empty_leases{0}, errors{0};
   Latencies latencies;
   std::vector<std::thread> threads;
@@ -196,6 +233,7 @@ int main(int argc, char** argv) {
         }
       }
       std::vector<double> lease_ms, complete_ms;
+      std::vector<std::pair<double, double>> lease_at;
       const int batch = absl::GetFlag(FLAGS_batch);
       const int work_ms = absl::GetFlag(FLAGS_work_ms);
       std::minstd_rand rng(static_cast<uint32_t>(w + 1));
@@ -245,7 +283,10 @@ int main(int argc, char** argv) {
             continue;
           }
         }
-        if (measuring.load()) lease_ms.push_back(Ms(t0));
+        if (measuring.load()) {
+          lease_ms.push_back(Ms(t0));
+          lease_at.emplace_back(Ms(measure_start.load()) / 1000, lease_ms.back());
+        }
         if (leases.leases_size() == 0) {
           if (measuring.load()) ++empty_leases;
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -334,6 +375,7 @@ int main(int argc, char** argv) {
       latencies.lease_ms.insert(latencies.lease_ms.end(), lease_ms.begin(), lease_ms.end());
       latencies.complete_ms.insert(latencies.complete_ms.end(), complete_ms.begin(),
                                    complete_ms.end());
+      latencies.lease_at.insert(latencies.lease_at.end(), lease_at.begin(), lease_at.end());
     });
   }
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_warmup_seconds)));
@@ -351,6 +393,9 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   }
+  if (stats != nullptr) pqxx::nontransaction(*stats).exec("SELECT pg_stat_statements_reset()");
+  measure_start = Clock::now();
+  sslbench::LogInfo("load-bench", "measuring");
   measuring = true;
   const auto start = Clock::now();
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_seconds)));
@@ -359,6 +404,33 @@ int main(int argc, char** argv) {
   stop = true;
   for (auto& t : threads) t.join();
   const int64_t done = completions.load();
+  if (stats != nullptr) {
+    pqxx::nontransaction n(*stats);
+    std::fprintf(stderr, "%10s %10s %8s %10s  statement\n", "calls", "total_ms", "mean_ms", "rows");
+    for (const auto& row : n.exec_params(
+             "SELECT calls, total_exec_time, mean_exec_time, rows, "
+             "regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements "
+             "ORDER BY total_exec_time DESC LIMIT $1",
+             statements)) {
+      std::fprintf(stderr, "%10lld %10.0f %8.3f %10lld  %.300s\n", row[0].as<long long>(),
+                   row[1].as<double>(), row[2].as<double>(), row[3].as<long long>(),
+                   row[4].c_str());
+    }
+  }
+  if (absl::GetFlag(FLAGS_timeline)) {
+    std::vector<std::vector<double>> by_second;
+    for (const auto& [at, ms] : latencies.lease_at) {
+      const size_t second = static_cast<size_t>(std::max(0.0, at));
+      if (by_second.size() <= second) by_second.resize(second + 1);
+      by_second[second].push_back(ms);
+    }
+    for (size_t i = 0; i < by_second.size(); ++i) {
+      std::fprintf(stderr, "second %2zu: %5zu leases, p50 %7.1f ms, p99 %7.1f ms, max %7.1f ms\n", i,
+                   by_second[i].size(), Percentile(by_second[i], 0.5),
+                   Percentile(by_second[i], 0.99),
+                   *std::max_element(by_second[i].begin(), by_second[i].end()));
+    }
+  }
   const double rss_end_mb = RssMb();
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_idle_seconds)));
   const double rss_idle_mb = RssMb();
@@ -380,6 +452,10 @@ int main(int argc, char** argv) {
       rss_start_mb, rss_end_mb, rss_idle_mb);
   servers.clear();
   pg->reset();
-  std::filesystem::remove_all(dir);
+  if (absl::GetFlag(FLAGS_keep_dir)) {
+    std::fprintf(stderr, "kept %s\n", dir);
+  } else {
+    std::filesystem::remove_all(dir);
+  }
   return 0;
 }

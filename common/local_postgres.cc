@@ -316,6 +316,7 @@ absl::Status LocalPostgres::StartServer() {
     absl::StrAppend(&server_options,
                     " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
   }
+  if (!options_.extra_options.empty()) absl::StrAppend(&server_options, " ", options_.extra_options);
   const std::string log_path = options_.dir + "/postgres.log";
   ASSIGN_OR_RETURN(CommandResult start,
                    RunCommand(AsUser(run_as_, {pg_ctl, "-D", data_dir_, "-l", log_path, "-w",

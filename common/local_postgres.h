@@ -17,6 +17,7 @@ struct LocalPostgresOptions {
   std::string dir;          // created if absent; holds data/, the socket, log
   int port = 0;             // 0: choose a free loopback port
   bool durable = true;      // false: fsync off (tests)
+  std::string extra_options;  // more server options ("-c name=value ..."), for benchmarks
 };
 
 // OK when user `uid` can pass through every folder above `dir`;

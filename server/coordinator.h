@@ -80,7 +80,9 @@ class Coordinator {
   // Returns expired leases to the queue (or fails them after max attempts).
   // Returns how many were released. Called periodically by the process.
   absl::StatusOr<int> ReapExpiredLeases();
-  // Refreshes the task and worker gauges from the store.
+  // Refreshes the task and worker gauges from the store: PENDING and
+  // LEASED on every call, the finished states (a scan of every task ever
+  // run) at most once a minute. Called from one thread.
   absl::Status RefreshGauges();
 
  private:
@@ -89,6 +91,7 @@ class Coordinator {
   const LeasePolicy policy_;
   CoordinatorMetrics* metrics_;
   const PlanLimits limits_;
+  absl::Time last_full_count_ = absl::InfinitePast();  // RefreshGauges' thread only
 };
 
 // True for the states a study does not leave.

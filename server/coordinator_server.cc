@@ -137,11 +137,15 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 void CoordinatorServer::ReapLoop() {
   absl::Time last_trim = absl::Now();
+  absl::Time last_gauges = absl::InfinitePast();
   while (!stop_.WaitForNotificationWithTimeout(options_.reap_interval)) {
     auto reaped = coordinator_->ReapExpiredLeases();
     if (!reaped.ok()) LogWarning("coordinator", "lease reaper: ", reaped.status().ToString());
-    const absl::Status gauges = coordinator_->RefreshGauges();
-    if (!gauges.ok()) LogWarning("coordinator", "metrics refresh: ", gauges.ToString());
+    if (absl::Now() - last_gauges >= options_.gauge_interval) {
+      const absl::Status gauges = coordinator_->RefreshGauges();
+      if (!gauges.ok()) LogWarning("coordinator", "metrics refresh: ", gauges.ToString());
+      last_gauges = absl::Now();
+    }
     // Feature chunks and checkpoints pass through as multi-megabyte
     // messages on many threads and database connections: connections idle
     // for 30 s are closed (their buffers, and their server processes, go),

@@ -44,6 +44,9 @@ struct CoordinatorServerOptions {
   // "postgres" or "file:///PATH" (see BlobStore).
   std::string blob_store = "postgres";
   absl::Duration reap_interval = absl::Seconds(2);
+  // How often the task gauges are counted in the database (a count walks
+  // every queued task; Prometheus scrapes every 15-30 s anyway).
+  absl::Duration gauge_interval = absl::Seconds(15);
   const Clock* clock = nullptr;              // default: the real clock
 };
 

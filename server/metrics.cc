@@ -29,7 +29,7 @@ CoordinatorMetrics::CoordinatorMetrics(std::shared_ptr<prometheus::Registry> reg
                     .Register(*registry_);
   tasks_ = &prometheus::BuildGauge()
                 .Name("sslbench_tasks")
-                .Help("Tasks by state")
+                .Help("Tasks by state (the finished states refreshed once a minute)")
                 .Register(*registry_);
   workers_alive_ = &prometheus::BuildGauge()
                         .Name("sslbench_workers_alive")

@@ -234,6 +234,15 @@ CREATE TABLE artifact_parts (
   PRIMARY KEY (task_id, lease_token, result_index, part));
 ALTER TABLE artifact_parts ALTER COLUMN data SET STORAGE EXTERNAL;
 )sql"},
+      {14, "results without foreign-key triggers", R"sql(
+-- Results are written by one statement only, the completion that marks
+-- their task SUCCEEDED while holding its row (the task exists, and so does
+-- its study), and tasks and studies are never deleted. The two foreign keys
+-- cost a trigger, an index probe and a row lock each per result: 7% of the
+-- database's time at 3,000 completions/s.
+ALTER TABLE results DROP CONSTRAINT IF EXISTS results_study_id_fkey,
+                    DROP CONSTRAINT IF EXISTS results_task_id_fkey;
+)sql"},
   };
   return kMigrations;
 }

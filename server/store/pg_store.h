@@ -99,7 +99,7 @@ class PgStore final : public Store {
   absl::Status PutArtifactPart(const v1::PutArtifactPartRequest& part) override;
   absl::Status PutCheckpoint(const v1::PutCheckpointRequest& part, absl::Time now) override;
   absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) override;
-  absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState()
+  absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> CountTasksByState(bool open_only)
       override;
   absl::StatusOr<v1::StudySpec> GetStudySpec(int64_t study_id) override;
 
@@ -140,6 +140,11 @@ class PgStore final : public Store {
   void ForgetWorkerDevice(int64_t worker_id);
   absl::Mutex devices_mu_;
   absl::flat_hash_map<int64_t, bool> worker_gpu_ ABSL_GUARDED_BY(devices_mu_);
+  // Where lease scans start (see LeaseTasks): the lowest task id the last
+  // scan found ready, and when a scan last started from the queue's head.
+  absl::Mutex scan_mu_;
+  int64_t scan_from_ ABSL_GUARDED_BY(scan_mu_) = 0;
+  absl::Time last_full_scan_ ABSL_GUARDED_BY(scan_mu_) = absl::InfinitePast();
 
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);

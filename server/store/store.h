@@ -188,9 +188,11 @@ class Store {
   // has none, or no such part.
   virtual absl::StatusOr<v1::Checkpoint> GetCheckpoint(int64_t task_id, int32_t part) = 0;
 
-  // For metrics: tasks by state name ("PENDING", ...).
+  // For metrics: tasks by state name ("PENDING", ...). `open_only`: only
+  // PENDING and LEASED, read from their partial indexes (the other states
+  // cost a scan of every task ever run).
   virtual absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
-  CountTasksByState() = 0;
+  CountTasksByState(bool open_only) = 0;
 
   // Access tokens, by the SHA-256 of their secret (the secret is never
   // stored). CreateToken: ALREADY_EXISTS for a hash already known.

@@ -1232,5 +1232,58 @@ TEST_F(PgStoreTest, BatchedLeasesAndCompletionsKeepFencingExact) {
   EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
 }
 
+
+// A lease scans the ready queue from where the previous scan found its first
+// ready task, not from the head (whose dead entries every scan would step
+// over); a task requeued below that mark is still leased: at once when the
+// scan from the mark comes up short, and within a second otherwise.
+using StoreLease = ::sslbench::server::Lease;  // the fixture's Lease() hides it
+TEST_F(PgStoreTest, TasksRequeuedBelowTheScanMarkAreStillLeased) {
+  Submit(testing::MakeStudy(3, 1));  // 6 extractions, then probes waiting for them
+  const int64_t worker = Register();
+  const absl::Time deadline = clock_.Now() + absl::Minutes(5);
+  auto lease = [&](int n) {
+    auto leased = store_->LeaseTasks(worker, clock_.Now(), deadline, {}, n);
+    EXPECT_TRUE(leased.ok()) << leased.status();
+    std::vector<StoreLease> out = leased.ok() ? *std::move(leased) : std::vector<StoreLease>{};
+    return out;
+  };
+  auto requeue = [&](const StoreLease& l) {
+    Release release;
+    release.not_before = clock_.Now();
+    release.error = "requeued by the test";
+    ASSERT_TRUE(store_->ReleaseTask(l.task_id, l.token, release, clock_.Now()).ok());
+  };
+  std::vector<StoreLease> first;
+  for (int i = 0; i < 3; ++i) {
+    auto one = lease(1);
+    ASSERT_EQ(one.size(), 1u);
+    first.push_back(one[0]);
+  }
+  ASSERT_LT(first[0].task_id, first[1].task_id);
+  ASSERT_LT(first[1].task_id, first[2].task_id);
+  requeue(first[0]);
+  // The scan starts at the mark: the next task after it comes first...
+  auto next = lease(1);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_GT(next[0].task_id, first[2].task_id);
+  // ...and a second later a scan from the head finds the requeued task.
+  clock_.Advance(absl::Milliseconds(1100));
+  auto again = lease(1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].task_id, first[0].task_id);
+
+  // Every ready task leased (the probes wait for their extractions), at
+  // the same instant: the mark now lies beyond the requeued task.
+  auto rest = lease(50);
+  ASSERT_EQ(rest.size(), 6u - 4u);
+  requeue(first[1]);
+  // The scan from the mark finds nothing; the one from the head finds it.
+  auto below = lease(50);
+  ASSERT_EQ(below.size(), 1u);
+  EXPECT_EQ(below[0].task_id, first[1].task_id);
+  EXPECT_TRUE(lease(50).empty());
+}
+
 }  // namespace
 }  // namespace sslbench::server
