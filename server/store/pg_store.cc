@@ -870,13 +870,15 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
     // when the scan comes up short (tasks requeued, or made ready by a
     // completion, below the mark), and at least once a second, so no ready
     // task waits longer than that for a scan to reach it.
+    const int device = *has_gpu ? 1 : 0;
     int64_t from = 0;
     {
       absl::MutexLock lock(&scan_mu_);
-      if (now - last_full_scan_ >= absl::Seconds(1) || now < last_full_scan_) {
-        last_full_scan_ = now;
+      absl::Time& last_full = last_full_scan_[device];
+      if (now - last_full >= absl::Seconds(1) || now < last_full) {
+        last_full = now;
       } else {
-        from = scan_from_;
+        from = scan_from_[device];
       }
     }
     int64_t first_found = 0;  // the lowest id a scan took (0: none)
@@ -909,18 +911,14 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
       // This transaction's own leases are no longer PENDING to it.
       RETURN_IF_ERROR(take({}, max_tasks - static_cast<int>(leases.size()), 0));
       absl::MutexLock lock(&scan_mu_);
-      last_full_scan_ = now;
+      last_full_scan_[device] = now;
       from = 0;
     }
     {
       absl::MutexLock lock(&scan_mu_);
       // A scan from the head says where the ready tasks begin; one from the
       // mark only moves it on (a concurrent lease may have moved it further).
-      if (from == 0) {
-        scan_from_ = first_found;
-      } else if (first_found > scan_from_) {
-        scan_from_ = first_found;
-      }
+      if (from == 0 || first_found > scan_from_[device]) scan_from_[device] = first_found;
     }
     std::sort(leases.begin(), leases.end(),
               [](const Lease& a, const Lease& b) { return a.task_id < b.task_id; });

@@ -140,11 +140,13 @@ class PgStore final : public Store {
   void ForgetWorkerDevice(int64_t worker_id);
   absl::Mutex devices_mu_;
   absl::flat_hash_map<int64_t, bool> worker_gpu_ ABSL_GUARDED_BY(devices_mu_);
-  // Where lease scans start (see LeaseTasks): the lowest task id the last
-  // scan found ready, and when a scan last started from the queue's head.
+  // Where lease scans start (see LeaseTasks), for CPU and for GPU workers
+  // (they read different ready indexes): the lowest task id the last scan
+  // found ready, and when a scan last started from the queue's head.
   absl::Mutex scan_mu_;
-  int64_t scan_from_ ABSL_GUARDED_BY(scan_mu_) = 0;
-  absl::Time last_full_scan_ ABSL_GUARDED_BY(scan_mu_) = absl::InfinitePast();
+  int64_t scan_from_[2] ABSL_GUARDED_BY(scan_mu_) = {0, 0};
+  absl::Time last_full_scan_[2] ABSL_GUARDED_BY(scan_mu_) = {absl::InfinitePast(),
+                                                             absl::InfinitePast()};
 
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
