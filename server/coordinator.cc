@@ -411,14 +411,12 @@ absl::StatusOr<int> Coordinator::ReapExpiredLeases() {
   return released;
 }
 
-absl::Status Coordinator::RefreshGauges() {
+absl::Status Coordinator::RefreshGauges(bool finished_too) {
   if (!metrics_) return absl::OkStatus();
-  const bool full = clock_.Now() - last_full_count_ >= absl::Minutes(1);
-  ASSIGN_OR_RETURN(auto counts, store_.CountTasksByState(/*open_only=*/!full));
-  if (full) last_full_count_ = clock_.Now();
+  ASSIGN_OR_RETURN(auto counts, store_.CountTasksByState(/*open_only=*/!finished_too));
   for (const char* state : {"PENDING", "LEASED", "SUCCEEDED", "FAILED", "CANCELLED"}) {
     const bool open = absl::string_view(state) == "PENDING" || absl::string_view(state) == "LEASED";
-    if (!full && !open) continue;
+    if (!finished_too && !open) continue;
     auto it = counts.find(state);
     metrics_->SetTasks(state, it == counts.end() ? 0 : static_cast<double>(it->second));
   }

@@ -81,9 +81,9 @@ class Coordinator {
   // Returns how many were released. Called periodically by the process.
   absl::StatusOr<int> ReapExpiredLeases();
   // Refreshes the task and worker gauges from the store: PENDING and
-  // LEASED on every call, the finished states (a scan of every task ever
-  // run) at most once a minute. Called from one thread.
-  absl::Status RefreshGauges();
+  // LEASED, and the finished states too when `finished_too` (a scan of
+  // every task ever run).
+  absl::Status RefreshGauges(bool finished_too);
 
  private:
   Store& store_;
@@ -91,7 +91,6 @@ class Coordinator {
   const LeasePolicy policy_;
   CoordinatorMetrics* metrics_;
   const PlanLimits limits_;
-  absl::Time last_full_count_ = absl::InfinitePast();  // RefreshGauges' thread only
 };
 
 // True for the states a study does not leave.

@@ -137,14 +137,19 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 void CoordinatorServer::ReapLoop() {
   absl::Time last_trim = absl::Now();
+  // Task gauges: the queued and leased counts every gauge_interval, the
+  // finished ones (a scan of every task ever run) once a minute.
   absl::Time last_gauges = absl::InfinitePast();
+  absl::Time last_finished_gauges = absl::InfinitePast();
   while (!stop_.WaitForNotificationWithTimeout(options_.reap_interval)) {
     auto reaped = coordinator_->ReapExpiredLeases();
     if (!reaped.ok()) LogWarning("coordinator", "lease reaper: ", reaped.status().ToString());
-    if (absl::Now() - last_gauges >= options_.gauge_interval) {
-      const absl::Status gauges = coordinator_->RefreshGauges();
+    if (const absl::Time now = absl::Now(); now - last_gauges >= options_.gauge_interval) {
+      const bool finished_too = now - last_finished_gauges >= absl::Minutes(1);
+      const absl::Status gauges = coordinator_->RefreshGauges(finished_too);
       if (!gauges.ok()) LogWarning("coordinator", "metrics refresh: ", gauges.ToString());
-      last_gauges = absl::Now();
+      last_gauges = now;
+      if (finished_too) last_finished_gauges = now;
     }
     // Feature chunks and checkpoints pass through as multi-megabyte
     // messages on many threads and database connections: connections idle
