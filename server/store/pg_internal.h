@@ -31,7 +31,7 @@ struct Statement {
 const std::vector<const Statement*>& PreparedStatements();
 
 template <typename... Args>
-pqxx::result Run(pqxx::work& w, const Statement& statement, Args&&... args) {
+pqxx::result Run(pqxx::transaction_base& w, const Statement& statement, Args&&... args) {
   return w.exec_prepared(statement.name, std::forward<Args>(args)...);
 }
 
@@ -50,8 +50,20 @@ struct PgStore::Conn {
 // A transaction as handed to the bodies of PgStore's methods.
 class PgStore::Txn {
  public:
+  static constexpr bool kAutocommit = false;
   explicit Txn(pqxx::connection& conn) : work(conn) {}
   pqxx::work work;
+};
+
+// No transaction: each statement commits by itself. For a call that is one
+// statement (or statements each of which stands alone): no BEGIN and COMMIT
+// round trips, each a wake-up of the server process and of the caller's
+// thread, which on busy cores is where a call's time goes.
+class PgStore::Autocommit {
+ public:
+  static constexpr bool kAutocommit = true;
+  explicit Autocommit(pqxx::connection& conn) : work(conn) {}
+  pqxx::nontransaction work;
 };
 
 inline pqxx::binarystring Bytes(std::string_view s) {

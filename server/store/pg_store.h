@@ -113,6 +113,7 @@ class PgStore final : public Store {
   void CloseIdleConnections(absl::Duration idle_for);
 
   class Txn;
+  class Autocommit;
 
  private:
   class TableBlobStore;  // blobs in this database (pg_store_features.cc)
@@ -123,6 +124,10 @@ class PgStore final : public Store {
   // must reset whatever it fills.
   absl::Status Transact(absl::string_view op,
                         const std::function<absl::Status(Txn&)>& fn);
+  // The same with `fn`'s statements each committing by itself (T is Txn or
+  // Autocommit).
+  template <typename T>
+  absl::Status TransactAs(absl::string_view op, const std::function<absl::Status(T&)>& fn);
   explicit PgStore(PgStoreOptions options);
   std::shared_ptr<BlobStore> NewTableBlobStore();
   std::unique_ptr<Conn> Acquire();
@@ -136,6 +141,11 @@ class PgStore final : public Store {
   // Whether each worker leasing here registered a GPU (a worker id keeps its
   // device for life).
   std::optional<bool> WorkerHasGpu(int64_t worker_id);
+  absl::StatusOr<std::vector<Lease>> LeaseAlone(int64_t worker_id, bool has_gpu,
+                                                absl::Time now, absl::Time deadline,
+                                                int max_tasks);
+  int64_t ScanFrom(int device, absl::Time now);
+  void ScanFound(int device, int64_t from, int64_t first_found, absl::Time now);
   void RememberWorkerDevice(int64_t worker_id, bool has_gpu);
   void ForgetWorkerDevice(int64_t worker_id);
   absl::Mutex devices_mu_;

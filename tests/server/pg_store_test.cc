@@ -1078,6 +1078,7 @@ TEST_F(PgStoreTest, HeartbeatFromAnotherWorkerIsRefused) {
   EXPECT_TRUE(coordinator_->Heartbeat(hb).ok());
 }
 
+
 }  // namespace
 }  // namespace sslbench::server
 
@@ -1148,6 +1149,7 @@ TEST_F(PgStoreTest, GpuTaskKindsGoOnlyToGpuWorkers) {
   EXPECT_EQ(coordinator_->SubmitStudy(request).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
+
 
 }  // namespace
 }  // namespace sslbench::server
@@ -1283,6 +1285,92 @@ TEST_F(PgStoreTest, TasksRequeuedBelowTheScanMarkAreStillLeased) {
   ASSERT_EQ(below.size(), 1u);
   EXPECT_EQ(below[0].task_id, first[1].task_id);
   EXPECT_TRUE(lease(50).empty());
+}
+
+
+// `blocked_deps` says a task is ready; the dependency guard behind it is
+// asked only of the rows a lease has locked. A probe whose count says ready
+// while an extraction it reads is unfinished is leased by none of the three
+// lease statements (a first lease in a transaction, a lease alone, a lease
+// of preferred keys), and is leased once its count is true again and its
+// extractions are done.
+TEST_F(PgStoreTest, DependencyGuardHoldsWhereTheCountSaysReady) {
+  Submit(testing::MakeStudy(1, 1));  // 2 extractions, 1 probe reading both
+  pqxx::connection sql(conninfo_);
+  std::string probe_key;
+  {
+    pqxx::work w(sql);
+    const auto r = w.exec(
+        "UPDATE tasks SET blocked_deps = 0 WHERE kind = 'KNN' RETURNING input_key, id");
+    ASSERT_EQ(r.size(), 1u);
+    probe_key = r[0][0].as<std::string>();
+    w.commit();
+  }
+  const absl::Time deadline = clock_.Now() + absl::Minutes(5);
+  auto lease = [&](int64_t worker, const std::vector<std::string>& keys) {
+    auto leased = store_->LeaseTasks(worker, clock_.Now(), deadline, keys, 50);
+    EXPECT_TRUE(leased.ok()) << leased.status();
+    std::vector<StoreLease> out = leased.ok() ? *std::move(leased) : std::vector<StoreLease>{};
+    for (const auto& l : out) EXPECT_EQ(l.spec.kind(), v1::TASK_KIND_EXTRACT);
+    return out;
+  };
+  const int64_t a = Register("a");
+  // The worker's first lease: its device is not known yet, a transaction.
+  auto extracts = lease(a, {});
+  ASSERT_EQ(extracts.size(), 2u);
+  Release release;
+  release.not_before = clock_.Now();
+  release.error = "requeued by the test";
+  ASSERT_TRUE(store_->ReleaseTask(extracts[0].task_id, extracts[0].token, release,
+                                  clock_.Now()).ok());
+  // A lease alone (the device is known now).
+  auto again = lease(a, {});
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].task_id, extracts[0].task_id);
+  // Preferred keys: the probe's own input.
+  const int64_t b = Register("b");
+  EXPECT_TRUE(lease(b, {probe_key}).empty());
+  EXPECT_TRUE(lease(b, {}).empty());
+
+  {
+    pqxx::work w(sql);
+    w.exec("UPDATE tasks SET blocked_deps = 2 WHERE kind = 'KNN'");
+    w.commit();
+  }
+  for (const StoreLease& l : {extracts[1], again[0]}) {
+    v1::LeaseTaskResponse response;
+    response.set_task_id(l.task_id);
+    response.set_lease_token(l.token);
+    *response.mutable_spec() = l.spec;
+    ASSERT_TRUE(CompleteExtract(response).ok());
+  }
+  auto probe = store_->LeaseTasks(b, clock_.Now(), deadline, {probe_key}, 50);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  ASSERT_EQ(probe->size(), 1u);
+  EXPECT_EQ((*probe)[0].spec.kind(), v1::TASK_KIND_KNN);
+}
+
+
+// A worker's row gone (a restored database) after this coordinator learnt
+// its device: the lease statement that runs alone leases nothing and says
+// so, as the one in a transaction does.
+TEST_F(PgStoreTest, WorkerWhoseRowIsGoneLeasesNothing) {
+  Submit(testing::MakeStudy(2, 2));  // 8 extractions ready
+  const int64_t worker = Register();
+  const absl::Time deadline = clock_.Now() + absl::Minutes(5);
+  auto first = store_->LeaseTasks(worker, clock_.Now(), deadline, {}, 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->size(), 1u);
+  pqxx::connection sql(conninfo_);
+  pqxx::work w(sql);
+  w.exec_params("DELETE FROM workers WHERE id = $1", worker);
+  w.commit();
+  for (int i = 0; i < 2; ++i) {  // alone, then in a transaction (the device forgotten)
+    auto leased = store_->LeaseTasks(worker, clock_.Now(), deadline, {}, 4);
+    EXPECT_EQ(leased.status().code(), absl::StatusCode::kNotFound) << leased.status();
+  }
+  pqxx::nontransaction n(sql);
+  EXPECT_EQ(n.exec1("SELECT count(*) FROM tasks WHERE state = 'LEASED'")[0].as<int>(), 1);
 }
 
 }  // namespace
