@@ -76,6 +76,10 @@ absl::Status CheckFence(pqxx::work& w, int64_t task_id, int64_t token,
                         const std::string& cache_key) {
   std::string fills;
   RETURN_IF_ERROR(CheckLease(w, task_id, token, &fills));
+  if (fills.empty()) {  // a probe: it reads features, it stores none
+    return absl::FailedPreconditionError(
+        absl::StrCat("task ", task_id, " is not an extraction: it fills no feature cache"));
+  }
   if (fills != cache_key) {
     return absl::InvalidArgumentError(
         absl::StrCat("task ", task_id, " fills cache ", fills, ", not ", cache_key));

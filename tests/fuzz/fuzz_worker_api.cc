@@ -11,6 +11,11 @@
 // tokens, and should not need to), and give a chunk a consistent shape or a
 // probe's completion a result under its task's names; the other fields stay
 // as the input has them.
+//
+// Every other study queued reuses the features of a seed study whose
+// extractions the harness completed at start: its probes are ready at
+// once, so that inputs reach probe completions (and the study's end)
+// without first having to extract both splits of a pair.
 
 #include <fuzzer/FuzzedDataProvider.h>
 #include <stdlib.h>
@@ -60,7 +65,8 @@ struct World {
   };
   std::map<std::string, Stored> stored;
   // Calls answered OK, by kind: how deep the inputs reach.
-  int64_t leased = 0, heartbeats = 0, chunks = 0, completed = 0, failed = 0;
+  int64_t leased = 0, heartbeats = 0, chunks = 0, completed = 0, probes_completed = 0,
+          failed = 0;
 };
 
 World* world = nullptr;
@@ -70,18 +76,57 @@ World* world = nullptr;
   std::abort();
 }
 
-// A study of 2 models x 2 datasets x kNN: 8 extractions, 4 probes.
-void QueueStudy() {
+// A study of 2 models x 2 datasets x kNN: 4 extractions and 4 probes, or,
+// reusing the seed study's features, the 4 probes alone.
+void QueueStudy(bool reuse_seed) {
   v1::SubmitStudyRequest request;
   *request.mutable_spec() =
       sslbench::testing::MakeStudy(2, 2, absl::StrCat("fuzz-", world->studies++));
-  // A new model hash per study: nothing is served from the cache.
+  // Else a new model hash per study: nothing is served from the cache.
+  const uint32_t tag = reuse_seed ? 0xffffffff : static_cast<uint32_t>(world->studies);
   for (auto& model : *request.mutable_spec()->mutable_models()) {
-    model.set_sha256(absl::StrCat(model.sha256().substr(0, 56),
-                                  absl::Hex(world->studies, absl::kZeroPad8)));
+    model.set_sha256(absl::StrCat(model.sha256().substr(0, 56), absl::Hex(tag, absl::kZeroPad8)));
   }
   const auto submitted = world->coordinator->SubmitStudy(request);
   if (!submitted.ok()) Die(absl::StrCat("submit: ", submitted.status().ToString()));
+}
+
+// The seed study's extractions, leased and completed by the harness (its
+// probes are left for the inputs).
+void ExtractSeed() {
+  QueueStudy(/*reuse_seed=*/true);
+  v1::LeaseTasksRequest request;
+  request.set_worker_id(world->workers[0]);
+  request.set_max_tasks(16);
+  const auto leases = world->coordinator->LeaseTasks(request);
+  if (!leases.ok()) Die(absl::StrCat("seed lease: ", leases.status().ToString()));
+  int extracted = 0;
+  for (const auto& lease : leases->leases()) {
+    if (lease.spec().kind() != v1::TASK_KIND_EXTRACT) Die("seed lease: not an extraction");
+    v1::PutFeatureChunkRequest put;
+    put.set_task_id(lease.task_id());
+    put.set_lease_token(lease.lease_token());
+    v1::FeatureChunk& chunk = *put.mutable_chunk();
+    chunk.set_cache_key(lease.spec().cache_key());
+    chunk.set_num_rows(4);
+    chunk.set_dim(2);
+    chunk.set_features(std::string(4 * 2 * 4, '\0'));
+    chunk.set_labels(std::string(4 * 4, '\0'));
+    if (absl::Status s = world->coordinator->PutFeatureChunk(put); !s.ok()) {
+      Die(absl::StrCat("seed chunk: ", s.ToString()));
+    }
+    v1::CompleteTaskRequest complete;
+    complete.set_task_id(lease.task_id());
+    complete.set_lease_token(lease.lease_token());
+    complete.set_feature_chunks(1);
+    complete.set_feature_rows(4);
+    complete.set_feature_dim(2);
+    if (absl::Status s = world->coordinator->CompleteTask(complete); !s.ok()) {
+      Die(absl::StrCat("seed completion: ", s.ToString()));
+    }
+    ++extracted;
+  }
+  if (extracted != 4) Die(absl::StrCat("seed study: ", extracted, " extractions, not 4"));
 }
 
 void Check(const char* call, const absl::Status& status) {
@@ -104,9 +149,11 @@ void Finish() {
   std::fprintf(stderr,
                "stat::worker_api_tasks_leased: %lld\nstat::worker_api_heartbeats_ok: %lld\n"
                "stat::worker_api_chunks_stored: %lld\nstat::worker_api_tasks_completed: %lld\n"
+               "stat::worker_api_probes_completed: %lld\n"
                "stat::worker_api_tasks_failed: %lld\nstat::worker_api_studies_queued: %d\n",
                static_cast<long long>(world->leased), static_cast<long long>(world->heartbeats),
                static_cast<long long>(world->chunks), static_cast<long long>(world->completed),
+               static_cast<long long>(world->probes_completed),
                static_cast<long long>(world->failed), world->studies);
   world->coordinator.reset();
   world->store.reset();
@@ -144,7 +191,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     if (!registered.ok()) Die(registered.status().ToString());
     world->workers.push_back(registered->worker_id());
   }
-  QueueStudy();
+  ExtractSeed();
+  QueueStudy(/*reuse_seed=*/false);
   return 0;
 }
 
@@ -177,7 +225,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const auto lease = c.LeaseTask(request);
         Check("LeaseTask", lease.status());
         if (lease.ok()) {
-          if (lease->task_id() == 0 && real_worker) QueueStudy();
+          if (lease->task_id() == 0 && real_worker) QueueStudy(world->studies % 2 == 0);
           if (lease->task_id() != 0) ++world->leased;
           Remember(request.worker_id(), *lease);
         }
@@ -256,7 +304,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         const absl::Status done = c.CompleteTask(request);
         Check("CompleteTask", done);
-        if (done.ok()) ++world->completed;
+        if (done.ok()) {
+          ++world->completed;
+          if (real_task && held.spec.kind() != v1::TASK_KIND_EXTRACT) ++world->probes_completed;
+        }
         break;
       }
       case 5: {

@@ -388,6 +388,33 @@ TEST_F(PgStoreTest, ChunkOutsideTheLayoutIsRefused) {
               ::testing::ElementsAre(0, 1, 2));
 }
 
+// A probe fills no cache (its cache key is empty): a chunk sent under its
+// lease, with the same empty key, is refused by name. It reached the
+// database before, whose foreign key answered INTERNAL (found by
+// fuzz_worker_api once probes were within its reach).
+TEST_F(PgStoreTest, ChunkUnderAProbesLeaseIsRefused) {
+  Submit(testing::MakeStudy(1, 1));
+  const int64_t worker = Register();
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  ASSERT_TRUE(CompleteExtract(Lease(worker)).ok());
+  const auto probe = Lease(worker);
+  ASSERT_EQ(probe.spec().kind(), v1::TASK_KIND_KNN);
+  ASSERT_TRUE(probe.spec().cache_key().empty());
+  v1::PutFeatureChunkRequest request;
+  request.set_task_id(probe.task_id());
+  request.set_lease_token(probe.lease_token());
+  auto* chunk = request.mutable_chunk();
+  chunk->set_num_rows(1);
+  chunk->set_dim(1);
+  chunk->set_features(std::string(4, '\0'));
+  chunk->set_labels(std::string(4, '\0'));
+  const absl::Status refused = coordinator_->PutFeatureChunk(request);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("is not an extraction"));
+  // The probe still completes.
+  EXPECT_TRUE(CompleteProbe(probe).ok());
+}
+
 TEST_F(PgStoreTest, StaleFencingTokenIsRejected) {
   Submit(testing::MakeStudy(1, 1));
   const int64_t w1 = Register("w1");
