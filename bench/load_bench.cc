@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -120,6 +121,19 @@ double Percentile(std::vector<double> v, double p) {
 
 double Ms(Clock::time_point since) {
   return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
+}
+
+// The machine's CPU time so far, from /proc/stat: {busy, steal, total} in
+// ticks. Steal is time the hypervisor gave this VM's cores to another:
+// latency here that no code of ours can remove.
+std::array<uint64_t, 3> CpuTicks() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  uint64_t v[8] = {};  // user nice system idle iowait irq softirq steal
+  stat >> cpu;
+  for (uint64_t& x : v) stat >> x;
+  const uint64_t total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+  return {total - v[3] - v[4] - v[7], v[7], total};
 }
 
 // This process's resident memory (VmRSS), in MiB.
@@ -403,8 +417,13 @@ int main(int argc, char** argv) {
   sslbench::LogInfo("load-bench", "measuring");
   measuring = true;
   const auto start = Clock::now();
+  const auto cpu_start = CpuTicks();
   std::this_thread::sleep_for(std::chrono::seconds(absl::GetFlag(FLAGS_seconds)));
   measuring = false;
+  const auto cpu_end = CpuTicks();
+  const double cpu_ticks = std::max<double>(1, cpu_end[2] - cpu_start[2]);
+  const double busy_pct = 100.0 * (cpu_end[0] - cpu_start[0]) / cpu_ticks;
+  const double steal_pct = 100.0 * (cpu_end[1] - cpu_start[1]) / cpu_ticks;
   const double elapsed = Ms(start) / 1000;
   stop = true;
   for (auto& t : threads) t.join();
@@ -446,6 +465,7 @@ int main(int argc, char** argv) {
       "\"submit_s\": %.1f, \"completions\": %lld, \"completions_per_s\": %.0f, "
       "\"lease_p50_ms\": %.2f, \"lease_p99_ms\": %.2f, \"complete_p50_ms\": %.2f, "
       "\"complete_p99_ms\": %.2f, \"empty_leases\": %lld, \"errors\": %lld, "
+      "\"cpu_busy_pct\": %.0f, \"cpu_steal_pct\": %.1f, "
       "\"rss_start_mb\": %.0f, \"rss_end_mb\": %.0f, \"rss_idle_mb\": %.0f}\n",
       replicas, workers, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_workload).c_str(),
       absl::GetFlag(FLAGS_work_ms), std::thread::hardware_concurrency(), absl::GetFlag(FLAGS_durable) ? "true" : "false",
@@ -454,7 +474,7 @@ int main(int argc, char** argv) {
       Percentile(latencies.lease_ms, 0.5), Percentile(latencies.lease_ms, 0.99),
       Percentile(latencies.complete_ms, 0.5), Percentile(latencies.complete_ms, 0.99),
       static_cast<long long>(empty_leases.load()), static_cast<long long>(errors.load()),
-      rss_start_mb, rss_end_mb, rss_idle_mb);
+      busy_pct, steal_pct, rss_start_mb, rss_end_mb, rss_idle_mb);
   servers.clear();
   pg->reset();
   if (absl::GetFlag(FLAGS_keep_dir)) {
