@@ -151,7 +151,7 @@ double RssMb() {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   // Debian builds Abseil with the mutex deadlock detector on: a lock-order
-  // graph updated on every lock (1-3% of a busy coordinator's CPU). The
+  // graph updated on every lock (2.6% of the load bench's CPU in perf). The
   // tests keep it; the programs run without it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const int workers = absl::GetFlag(FLAGS_workers);

@@ -9,7 +9,8 @@ at the end it rebuilds the touched binaries from the restored source.
 
 A mutation whose test still passes is a test that no longer guards its fix:
 the script exits 1 and says which. A mutation whose text is no longer found
-(the code moved on) is reported as stale, exit 2: update its entry.
+(the code moved on) is reported as stale, and one that does not build as
+such, exit 2: update its entry.
 
 Usage: scripts/check_mutations.py [--build build] [--only NAME ...] [--timeout 180]
 Run from the repository root, on a configured build folder.

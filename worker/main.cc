@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   // several threads; freed memory is handed back after each task.
   sslbench::TuneMallocForLargeBuffers(/*arenas=*/0);
   // Debian builds Abseil with the mutex deadlock detector on: a lock-order
-  // graph updated on every lock (1-3% of a busy coordinator's CPU). The
+  // graph updated on every lock (2.6% of the load bench's CPU in perf). The
   // tests keep it; the programs run without it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   sigset_t signals;

@@ -60,12 +60,14 @@ v1::StudyState StudyStateFromName(const std::string& name) {
 
 
 // The statements of the hot paths, prepared on every connection. A lease is
-// two statements and a completion batch three, however many tasks they
-// carry: round trips, not rows, are what a busy coordinator pays for.
+// one statement (a second when the scan from the mark comes up short; three
+// or four in a transaction for preferred keys) and a completion batch
+// three, however many tasks they carry: round trips, not rows, are what a
+// busy coordinator pays for.
 
-// The first ready tasks (PENDING, no unfinished dependency, backoff over)
-// from a partial index; SKIP LOCKED: concurrent leasers each take different
-// rows, none waits.
+// The first tasks whose count says ready (PENDING, no unfinished
+// dependency counted, backoff over) from a partial index; SKIP LOCKED:
+// concurrent leasers each take different rows, none waits.
 std::string ReadyTasks(bool gpu) {
   return absl::StrCat(
       "SELECT t.id FROM tasks t WHERE t.state = 'PENDING' AND t.blocked_deps = 0 "
@@ -86,6 +88,14 @@ std::string NoUnfinishedDependency(const std::string& id) {
       "WHERE d.task_id = ",
       id, " AND p.state <> 'SUCCEEDED' OFFSET 0)");
 }
+// A locked row of `fresh` that fails the guard would take a place of the
+// LIMIT on every lease (and every one of a single-task lease) until its
+// dependencies finish: its count is set to the truth, which takes it out of
+// the ready index. The CTE `recounted` returns the rows set right.
+const char kRecountMiscounted[] =
+    "recounted AS (UPDATE tasks t SET blocked_deps = (SELECT count(*) FROM task_deps d "
+    "JOIN tasks p ON p.id = d.depends_on WHERE d.task_id = t.id AND p.state <> 'SUCCEEDED') "
+    "FROM fresh f WHERE t.id = f.id AND t.id NOT IN (SELECT id FROM numbered) RETURNING t.id), ";
 // Probes whose features the worker holds: $1 now, $2 how many, $3 the keys.
 std::string LeasePreferred(bool gpu) {
   return absl::StrCat("SELECT c.id FROM (", ReadyTasks(gpu),
@@ -104,26 +114,31 @@ std::string LeaseTake(bool gpu) {
       "picked AS (SELECT unnest($2::bigint[]) AS id UNION ALL SELECT f.id FROM fresh f WHERE ",
       NoUnfinishedDependency("f.id"),
       "), "
-      "numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM picked) "
-      "UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $4, "
+      "numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM picked), ",
+      kRecountMiscounted,
+      "leased AS (UPDATE tasks t SET state = 'LEASED', lease_token = v.token, lease_worker = $4, "
       "lease_deadline_us = $5, attempts = attempts + 1, work_done = 0, work_total = 0 "
       "FROM numbered p JOIN unnest($6::bigint[]) WITH ORDINALITY AS v(token, n) USING (n) "
-      "WHERE t.id = p.id RETURNING t.id, t.lease_token, t.attempts, t.spec");
+      "WHERE t.id = p.id RETURNING t.id, t.lease_token, t.attempts, t.spec) "
+      "SELECT l.id, l.lease_token, l.attempts, l.spec, (SELECT count(*) FROM recounted) "
+      "FROM (SELECT 1) one LEFT JOIN leased l ON true");
 }
 // A lease as one statement, for a worker with no preferred keys: up to $2
 // ready tasks with ids from $6 on, each with its own fencing token from $5,
 // and the worker's row updated ($1 now, $3 the worker, $4 the lease
 // deadline, $7 the lowest id this call leased before, 0 if none). Nothing
 // is leased to a worker without a row, and then no row comes back; else one
-// row per lease, or one row of NULLs.
-std::string LeaseAlone(bool gpu) {
+// row per lease, or one row of NULLs; the last column counts the rows
+// recounted (kRecountMiscounted).
+std::string LeaseAloneSql(bool gpu) {
   return absl::StrCat(
       "WITH fresh AS (", ReadyTasks(gpu),
       " AND t.id >= $6 AND EXISTS (SELECT 1 FROM workers WHERE id = $3) "
       "ORDER BY t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED), "
       "numbered AS (SELECT f.id, row_number() OVER (ORDER BY f.id) AS n FROM fresh f WHERE ",
       NoUnfinishedDependency("f.id"),
-      "), "
+      "), ",
+      kRecountMiscounted,
       "leased AS (UPDATE tasks t SET state = 'LEASED', lease_token = v.token, "
       "lease_worker = $3, lease_deadline_us = $4, attempts = attempts + 1, work_done = 0, "
       "work_total = 0 FROM numbered p JOIN unnest($5::bigint[]) WITH ORDINALITY AS v(token, n) "
@@ -131,10 +146,11 @@ std::string LeaseAlone(bool gpu) {
       "seen AS (UPDATE workers SET last_seen_us = $1, current_task = "
       "COALESCE(LEAST(NULLIF($7::bigint, 0), (SELECT min(id) FROM leased)), 0) "
       "WHERE id = $3 RETURNING id) "
-      "SELECT l.id, l.lease_token, l.attempts, l.spec FROM seen LEFT JOIN leased l ON true");
+      "SELECT l.id, l.lease_token, l.attempts, l.spec, (SELECT count(*) FROM recounted) "
+      "FROM seen LEFT JOIN leased l ON true");
 }
-const Statement kLeaseAlone[2] = {{"lease_alone_cpu", LeaseAlone(false)},
-                                  {"lease_alone_gpu", LeaseAlone(true)}};
+const Statement kLeaseAlone[2] = {{"lease_alone_cpu", LeaseAloneSql(false)},
+                                  {"lease_alone_gpu", LeaseAloneSql(true)}};
 const Statement kLeasePreferred[2] = {{"lease_preferred_cpu", LeasePreferred(false)},
                                       {"lease_preferred_gpu", LeasePreferred(true)}};
 const Statement kLeaseTake[2] = {{"lease_take_cpu", LeaseTake(false)},
@@ -185,6 +201,34 @@ const Statement kRefreshOpen{
     "refresh_open",
     "SELECT id FROM tasks WHERE study_id = $1 AND state IN ('PENDING', 'LEASED') "
     "ORDER BY id DESC LIMIT 1"};
+
+// The leases of a lease statement's rows (id, token, attempt, spec,
+// recounted; a row of NULLs leases nothing); returns how many miscounted
+// tasks the statement set right. A task whose spec does not parse is left
+// out, logged: its lease expires and it fails after its attempts, instead
+// of failing every lease that meets it.
+int64_t ReadLeases(const pqxx::result& r, absl::Time deadline, std::vector<Lease>* out) {
+  int64_t recounted = 0;
+  for (const auto& row : r) {
+    recounted = row[4].as<int64_t>();
+    if (row[0].is_null()) continue;
+    Lease l;
+    l.task_id = row[0].as<int64_t>();
+    l.token = row[1].as<int64_t>();
+    l.attempt = row[2].as<int32_t>();
+    l.deadline = deadline;
+    if (!l.spec.ParseFromString(FromBytes(row[3]))) {
+      LogError("store", "task ", l.task_id, ": stored spec does not parse; left to expire");
+      continue;
+    }
+    out->push_back(std::move(l));
+  }
+  if (recounted > 0) {
+    LogWarning("store", recounted,
+               " ready task(s) had unfinished dependencies their count did not show; recounted");
+  }
+  return recounted;
+}
 
 // Fails, transitively, the pending tasks that depend on `failed_task`.
 // Returns the studies touched.
@@ -384,7 +428,9 @@ absl::Status PgStore::TransactAs(absl::string_view op,
       // ones too, and retry once on a fresh one before reporting the
       // database unreachable.
       DropIdleConnections();
-      if (!reconnected) {
+      // Autocommitted statements may have committed before the break: not
+      // run again (the caller learns the outcome is unknown).
+      if (!reconnected && !T::kAutocommit) {
         reconnected = true;
         retry = true;
       }
@@ -411,7 +457,7 @@ absl::Status PgStore::TransactAs(absl::string_view op,
       } else if (state.rfind("57", 0) == 0 || state.rfind("08", 0) == 0) {
         conn.reset();
         DropIdleConnections();
-        retry = !reconnected;
+        retry = !reconnected && !T::kAutocommit;
         reconnected = true;
         result = absl::UnavailableError(
             absl::StrCat(op, ": database unavailable: ", e.what()));
@@ -946,22 +992,16 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
       for (size_t k = 0; k < locked.size() + static_cast<size_t>(more); ++k) {
         tokens.push_back(RandomPositiveInt64());
       }
-      const auto r = Run(w, kLeaseTake[*has_gpu], Us(now), PgArray(locked), more, worker_id,
-                         Us(deadline), PgArray(tokens), from_id);
-      for (const auto& row : r) {
-        Lease l;
-        l.task_id = row[0].as<int64_t>();
-        l.token = row[1].as<int64_t>();
-        l.attempt = row[2].as<int32_t>();
-        l.deadline = deadline;
-        if (!l.spec.ParseFromString(FromBytes(row[3]))) {
-          return absl::DataLossError(absl::StrCat("task ", l.task_id, ": spec does not parse"));
+      const size_t before = leases.size();
+      ReadLeases(Run(w, kLeaseTake[*has_gpu], Us(now), PgArray(locked), more, worker_id,
+                     Us(deadline), PgArray(tokens), from_id),
+                 deadline, &leases);
+      for (size_t k = before; k < leases.size(); ++k) {
+        const int64_t id = leases[k].task_id;
+        if (std::find(locked.begin(), locked.end(), id) == locked.end() &&
+            (first_found == 0 || id < first_found)) {
+          first_found = id;
         }
-        if (std::find(locked.begin(), locked.end(), l.task_id) == locked.end() &&
-            (first_found == 0 || l.task_id < first_found)) {
-          first_found = l.task_id;
-        }
-        leases.push_back(std::move(l));
       }
       return absl::OkStatus();
     };
@@ -989,47 +1029,35 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseTasks(
 }
 
 // A lease without preferred keys, by a worker whose device is known: one
-// statement that commits by itself (two round trips fewer than in a
-// transaction), and a second only when the scan from the mark comes up
-// short. The second one's failure does not undo the first's leases: they
-// are answered. Each statement is retried on a fresh connection once if the
-// connection breaks; one that broke after committing leaves its leases to
-// expire (as a transaction whose COMMIT was in doubt does).
+// statement that commits by itself (three round trips fewer than in a
+// transaction: BEGIN, the worker's row, COMMIT), and a second when the scan
+// from the mark comes up short or set miscounted tasks right. The second
+// one's failure does not undo the first's leases: they are answered. A
+// statement whose connection breaks is not retried (TransactAs): it may have
+// leased, and a retry would lease more while those wait to expire.
 absl::StatusOr<std::vector<Lease>> PgStore::LeaseAlone(int64_t worker_id, bool has_gpu,
                                                        absl::Time now, absl::Time deadline,
                                                        int max_tasks) {
   const int device = has_gpu ? 1 : 0;
   std::vector<Lease> leases;
   int64_t first_found = 0;  // the lowest id leased (0: none)
-  auto take = [&](int more, int64_t from_id) -> absl::Status {
+  int64_t recounted = 0;
+  auto take = [&](const char* op, int more, int64_t from_id) -> absl::Status {
     std::vector<Lease> taken;
-    bool registered = false;
-    RETURN_IF_ERROR(TransactAs<Autocommit>("lease_task", [&](Autocommit& t) -> absl::Status {
+    RETURN_IF_ERROR(TransactAs<Autocommit>(op, [&](Autocommit& t) -> absl::Status {
       taken.clear();
       std::vector<int64_t> tokens;
       for (int k = 0; k < more; ++k) tokens.push_back(RandomPositiveInt64());
       const auto r = Run(t.work, kLeaseAlone[device], Us(now), more, worker_id, Us(deadline),
                          PgArray(tokens), from_id, first_found);
-      registered = !r.empty();
-      for (const auto& row : r) {
-        if (row[0].is_null()) continue;  // the worker's row, no lease
-        Lease l;
-        l.task_id = row[0].as<int64_t>();
-        l.token = row[1].as<int64_t>();
-        l.attempt = row[2].as<int32_t>();
-        l.deadline = deadline;
-        if (!l.spec.ParseFromString(FromBytes(row[3]))) {
-          return absl::DataLossError(absl::StrCat("task ", l.task_id, ": spec does not parse"));
-        }
-        taken.push_back(std::move(l));
+      if (r.empty()) {  // no row of the worker's: nothing was leased
+        ForgetWorkerDevice(worker_id);
+        return absl::NotFoundError(
+            absl::StrCat("worker ", worker_id, " is not registered; register again"));
       }
+      recounted = ReadLeases(r, deadline, &taken);
       return absl::OkStatus();
     }));
-    if (!registered) {
-      ForgetWorkerDevice(worker_id);
-      return absl::NotFoundError(
-          absl::StrCat("worker ", worker_id, " is not registered; register again"));
-    }
     for (auto& l : taken) {
       if (first_found == 0 || l.task_id < first_found) first_found = l.task_id;
       leases.push_back(std::move(l));
@@ -1037,9 +1065,9 @@ absl::StatusOr<std::vector<Lease>> PgStore::LeaseAlone(int64_t worker_id, bool h
     return absl::OkStatus();
   };
   int64_t from = ScanFrom(device, now);
-  RETURN_IF_ERROR(take(max_tasks, from));
-  if (from > 0 && static_cast<int>(leases.size()) < max_tasks) {
-    const absl::Status s = take(max_tasks - static_cast<int>(leases.size()), 0);
+  RETURN_IF_ERROR(take("lease_task", max_tasks, from));
+  if ((from > 0 || recounted > 0) && static_cast<int>(leases.size()) < max_tasks) {
+    const absl::Status s = take("lease_task_again", max_tasks - static_cast<int>(leases.size()), 0);
     if (!s.ok() && leases.empty()) return s;
     if (s.ok()) from = 0;
   }

@@ -124,8 +124,9 @@ class PgStore final : public Store {
   // must reset whatever it fills.
   absl::Status Transact(absl::string_view op,
                         const std::function<absl::Status(Txn&)>& fn);
-  // The same with `fn`'s statements each committing by itself (T is Txn or
-  // Autocommit).
+  // Transact with T = Txn; with T = Autocommit, `fn`'s statements each
+  // commit by themselves: an error `fn` returns undoes nothing, and a
+  // broken connection is not retried (a statement may have committed).
   template <typename T>
   absl::Status TransactAs(absl::string_view op, const std::function<absl::Status(T&)>& fn);
   explicit PgStore(PgStoreOptions options);
@@ -150,7 +151,7 @@ class PgStore final : public Store {
   void ForgetWorkerDevice(int64_t worker_id);
   absl::Mutex devices_mu_;
   absl::flat_hash_map<int64_t, bool> worker_gpu_ ABSL_GUARDED_BY(devices_mu_);
-  // Where lease scans start (see LeaseTasks), for CPU and for GPU workers
+  // Where lease scans start (see ScanFrom), for CPU and for GPU workers
   // (they read different ready indexes): the lowest task id the last scan
   // found ready, and when a scan last started from the queue's head.
   absl::Mutex scan_mu_;

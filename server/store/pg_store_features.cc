@@ -77,7 +77,7 @@ absl::Status CheckFence(pqxx::work& w, int64_t task_id, int64_t token,
   std::string fills;
   RETURN_IF_ERROR(CheckLease(w, task_id, token, &fills));
   if (fills.empty()) {  // a probe: it reads features, it stores none
-    return absl::FailedPreconditionError(
+    return absl::InvalidArgumentError(
         absl::StrCat("task ", task_id, " is not an extraction: it fills no feature cache"));
   }
   if (fills != cache_key) {

@@ -409,7 +409,7 @@ TEST_F(PgStoreTest, ChunkUnderAProbesLeaseIsRefused) {
   chunk->set_features(std::string(4, '\0'));
   chunk->set_labels(std::string(4, '\0'));
   const absl::Status refused = coordinator_->PutFeatureChunk(request);
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
   EXPECT_THAT(std::string(refused.message()), HasSubstr("is not an extraction"));
   // The probe still completes.
   EXPECT_TRUE(CompleteProbe(probe).ok());
@@ -1105,7 +1105,6 @@ TEST_F(PgStoreTest, HeartbeatFromAnotherWorkerIsRefused) {
   EXPECT_TRUE(coordinator_->Heartbeat(hb).ok());
 }
 
-
 }  // namespace
 }  // namespace sslbench::server
 
@@ -1176,7 +1175,6 @@ TEST_F(PgStoreTest, GpuTaskKindsGoOnlyToGpuWorkers) {
   EXPECT_EQ(coordinator_->SubmitStudy(request).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
-
 
 }  // namespace
 }  // namespace sslbench::server
@@ -1261,7 +1259,6 @@ TEST_F(PgStoreTest, BatchedLeasesAndCompletionsKeepFencingExact) {
   EXPECT_EQ(Status(study).state(), v1::STUDY_STATE_RUNNING);
 }
 
-
 // A lease scans the ready queue from where the previous scan found its first
 // ready task, not from the head (whose dead entries every scan would step
 // over); a task requeued below that mark is still leased: at once when the
@@ -1313,7 +1310,6 @@ TEST_F(PgStoreTest, TasksRequeuedBelowTheScanMarkAreStillLeased) {
   EXPECT_EQ(below[0].task_id, first[1].task_id);
   EXPECT_TRUE(lease(50).empty());
 }
-
 
 // `blocked_deps` says a task is ready; the dependency guard behind it is
 // asked only of the rows a lease has locked. A probe whose count says ready
@@ -1377,7 +1373,6 @@ TEST_F(PgStoreTest, DependencyGuardHoldsWhereTheCountSaysReady) {
   EXPECT_EQ((*probe)[0].spec.kind(), v1::TASK_KIND_KNN);
 }
 
-
 // A worker's row gone (a restored database) after this coordinator learnt
 // its device: the lease statement that runs alone leases nothing and says
 // so, as the one in a transaction does.
@@ -1398,6 +1393,47 @@ TEST_F(PgStoreTest, WorkerWhoseRowIsGoneLeasesNothing) {
   }
   pqxx::nontransaction n(sql);
   EXPECT_EQ(n.exec1("SELECT count(*) FROM tasks WHERE state = 'LEASED'")[0].as<int>(), 1);
+}
+
+// A task whose count says ready while a dependency is unfinished (what the
+// guard is for) must not hold up the queue: the lease that locks it sets
+// its count right and goes on, even one task at a time.
+TEST_F(PgStoreTest, AMiscountedTaskDoesNotHoldUpSingleLeases) {
+  Submit(testing::MakeStudy(1, 1));  // 2 extractions, then the probe
+  const int64_t worker = Register();
+  const absl::Time deadline = clock_.Now() + absl::Minutes(5);
+  auto lease = [&]() {
+    auto leased = store_->LeaseTasks(worker, clock_.Now(), deadline, {}, 1);
+    EXPECT_TRUE(leased.ok()) << leased.status();
+    std::vector<StoreLease> out = leased.ok() ? *std::move(leased) : std::vector<StoreLease>{};
+    return out;
+  };
+  // Both extractions leased, and left running: the probe waits for them.
+  ASSERT_EQ(lease().size(), 1u);
+  ASSERT_EQ(lease().size(), 1u);
+  pqxx::connection sql(conninfo_);
+  int64_t probe = 0;
+  {
+    pqxx::work w(sql);
+    probe = w.exec1("UPDATE tasks SET blocked_deps = 0 WHERE kind = 'KNN' RETURNING id")[0]
+                .as<int64_t>();
+    w.commit();
+  }
+  // Another study's extractions queue behind the probe.
+  v1::StudySpec other = testing::MakeStudy(1, 1, "other");
+  other.mutable_models(0)->set_sha256(std::string(63, 'b') + "0");
+  Submit(other);
+  clock_.Advance(absl::Milliseconds(1100));  // a scan from the head, where the probe lies
+  auto next = lease();
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].spec.kind(), v1::TASK_KIND_EXTRACT);
+  EXPECT_GT(next[0].task_id, probe);
+  pqxx::nontransaction n(sql);
+  EXPECT_EQ(n.exec_params1("SELECT blocked_deps FROM tasks WHERE id = $1", probe)[0].as<int>(), 2);
+  // The worker's row names the task it now works on.
+  EXPECT_EQ(n.exec_params1("SELECT current_task FROM workers WHERE id = $1", worker)[0]
+                .as<int64_t>(),
+            next[0].task_id);
 }
 
 }  // namespace
